@@ -1,0 +1,43 @@
+"""Decide: turn stored signals into keep/reject with a reason, in DuckDB, out of core."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from curate.decide.base import DecideDB, Policy
+from curate.decide.thresholds import Availability
+
+DECISION_COLUMNS = ("key", "url", "caption", "keep", "reason", "stage", "dup_of")
+
+
+def decide(samples_glob: str, policies: list[Policy], out_file: Path) -> dict[str, int]:
+    """Apply ``policies`` (after :class:`Availability`) and write the decisions Parquet.
+
+    Returns rejected counts per reason. Every samples row appears once in the output.
+    """
+    con = duckdb.connect()
+    try:
+        con.execute(f"CREATE VIEW samples AS SELECT * FROM read_parquet('{samples_glob}')")
+        con.execute(
+            "CREATE TABLE verdict AS SELECT key, NULL::VARCHAR AS reason, "
+            "NULL::VARCHAR AS stage, NULL::VARCHAR AS dup_of FROM samples"
+        )
+        db = DecideDB(con)
+        for policy in [Availability(), *policies]:
+            policy.apply(db)
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_file.with_name(out_file.name + ".tmp")
+        con.execute(
+            f"""COPY (SELECT v.key, s.url, s.caption, v.reason IS NULL AS keep, v.reason, v.stage,
+                      v.dup_of FROM verdict v JOIN samples s USING (key) ORDER BY v.key)
+                TO '{tmp}' (FORMAT parquet)"""
+        )
+        tmp.replace(out_file)
+        rows = con.execute(
+            "SELECT reason, count(*) FROM verdict WHERE reason IS NOT NULL GROUP BY reason"
+        ).fetchall()
+        return dict(rows)
+    finally:
+        con.close()

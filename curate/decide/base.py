@@ -1,0 +1,67 @@
+"""The decide contract: a policy reads the samples table and rejects rows with a reason.
+
+Decide runs in DuckDB over the run's Parquet, so it works out of core and re-runs in seconds.
+Policies apply in recipe order; a row keeps the first reason it gets.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import duckdb
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+from curate import reasons
+
+
+class PolicyConfig(BaseModel):
+    """Base of policy configs: unknown fields are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DecideDB:
+    """A DuckDB connection with view ``samples`` and table ``verdict(key, reason, stage, dup_of)``."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+
+    def reject_where(self, predicate: str, reason: str, stage: str) -> None:
+        """Reject still-kept rows whose samples row satisfies the SQL ``predicate``."""
+        reasons.check(reason)
+        self.con.execute(
+            f"""UPDATE verdict SET reason = $reason, stage = $stage
+                FROM samples s WHERE verdict.key = s.key AND verdict.reason IS NULL
+                AND ({predicate})""",
+            {"reason": reason, "stage": stage},
+        )
+
+    def reject_keys(self, rejected: pa.Table, reason: str, stage: str) -> None:
+        """Reject the keys of ``rejected`` (columns ``key`` and optional ``dup_of``)."""
+        reasons.check(reason)
+        if "dup_of" not in rejected.column_names:
+            rejected = rejected.append_column("dup_of", pa.nulls(len(rejected), pa.string()))
+        self.con.register("_rejected", rejected)
+        self.con.execute(
+            """UPDATE verdict SET reason = $reason, stage = $stage, dup_of = r.dup_of
+               FROM _rejected r WHERE verdict.key = r.key AND verdict.reason IS NULL""",
+            {"reason": reason, "stage": stage},
+        )
+        self.con.unregister("_rejected")
+
+
+class Policy:
+    """Base class: subclasses set ``name``, ``Config``, ``reads``, ``reasons`` and ``apply``."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[PolicyConfig]] = PolicyConfig
+    reads: ClassVar[tuple[str, ...]] = ()
+    reasons: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: PolicyConfig | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    def apply(self, db: DecideDB) -> None:
+        """Reject rows through ``db.reject_where`` or ``db.reject_keys``."""
+        raise NotImplementedError

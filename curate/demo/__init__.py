@@ -1,0 +1,1 @@
+"""Generated demo corpus with planted defects, and a loopback HTTP server to serve it."""

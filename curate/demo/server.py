@@ -1,0 +1,133 @@
+"""A real HTTP server on loopback that serves the demo corpus, and the URL-list writer."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.demo.corpus import DemoRow, WebObject
+
+log = logging.getLogger(__name__)
+
+_NOT_FOUND = WebObject("", b"<html><body>404 Not Found</body></html>", "text/html", status=404)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answers GET/HEAD from the server's object dict; silent, keep-alive capable."""
+
+    protocol_version = "HTTP/1.1"
+    timeout = 30  # idle keep-alive connections are dropped after this many seconds
+    server: _Server
+
+    def do_GET(self) -> None:
+        self._respond(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._respond(send_body=False)
+
+    def _respond(self, send_body: bool) -> None:
+        obj = self.server.objects.get(urlsplit(self.path).path, _NOT_FOUND)
+        stopping = self.server.stopping
+        if stopping.is_set() or (obj.delay_s > 0 and stopping.wait(obj.delay_s)):
+            self.close_connection = True  # server is stopping: hang up without answering
+            return
+        self.send_response(obj.status)
+        self.send_header("Content-Type", obj.content_type)
+        self.send_header("Content-Length", str(len(obj.body)))
+        self.end_headers()
+        if send_body:
+            self.wfile.write(obj.body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Per-request logging is silenced."""
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer with daemon handler threads and a deep accept queue."""
+
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+    def __init__(self, address: tuple[str, int], objects: dict[str, WebObject]) -> None:
+        self.objects = objects
+        self.stopping = threading.Event()
+        super().__init__(address, _Handler)
+
+    def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
+        """Client hang-ups are normal (timeouts, stop()); anything else goes to the log."""
+        if isinstance(sys.exc_info()[1], OSError):  # ConnectionError, TimeoutError, ...
+            return
+        log.warning("demo server error for %s", client_address, exc_info=True)
+
+
+class LoopbackServer:
+    """Serves a dict of WebObject on 127.0.0.1 on a free port, in a background thread (ThreadingHTTPServer)."""
+
+    def __init__(
+        self, objects: dict[str, WebObject], host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self._server = _Server((host, port), objects)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://HOST:PORT`` of the bound socket."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def url(self, path: str) -> str:
+        """Absolute URL for an object path such as ``/img/000123.jpg``."""
+        return self.base_url + (path if path.startswith("/") else "/" + path)
+
+    def start(self) -> LoopbackServer:
+        """Start serving in a daemon thread; returns self."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name="curate-demo-server",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket; returns promptly even during slow requests."""
+        self._server.stopping.set()  # wakes handlers sleeping on a delay
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=2)
+            self._thread = None
+        self._server.server_close()
+
+    def __enter__(self) -> LoopbackServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def write_url_list(rows: list[DemoRow], base_url: str, path: str | Path) -> Path:
+    """Write the URL list as Parquet with columns url, caption, defect, expected_reason (in row order)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base = base_url.rstrip("/")
+    table = pa.table(
+        {
+            "url": pa.array([base + r.path for r in rows], pa.string()),
+            "caption": pa.array([r.caption for r in rows], pa.string()),
+            "defect": pa.array([r.defect for r in rows], pa.string()),
+            "expected_reason": pa.array([r.expected_reason for r in rows], pa.string()),
+        }
+    )
+    pq.write_table(table, path)
+    return path

@@ -1,0 +1,1 @@
+"""Emit: curated shards (WebDataset tars + Parquet metadata) from the kept rows."""

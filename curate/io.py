@@ -1,0 +1,39 @@
+"""Writers' common ground: fsspec paths and atomic commits (write a temp name, rename when done)."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any, BinaryIO
+
+import fsspec
+
+
+class AtomicFile:
+    """A file written under a temporary name and renamed to ``path`` only on success."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fs, self._final = fsspec.core.url_to_fs(path)
+        self._tmp = f"{self._final}.tmp-{uuid.uuid4().hex[:8]}"
+        self._fh: BinaryIO | None = None
+
+    def __enter__(self) -> BinaryIO:
+        self.fs.makedirs(os.path.dirname(self._final) or ".", exist_ok=True)
+        self._fh = self.fs.open(self._tmp, "wb")
+        return self._fh
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self._fh is not None
+        self._fh.close()
+        if exc_type is None:
+            self.fs.mv(self._tmp, self._final)
+        else:
+            self.fs.rm(self._tmp)
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with AtomicFile(path) as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=False, default=str).encode())

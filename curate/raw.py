@@ -1,0 +1,87 @@
+"""Read acquired shards back as Arrow tables: every input row of a shard, with its image bytes.
+
+The input table (``RUN/input/urls.parquet``) is the source of truth for which rows exist;
+img2dataset's per-shard Parquet adds the download status and the tar adds the bytes. A row
+img2dataset lost still comes out, with status ``missing``, so nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Iterator
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+BASE_COLUMNS: dict[str, pa.DataType] = {
+    "key": pa.string(),
+    "url": pa.string(),
+    "caption": pa.string(),
+    "status": pa.string(),
+    "error_message": pa.string(),
+    "raw_shard": pa.string(),
+    "image_offset": pa.int64(),
+    "image_size": pa.int64(),
+    "image": pa.binary(),
+}
+"""Columns every annotate batch starts with (plus the recipe's additional input columns)."""
+
+IMAGE_EXT = "jpg"  # img2dataset names every image member .jpg; the bytes keep their format
+
+
+def read_shard(run_dir: str, shard: str, chunk_rows: int = 512) -> Iterator[pa.Table]:
+    """Yield the rows of raw shard ``shard`` in chunks, joined with their bytes."""
+    inputs = _input_rows(run_dir, shard)
+    meta = pq.read_table(
+        f"{run_dir}/raw/{shard}.parquet", columns=["key", "status", "error_message"]
+    )
+    images = _tar_images(f"{run_dir}/raw/{shard}.tar")
+    table = inputs.join(meta, "key", join_type="left outer").join(
+        images, "key", join_type="left outer"
+    )
+    table = table.sort_by("key")
+    table = _fix_status(table)
+    for start in range(0, len(table), chunk_rows):
+        yield table.slice(start, chunk_rows)
+
+
+def _input_rows(run_dir: str, shard: str) -> pa.Table:
+    dataset = pads.dataset(f"{run_dir}/input/urls.parquet")
+    table = dataset.to_table(filter=pc.field("raw_shard") == shard)
+    return table
+
+
+def _tar_images(path: str) -> pa.Table:
+    """Key, data offset, size and bytes of every image member of an img2dataset tar."""
+    keys, offsets, sizes, blobs = [], [], [], []
+    with fsspec.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        for member in tar:
+            stem, _, ext = member.name.rpartition(".")
+            if ext != IMAGE_EXT or not member.isfile():
+                continue
+            keys.append(stem)
+            offsets.append(member.offset_data)
+            sizes.append(member.size)
+            blobs.append(tar.extractfile(member).read())
+    return pa.table(
+        {"key": keys, "image_offset": offsets, "image_size": sizes, "image": blobs},
+        schema=pa.schema(
+            [(n, BASE_COLUMNS[n]) for n in ("key", "image_offset", "image_size", "image")]
+        ),
+    )
+
+
+def _fix_status(table: pa.Table) -> pa.Table:
+    """Name the row states img2dataset cannot: never requested, lost, or success without bytes."""
+    status = table.column("status")
+    has_image = pc.is_valid(table.column("image"))
+    status = pc.if_else(pc.is_null(status), pa.scalar("missing"), status)
+    status = pc.if_else(
+        pc.and_(pc.equal(status, "success"), pc.invert(has_image)), "missing_image", status
+    )
+    status = pc.if_else(table.column("fetchable"), status, pa.scalar("bad_url"))
+    table = table.set_column(table.column_names.index("status"), "status", status)
+    return table.drop_columns(["fetchable"])

@@ -1,0 +1,253 @@
+"""Recipes: YAML files listing stages and policies, resolved through explicit registries.
+
+Everything is validated before any work starts; each problem becomes one :class:`RecipeError`
+that names the file, the place in it and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from curate.acquire import AcquireConfig
+from curate.decide.base import Policy
+from curate.decide.dedup import ExactDedup
+from curate.decide.thresholds import Availability, CaptionLength, ImageSize
+from curate.emit.shards import EmitConfig
+from curate.raw import BASE_COLUMNS
+from curate.signals.caption import CaptionSignals
+from curate.signals.hashes import Hashes
+from curate.signals.image import ImageSignals
+from curate.stage import Stage
+
+STAGES: dict[str, type[Stage]] = {s.name: s for s in (ImageSignals, Hashes, CaptionSignals)}
+"""Annotate stages by the name recipes use."""
+
+POLICIES: dict[str, type[Policy]] = {p.name: p for p in (ImageSize, CaptionLength, ExactDedup)}
+"""Decide policies by the name recipes use."""
+
+PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
+"""The bundled recipes (``pipelines/`` of the source checkout curate is installed from)."""
+
+SECTIONS = ("name", "description", "input", "acquire", "annotate", "decide", "emit")
+
+
+class RecipeError(ValueError):
+    """A recipe problem, phrased as what is wrong and how to fix it."""
+
+
+class InputConfig(BaseModel):
+    """Which columns of the URL list hold what (img2dataset's names)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url_col: str = Field("url", description="Column holding the image URL.")
+    caption_col: str = Field("caption", description="Column holding the alt text / caption.")
+    save_additional_columns: list[str] = Field(
+        default_factory=list, description="Input columns carried through to samples and metadata."
+    )
+
+
+@dataclass
+class Recipe:
+    """A validated recipe: configs and instantiated stages and policies, in order."""
+
+    name: str
+    source: str
+    input: InputConfig
+    acquire: AcquireConfig
+    annotate: list[Stage]
+    decide: list[Policy]
+    emit: EmitConfig
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fully resolved recipe (defaults filled in), as recorded in the manifest."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "input": self.input.model_dump(),
+            "acquire": self.acquire.model_dump(),
+            "annotate": [{"stage": s.name, **s.config.model_dump()} for s in self.annotate],
+            "decide": [{"policy": p.name, **p.config.model_dump()} for p in self.decide],
+            "emit": self.emit.model_dump(),
+        }
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A recipe file by path, or by name among the bundled ``pipelines/`` (``demo`` → demo.yaml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bundled = PIPELINES_DIR / f"{path.stem}.yaml"
+    if path.suffix in ("", ".yaml") and bundled.is_file():
+        return bundled
+    known = ", ".join(sorted(list_recipes()))
+    raise RecipeError(f"{name_or_path}: no such recipe file. Bundled recipes: {known}")
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes that ship with curate."""
+    return sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override (``key.path=value``), validate and instantiate a recipe."""
+    path = find_recipe(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping with sections {', '.join(SECTIONS)}")
+    for item in overrides or []:
+        apply_override(data, item, path)
+    return build_recipe(data, str(path))
+
+
+def build_recipe(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    """Validate a recipe given as a dict."""
+    unknown = [k for k in data if k not in SECTIONS]
+    if unknown:
+        raise RecipeError(
+            f"{source}: unknown section {unknown[0]!r}{_suggest(unknown[0], SECTIONS)}"
+        )
+    recipe = Recipe(
+        name=str(data.get("name") or Path(source).stem),
+        description=str(data.get("description") or ""),
+        source=source,
+        input=_config(InputConfig, data.get("input"), f"{source}: input"),
+        acquire=_config(AcquireConfig, data.get("acquire"), f"{source}: acquire"),
+        annotate=[
+            _entry(e, i, "annotate", "stage", STAGES, source)
+            for i, e in enumerate(_list(data, "annotate", source))
+        ],
+        decide=[
+            _entry(e, i, "decide", "policy", POLICIES, source)
+            for i, e in enumerate(_list(data, "decide", source))
+        ],
+        emit=_config(EmitConfig, data.get("emit"), f"{source}: emit"),
+    )
+    check_columns(recipe)
+    return recipe
+
+
+def check_columns(recipe: Recipe) -> None:
+    """Every stage and policy must read only columns that exist by the time it runs."""
+    available = set(BASE_COLUMNS) | set(recipe.input.save_additional_columns)
+    for i, stage in enumerate(recipe.annotate):
+        missing = [c for c in stage.reads if c not in available]
+        if missing:
+            raise RecipeError(
+                f"{recipe.source}: annotate[{i}] (stage {stage.name!r}) reads {missing}, which no "
+                f"earlier stage writes. Move it after the stage that writes them."
+            )
+        available |= set(stage.writes)
+    writers = {c: s.name for s in STAGES.values() for c in s.writes}
+    for i, policy in enumerate([Availability(), *recipe.decide]):
+        missing = [c for c in policy.reads if c not in available]
+        if missing:
+            where = (
+                "the built-in availability check"
+                if i == 0
+                else f"decide[{i - 1}] (policy {policy.name!r})"
+            )
+            hint = ", ".join(sorted({f"'- stage: {writers[c]}'" for c in missing if c in writers}))
+            raise RecipeError(
+                f"{recipe.source}: {where} reads {missing}, which no annotate stage writes. "
+                f"Add {hint or 'a stage that writes them'} to annotate."
+            )
+
+
+def apply_override(data: dict[str, Any], item: str, source: Path | str = "<recipe>") -> None:
+    """Apply one ``--set`` item: ``acquire.timeout=5`` or ``decide.image_size.min_side=128``."""
+    if "=" not in item:
+        raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set acquire.timeout=5")
+    dotted, _, text = item.partition("=")
+    value = yaml.safe_load(text) if text else None
+    parts = dotted.strip().split(".")
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        node = _child(node, part, parts[: depth + 1], data, source)
+    if isinstance(node, list):
+        raise RecipeError(
+            f"--set {item!r}: name an entry of {'.'.join(parts[:-1])} and then a parameter"
+        )
+    node[parts[-1]] = value
+
+
+def _child(node: Any, part: str, path: list[str], root: dict, source: Path | str) -> Any:
+    if isinstance(node, list):
+        tag = "stage" if path[0] == "annotate" else "policy"
+        for entry in node:
+            if isinstance(entry, dict) and entry.get(tag) == part:
+                return entry
+        names = [e.get(tag) for e in node if isinstance(e, dict)]
+        raise RecipeError(
+            f"--set {'.'.join(path)}: {source} has no {path[0]} entry {part!r} (entries: {names}). "
+            f"Add '- {tag}: {part}' to {path[0]} in the recipe first."
+        )
+    if not isinstance(node, dict):
+        raise RecipeError(f"--set {'.'.join(path)}: {'.'.join(path[:-1])} is not a section")
+    if node.get(part) is None:
+        node[part] = [] if (node is root and part in ("annotate", "decide")) else {}
+    return node[part]
+
+
+def _list(data: dict, section: str, source: str) -> list:
+    value = data.get(section) or []
+    if not isinstance(value, list):
+        raise RecipeError(f"{source}: {section} must be a list of entries like '- stage: NAME'")
+    return value
+
+
+def _entry(entry: Any, index: int, section: str, tag: str, registry: dict, source: str):
+    where = f"{source}: {section}[{index}]"
+    if isinstance(entry, str):
+        entry = {tag: entry}
+    if not isinstance(entry, dict) or tag not in entry:
+        raise RecipeError(
+            f"{where}: each entry needs '{tag}: NAME' (known: {', '.join(sorted(registry))})"
+        )
+    params = dict(entry)
+    name = params.pop(tag)
+    if name not in registry:
+        raise RecipeError(
+            f"{where}: unknown {tag} {name!r}{_suggest(str(name), registry)}. "
+            f"Known {tag}s: {', '.join(sorted(registry))}"
+        )
+    cls = registry[name]
+    return cls(_config(cls.Config, params, f"{where} ({tag} {name!r})"))
+
+
+def _config(model: type[BaseModel], params: Any, where: str) -> Any:
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise RecipeError(f"{where}: expected a mapping of parameters, got {params!r}")
+    try:
+        return model(**params)
+    except ValidationError as err:
+        raise RecipeError(_explain(err, model, where)) from None
+
+
+def _explain(err: ValidationError, model: type[BaseModel], where: str) -> str:
+    first = err.errors()[0]
+    name = ".".join(str(p) for p in first["loc"])
+    known = sorted(model.model_fields)
+    if first["type"] == "extra_forbidden":
+        return f"{where}: unknown parameter {name!r}{_suggest(name, known)}. Known parameters: {', '.join(known)}"
+    field_info = model.model_fields.get(str(first["loc"][0]))
+    doc = f" ({field_info.description})" if field_info and field_info.description else ""
+    return f"{where}: parameter {name!r}: {first['msg']}, got {first.get('input')!r}{doc}"
+
+
+def _suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

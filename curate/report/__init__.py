@@ -1,0 +1,1 @@
+"""Inspect a run: DuckDB views and canned queries, the funnel."""

@@ -1,0 +1,192 @@
+"""The steps of one run directory: acquire → annotate → decide → emit, each recorded in the manifest.
+
+``run_pipeline`` is what ``curate run`` calls; ``redecide`` is ``curate decide``. Steps are
+idempotent: acquire skips complete shards, annotate is reused while its inputs and config are
+unchanged, decide and emit always re-run (they are cheap) and replace their outputs atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+
+from curate import runtime
+from curate.acquire import ShardLayout, complete_shards, download_shard
+from curate.decide import decide
+from curate.emit.shards import plan_shards, write_shard
+from curate.io import write_json
+from curate.manifest import Manifest, versions
+from curate.recipe import Recipe, build_recipe
+from curate.report.stats import funnel
+from curate.urls import InputError, download_rows, fingerprint, prepare_inputs, read_url_list
+
+
+@dataclass
+class RunResult:
+    """Where a run's outputs are and what happened."""
+
+    run_dir: Path
+    funnel: dict
+    manifest: dict
+
+
+def run_pipeline(
+    recipe: Recipe, input_path: str | Path, run_dir: str | Path, address: str | None = None
+) -> RunResult:
+    """Run every step of ``recipe`` on the URL list at ``input_path`` into ``run_dir``."""
+    run_dir = Path(run_dir)
+    check_writable(run_dir)
+    manifest = Manifest(run_dir)
+    manifest.data.update(recipe=recipe.to_dict(), recipe_source=recipe.source, versions=versions())
+    manifest.data["input"] = str(input_path)
+    with runtime.session(address):
+        layout = stage_inputs(recipe, input_path, run_dir, manifest)
+        acquire(recipe, layout, run_dir, manifest)
+        annotate(recipe, run_dir, manifest)
+        return decide_and_emit(recipe, run_dir, manifest)
+
+
+def redecide(
+    run_dir: str | Path, overrides: list[str] | None = None, address: str | None = None
+) -> RunResult:
+    """Re-run decide and emit from stored signals with the run's recipe plus ``overrides``."""
+    from curate.recipe import apply_override
+
+    run_dir = Path(run_dir)
+    manifest = Manifest(run_dir)
+    if not manifest.done("annotate"):
+        raise InputError(
+            f"{run_dir}: annotate has not finished; run `curate run` to complete it first"
+        )
+    data = json.loads(json.dumps(manifest.data["recipe"]))
+    for item in overrides or []:
+        apply_override(data, item, manifest.data.get("recipe_source", "<recipe>"))
+    recipe = build_recipe(data, manifest.data.get("recipe_source", "<recipe>"))
+    manifest.data["recipe"] = recipe.to_dict()
+    with runtime.session(address):
+        return decide_and_emit(recipe, run_dir, manifest)
+
+
+def check_writable(run_dir: Path) -> None:
+    """Fail early, with the path, when the output directory cannot be written."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{uuid.uuid4().hex[:6]}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise InputError(
+            f"{run_dir}: output directory is not writable ({err}). Choose another --output."
+        ) from None
+
+
+def stage_inputs(
+    recipe: Recipe, input_path: str | Path, run_dir: Path, manifest: Manifest
+) -> ShardLayout:
+    """Write ``RUN/input/urls.parquet`` (keys assigned) or check that a resumed run has the same input."""
+    inputs = prepare_inputs(
+        read_url_list(input_path), recipe.input, recipe.acquire.samples_per_shard, str(input_path)
+    )
+    layout = ShardLayout(len(inputs), recipe.acquire.samples_per_shard)
+    print_ = fingerprint(inputs)
+    previous = manifest.data.get("input_fingerprint")
+    if previous and previous != print_:
+        raise InputError(
+            f"{run_dir} was made from a different URL list or acquire.samples_per_shard. "
+            f"Use a new --output, or delete {run_dir} to start over."
+        )
+    target = run_dir / "input" / "urls.parquet"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(inputs, f"{target}.tmp")
+        Path(f"{target}.tmp").replace(target)
+    manifest.data.update(input_fingerprint=print_, input_rows=len(inputs))
+    manifest.save()
+    return layout
+
+
+def acquire(recipe: Recipe, layout: ShardLayout, run_dir: Path, manifest: Manifest) -> None:
+    """Download every shard not yet complete in ``RUN/raw/``."""
+    raw = run_dir / "raw"
+    raw.mkdir(exist_ok=True)
+    names = [layout.shard_name(i) for i in range(layout.n_shards)]
+    todo = [i for i, name in enumerate(names) if name not in complete_shards(raw)]
+    inputs = pq.read_table(run_dir / "input" / "urls.parquet")
+    extra = list(recipe.input.save_additional_columns)
+    with manifest.step("acquire", shards=len(names), shards_downloaded=len(todo)) as record:
+        calls = [
+            (i, download_rows(inputs, names[i], extra), str(raw), layout, recipe.acquire)
+            for i in todo
+        ]
+        results = runtime.run_tasks(download_shard, calls, "acquire", recipe.acquire.num_cpus)
+        record["nodes"] = sorted({node for _, node in results})
+        record["downloaded_ok"] = sum(stats["successes"] for stats, _ in results)
+
+
+def annotate(recipe: Recipe, run_dir: Path, manifest: Manifest) -> None:
+    """Compute signals for every raw shard into ``RUN/samples/`` unless they are up to date."""
+    shards = sorted(complete_shards(run_dir / "raw"))
+    stages = [{"stage": s.name, **s.config.model_dump()} for s in recipe.annotate]
+    key = {"raw_shards": shards, "stages": stages}
+    if manifest.done("annotate", **key):
+        return
+    tmp = run_dir / ".tmp" / f"samples-{uuid.uuid4().hex[:8]}"
+    with manifest.step("annotate", **key) as record:
+        runtime.annotate(str(run_dir), shards, recipe.annotate, str(tmp))
+        _swap(tmp, run_dir / "samples")
+        record["rows"] = pq.ParquetDataset(run_dir / "samples").read(columns=["key"]).num_rows
+
+
+def decide_and_emit(recipe: Recipe, run_dir: Path, manifest: Manifest) -> RunResult:
+    """Decide keep/reject for every sample, then write the curated shards and the funnel."""
+    samples = f"{run_dir}/samples/*.parquet"
+    with manifest.step("decide") as record:
+        record["rejected"] = decide(
+            samples, recipe.decide, run_dir / "decisions" / "decisions.parquet"
+        )
+    with manifest.step("emit") as record:
+        record.update(emit(recipe, run_dir))
+    result = funnel(run_dir)
+    manifest.data["funnel"] = result
+    manifest.save()
+    return RunResult(run_dir, result, manifest.data)
+
+
+def emit(recipe: Recipe, run_dir: Path) -> dict:
+    """Write ``shards/`` (tars + sizes.json) and ``metadata/`` for the kept rows, replacing old ones."""
+    kept = duckdb.sql(
+        f"""SELECT s.* FROM read_parquet('{run_dir}/samples/*.parquet') s
+            JOIN read_parquet('{run_dir}/decisions/*.parquet') d USING (key) WHERE d.keep"""
+    ).to_arrow_table()
+    plans = plan_shards(kept, recipe.emit)
+    digits = max(5, len(str(len(plans))))
+    names = [f"{i:0{digits}d}" for i in range(len(plans))]
+    tmp = run_dir / ".tmp" / f"emit-{uuid.uuid4().hex[:8]}"
+    calls = [
+        (plan, str(run_dir), str(tmp), name, recipe.emit)
+        for plan, name in zip(plans, names, strict=True)
+    ]
+    counts = [n for n, _ in runtime.run_tasks(write_shard, calls, "emit")]
+    sizes = {f"{name}.tar": n for name, n in zip(names, counts, strict=True)}
+    write_json(f"{tmp}/shards/sizes.json", sizes)
+    (tmp / "metadata").mkdir(parents=True, exist_ok=True)
+    for part in ("shards", "metadata"):
+        _swap(tmp / part, run_dir / part)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {"shards": len(names), "samples": sum(counts)}
+
+
+def _swap(new: Path, final: Path) -> None:
+    """Replace directory ``final`` with ``new`` (old contents removed only once ``new`` is complete)."""
+    new.mkdir(parents=True, exist_ok=True)
+    old = final.with_name(f".{final.name}-old-{uuid.uuid4().hex[:6]}")
+    if final.exists():
+        final.rename(old)
+    new.rename(final)
+    shutil.rmtree(old, ignore_errors=True)

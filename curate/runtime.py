@@ -1,0 +1,124 @@
+"""The only module that imports Ray: start or join a cluster, run shard tasks, run stage chains.
+
+Embedded by default (``ray.init()`` on this machine); ``address`` or ``RAY_ADDRESS`` joins a
+cluster. Nodes of a cluster need curate installed, as they need Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import ray
+from tqdm.auto import tqdm
+
+from curate.raw import read_shard
+from curate.stage import Stage
+
+
+@contextmanager
+def session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
+    """Use the running Ray, join ``address``/``RAY_ADDRESS``, or start an embedded one for the block."""
+    started = False
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            tmp = os.environ.get("CURATE_RAY_TMPDIR")
+            ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=tmp, **kwargs)
+        started = True
+    _quiet_data_context()
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _quiet_data_context() -> None:
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    ctx.print_on_execution_start = False
+
+
+def _on_node(fn: Callable, args: tuple) -> tuple[Any, str]:
+    return fn(*args), ray.get_runtime_context().get_node_id()
+
+
+def run_tasks(
+    fn: Callable, calls: Sequence[tuple], desc: str, num_cpus: float = 1.0
+) -> list[tuple[Any, str]]:
+    """Run ``fn(*args)`` for each args tuple as Ray tasks spread over the cluster.
+
+    Returns ``(result, node_id)`` in call order; the first failure is raised.
+    """
+    remote = ray.remote(_on_node).options(
+        num_cpus=num_cpus, scheduling_strategy="SPREAD", max_retries=2
+    )
+    refs = [remote.remote(fn, args) for args in calls]
+    index = {ref: i for i, ref in enumerate(refs)}
+    results: list[Any] = [None] * len(refs)
+    pending = list(refs)
+    with tqdm(total=len(refs), desc=desc, unit="shard") as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            results[index[done[0]]] = ray.get(done[0])
+            bar.update(1)
+    return results
+
+
+def _read_shards(batch: pa.Table, run_dir: str, chunk_rows: int) -> Iterator[pa.Table]:
+    for shard in batch.column("shard").to_pylist():
+        yield from read_shard(run_dir, shard, chunk_rows)
+
+
+class _StageActor:
+    """Holds one stage per actor, so its model is loaded once."""
+
+    def __init__(self, stage_cls: type[Stage], config: Any) -> None:
+        self.stage = stage_cls(config)
+        self.stage.setup()
+        self.stage._ready = True
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.stage(batch)
+
+
+def _add_stage(ds: ray.data.Dataset, stage: Stage) -> ray.data.Dataset:
+    cfg = stage.config
+    common = {"batch_format": "pyarrow", "batch_size": cfg.batch_size, "num_cpus": cfg.num_cpus}
+    if not stage.uses_actors:
+        return ds.map_batches(stage, **common)
+    pool = ray.data.ActorPoolStrategy(min_size=1, max_size=getattr(cfg, "actors", 1))
+    return ds.map_batches(
+        _StageActor,
+        fn_constructor_args=(type(stage), cfg),
+        compute=pool,
+        num_gpus=cfg.num_gpus or None,
+        **common,
+    )
+
+
+def annotate(run_dir: str, shards: Sequence[str], stages: Sequence[Stage], out_dir: str) -> None:
+    """Stream raw ``shards`` through ``stages`` and write the signals (no image bytes) to ``out_dir``."""
+    ds = ray.data.from_items(
+        [{"shard": s} for s in shards], override_num_blocks=max(1, len(shards))
+    )
+    ds = ds.map_batches(
+        _read_shards,
+        fn_kwargs={"run_dir": run_dir, "chunk_rows": 512},
+        batch_size=1,
+        batch_format="pyarrow",
+    )
+    for stage in stages:
+        ds = _add_stage(ds, stage)
+    ds = ds.drop_columns(["image"])
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    ds.write_parquet(out_dir)

@@ -1,0 +1,1 @@
+"""Annotate stages: per-sample signals computed in one streaming pass over the images."""

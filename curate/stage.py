@@ -1,0 +1,67 @@
+"""The annotate stage contract: a typed config, ``setup()`` once per worker, one batch method.
+
+A stage never imports Ray; :mod:`curate.runtime` turns it into ``map_batches``. Tests call a
+stage directly on a ``pyarrow.Table``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StageConfig(BaseModel):
+    """Fields every stage accepts; stages subclass this with their own documented fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_size: int = Field(256, gt=0, description="Rows per batch handed to the stage.")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per task or actor.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractional allowed).")
+
+
+class Stage:
+    """Base class: subclasses set ``name``, ``Config``, ``reads``, ``writes`` and ``process``."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[StageConfig]] = StageConfig
+    reads: ClassVar[tuple[str, ...]] = ()
+    writes: ClassVar[dict[str, pa.DataType]] = {}
+    uses_actors: ClassVar[bool] = False
+    """True for stages that load a model: they run in an actor pool, set up once per actor."""
+
+    def __init__(self, config: StageConfig | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+        self._ready = False
+
+    def setup(self) -> None:
+        """Load models or build lookup tables; called once per worker before the first batch."""
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        """Return ``batch`` with this stage's ``writes`` columns appended."""
+        raise NotImplementedError
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if not self._ready:
+            self.setup()
+            self._ready = True
+        out = self.process(batch)
+        missing = [c for c in self.writes if c not in out.column_names]
+        if missing:
+            raise RuntimeError(f"stage {self.name!r} did not write columns {missing}")
+        return out
+
+
+def append_columns(
+    batch: pa.Table, columns: dict[str, list], types: dict[str, pa.DataType]
+) -> pa.Table:
+    """Append (or replace) columns given as Python lists, typed by ``types``."""
+    for name, values in columns.items():
+        array = pa.array(values, type=types[name])
+        if name in batch.column_names:
+            batch = batch.set_column(batch.column_names.index(name), name, array)
+        else:
+            batch = batch.append_column(name, array)
+    return batch
