@@ -43,12 +43,16 @@ def run(
     output: Annotated[Path, typer.Option("--output", help="Run directory to create or resume.")],
     set: SetOpt = None,
     address: AddressOpt = None,
+    until: Annotated[
+        str, typer.Option("--until", help="Stop after this step: acquire, annotate or emit.")
+    ] = "emit",
 ) -> None:
     """Acquire, annotate, decide and emit: the whole pipeline into one run directory."""
     from curate.run import run_pipeline
 
-    result = run_pipeline(load_recipe(recipe, set), input, output, address)
-    print_funnel(result.funnel)
+    result = run_pipeline(load_recipe(recipe, set), input, output, address, until)
+    if result.funnel:
+        print_funnel(result.funnel)
     console.print(
         f"outputs: {output}/shards (WebDataset), {output}/metadata (Parquet), {output}/manifest.json"
     )

@@ -48,7 +48,11 @@ def run_pipeline(
     with runtime.session(address):
         layout = stage_inputs(recipe, input_path, run_dir, manifest)
         acquire(recipe, layout, run_dir, manifest)
+        if until == "acquire":
+            return RunResult(run_dir, {}, manifest.data)
         annotate(recipe, run_dir, manifest)
+        if until == "annotate":
+            return RunResult(run_dir, {}, manifest.data)
         return decide_and_emit(recipe, run_dir, manifest)
 
 
