@@ -36,10 +36,19 @@ class RunResult:
     manifest: dict
 
 
+STEPS = ("acquire", "annotate", "decide", "emit")
+
+
 def run_pipeline(
-    recipe: Recipe, input_path: str | Path, run_dir: str | Path, address: str | None = None
+    recipe: Recipe,
+    input_path: str | Path,
+    run_dir: str | Path,
+    address: str | None = None,
+    until: str = "emit",
 ) -> RunResult:
-    """Run every step of ``recipe`` on the URL list at ``input_path`` into ``run_dir``."""
+    """Run the steps of ``recipe`` up to ``until`` on the URL list at ``input_path`` into ``run_dir``."""
+    if until not in STEPS:
+        raise InputError(f"--until {until!r}: choose one of {', '.join(STEPS)}")
     run_dir = Path(run_dir)
     check_writable(run_dir)
     manifest = Manifest(run_dir)
