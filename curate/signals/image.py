@@ -14,10 +14,11 @@ from curate.stage import Stage, StageConfig, append_columns
 
 class ImageConfig(StageConfig):
     max_decode_pixels: int = Field(
-        2**28,
+        100_000_000,
         gt=0,
+        le=2 * Image.MAX_IMAGE_PIXELS,
         description="Images whose header declares more pixels are not decoded (decompression "
-        "bomb guard) and get a decode_error.",
+        "bomb guard) and get a decode_error. Pillow refuses more than 2 * MAX_IMAGE_PIXELS anyway.",
     )
 
 
@@ -51,16 +52,16 @@ def measure_image(data: bytes | None, max_decode_pixels: int) -> dict:
         return row
     row["bytes"] = len(data)
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            row["format"] = (im.format or "").lower() or None
-            row["width"], row["height"] = im.size
-            if im.size[0] * im.size[1] > max_decode_pixels:
-                row["decode_error"] = (
-                    f"declared size {im.size[0]}x{im.size[1]} exceeds max_decode_pixels"
-                )
-                return row
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit decides
+            with Image.open(io.BytesIO(data)) as im:
+                row["format"] = (im.format or "").lower() or None
+                row["width"], row["height"] = im.size
+                if im.size[0] * im.size[1] > max_decode_pixels:
+                    row["decode_error"] = (
+                        f"declared size {im.size[0]}x{im.size[1]} exceeds max_decode_pixels"
+                    )
+                    return row
                 im.load()
     except Exception as err:  # a per-row error is data, not a crash: it becomes decode_error
         row["decode_error"] = f"{type(err).__name__}: {err}"[:300]

@@ -1,0 +1,45 @@
+"""Shared fixtures: a generated corpus served on 127.0.0.1, and a short Ray temp dir."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from curate.demo.corpus import build_corpus
+from curate.demo.server import LoopbackServer, write_url_list
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+# Ray's unix sockets need a short path; pytest's tmp paths can be too long.
+_RAY_TMP = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+os.environ["CURATE_RAY_TMPDIR"] = _RAY_TMP
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_RAY_TMP, ignore_errors=True)
+
+
+class ServedCorpus:
+    """The demo corpus on a live loopback server, with its URL list written to disk."""
+
+    def __init__(self, server: LoopbackServer, rows, urls: Path) -> None:
+        self.server, self.rows, self.urls = server, rows, urls
+
+    def expected_reasons(self) -> list[str | None]:
+        return pq.read_table(self.urls).column("expected_reason").to_pylist()
+
+
+@pytest.fixture(scope="session")
+def served_corpus(tmp_path_factory) -> ServedCorpus:
+    objects, rows = build_corpus(n_clean=120, seed=1, slow_delay_s=5.0)
+    with LoopbackServer(objects) as server:
+        urls = write_url_list(
+            rows, server.base_url, tmp_path_factory.mktemp("corpus") / "urls.parquet"
+        )
+        yield ServedCorpus(server, rows, urls)

@@ -1,0 +1,93 @@
+"""Decide over a constructed samples table (no Ray): reasons, order, exact dedup."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.decide import decide
+from curate.recipe import build_recipe
+
+ROWS = [
+    # key, status, width, height, decode_error, sha256, caption_chars, caption_words
+    ("000", "success", 300, 200, None, "aa", 20, 4),
+    ("001", "failed_to_download", None, None, None, None, 20, 4),
+    ("002", "bad_url", None, None, None, None, 20, 4),
+    ("003", "success", None, None, "cannot identify image", "bb", 20, 4),
+    ("004", "success", 30, 200, None, "cc", 20, 4),
+    ("005", "success", 1000, 100, None, "dd", 20, 4),
+    ("006", "success", 300, 300, None, "ee", 0, 0),
+    ("007", "success", 300, 200, None, "aa", 20, 4),  # same bytes as 000
+    ("008", "success", 30, 30, None, "aa", 20, 4),  # same bytes, but too small first
+    ("009", "missing", None, None, None, None, 20, 4),
+]
+COLUMNS = [
+    "key",
+    "status",
+    "width",
+    "height",
+    "decode_error",
+    "sha256",
+    "caption_chars",
+    "caption_words",
+]
+
+
+def samples_file(tmp_path):
+    table = pa.table({c: [r[i] for r in ROWS] for i, c in enumerate(COLUMNS)})
+    table = table.append_column("url", pa.array([f"http://h/{r[0]}" for r in ROWS]))
+    table = table.append_column("caption", pa.array(["c"] * len(ROWS)))
+    path = tmp_path / "samples.parquet"
+    pq.write_table(table, path)
+    return str(path)
+
+
+def test_every_row_gets_exactly_its_first_reason(tmp_path):
+    recipe = build_recipe(
+        {
+            "annotate": ["image", "hashes", "caption"],
+            "decide": [
+                {"policy": "image_size", "min_side": 64, "max_aspect": 4},
+                {"policy": "caption_length", "min_chars": 1},
+                "exact_dedup",
+            ],
+        }
+    )
+    out = tmp_path / "decisions.parquet"
+    counts = decide(samples_file(tmp_path), recipe.decide, out)
+    table = pq.read_table(out)
+    got = {r["key"]: (r["keep"], r["reason"], r["dup_of"]) for r in table.to_pylist()}
+    assert len(table) == len(ROWS) == len(got)
+    assert got == {
+        "000": (True, None, None),
+        "001": (False, "download_error", None),
+        "002": (False, "bad_url", None),
+        "003": (False, "decode_error", None),
+        "004": (False, "too_small", None),
+        "005": (False, "bad_aspect", None),
+        "006": (False, "caption_short", None),
+        "007": (False, "dup_exact", "000"),
+        "008": (False, "too_small", None),
+        "009": (False, "download_error", None),
+    }
+    assert counts == {"download_error": 2, "bad_url": 1, "decode_error": 1, "too_small": 2} | {
+        "bad_aspect": 1,
+        "caption_short": 1,
+        "dup_exact": 1,
+    }
+    assert set(table.column_names) >= {"key", "url", "caption", "keep", "reason", "stage", "dup_of"}
+
+
+def test_thresholds_change_without_touching_signals(tmp_path):
+    samples = samples_file(tmp_path)
+    strict = build_recipe(
+        {"annotate": ["image"], "decide": [{"policy": "image_size", "min_side": 250}]}
+    )
+    decide(samples, strict.decide, tmp_path / "d.parquet")
+    kept = (
+        pq.read_table(tmp_path / "d.parquet")
+        .filter(pa.compute.field("keep"))
+        .column("key")
+        .to_pylist()
+    )
+    assert kept == ["006"]  # the only decodable image whose smaller side is >= 250

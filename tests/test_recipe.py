@@ -1,0 +1,108 @@
+"""Recipes are validated before anything runs, with messages that name the file and the fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from curate.recipe import RecipeError, build_recipe, list_recipes, load_recipe
+from curate.run import check_writable
+from curate.urls import InputError, prepare_inputs
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_bundled_recipes_validate():
+    assert "demo" in list_recipes()
+    for name in list_recipes():
+        assert load_recipe(name).name
+
+
+def test_unknown_stage_names_file_and_known_stages(tmp_path):
+    path = write(tmp_path, "annotate:\n  - stage: imagee\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    assert str(path) in message and "annotate[0]" in message
+    assert "did you mean 'image'" in message and "Known stages" in message
+
+
+def test_unknown_parameter_suggests_the_right_one(tmp_path):
+    path = write(tmp_path, "annotate: [image]\ndecide:\n  - policy: image_size\n    min_sid: 3\n")
+    with pytest.raises(
+        RecipeError, match=r"decide\[0\].*unknown parameter 'min_sid'.*did you mean 'min_side'"
+    ):
+        load_recipe(path)
+
+
+def test_ill_typed_parameter_says_what_was_given(tmp_path):
+    path = write(tmp_path, "acquire:\n  timeout: soon\n")
+    with pytest.raises(RecipeError, match=r"acquire: parameter 'timeout'.*got 'soon'"):
+        load_recipe(path)
+
+
+def test_policy_reading_unwritten_column_names_the_stage_to_add():
+    with pytest.raises(RecipeError, match=r"exact_dedup.*sha256.*Add '- stage: hashes'"):
+        build_recipe({"annotate": ["image"], "decide": ["exact_dedup"]})
+
+
+def test_annotate_without_image_stage_is_refused():
+    with pytest.raises(RecipeError, match=r"availability.*Add '- stage: image'"):
+        build_recipe({"annotate": ["caption"]})
+
+
+def test_set_overrides_by_entry_name_and_rejects_unknown_entries():
+    recipe = load_recipe("demo", ["decide.image_size.min_side=200", "acquire.timeout=7.5"])
+    assert recipe.decide[0].config.min_side == 200
+    assert recipe.acquire.timeout == 7.5
+    with pytest.raises(RecipeError, match="no decide entry 'balance'"):
+        load_recipe("demo", ["decide.balance.t=3"])
+    with pytest.raises(RecipeError, match="expected KEY=VALUE"):
+        load_recipe("demo", ["acquire.timeout"])
+
+
+def test_missing_input_column_says_how_to_name_it(tmp_path):
+    table = pa.table({"URL": ["http://x/a.jpg"], "TEXT": ["a"]})
+    recipe = load_recipe("demo")
+    with pytest.raises(
+        InputError, match=r"urls.csv: no column 'url' \(columns: URL, TEXT\).*input.url_col"
+    ):
+        prepare_inputs(table, recipe.input, 100, "urls.csv")
+    renamed = load_recipe("demo", ["input.url_col=URL", "input.caption_col=TEXT"])
+    assert prepare_inputs(table, renamed.input, 100, "urls.csv").column("url").to_pylist() == [
+        "http://x/a.jpg"
+    ]
+
+
+def test_unwritable_output_is_refused_before_work(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(InputError, match=r"not writable.*Choose another --output"):
+        check_writable(blocker / "run")
+
+
+def test_cli_prints_one_clear_line_and_exits_2(tmp_path):
+    path = write(tmp_path, "annotate:\n  - stage: nope\n")
+    urls = tmp_path / "urls.parquet"
+    cmd = [
+        sys.executable,
+        "-m",
+        "curate",
+        "run",
+        str(path),
+        "--input",
+        str(urls),
+        "--output",
+        str(tmp_path / "r"),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown stage 'nope'" in proc.stderr and "Traceback" not in proc.stderr
