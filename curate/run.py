@@ -128,6 +128,8 @@ def acquire(recipe: Recipe, layout: ShardLayout, run_dir: Path, manifest: Manife
     """Download every shard not yet complete in ``RUN/raw/``."""
     raw = run_dir / "raw"
     raw.mkdir(exist_ok=True)
+    for leftover in raw.glob(".*-*"):  # temp folders of shards a killed run never finished
+        shutil.rmtree(leftover, ignore_errors=True)
     names = [layout.shard_name(i) for i in range(layout.n_shards)]
     todo = [i for i, name in enumerate(names) if name not in complete_shards(raw)]
     inputs = pq.read_table(run_dir / "input" / "urls.parquet")
