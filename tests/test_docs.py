@@ -16,8 +16,5 @@ def test_readme_lists_every_reason_code():
 
 def test_readme_starts_with_the_two_commands():
     first_block = README.split("```bash", 1)[1].split("```", 1)[0]
-    assert (
-        first_block.strip().splitlines()[:2]
-        == [line for line in first_block.strip().splitlines() if line.startswith("make ")][:2]
-    )
-    assert "make demo" in first_block and "make test" in first_block
+    commands = [line.split("#")[0].strip() for line in first_block.strip().splitlines()]
+    assert commands == ["make demo", "make test"]
