@@ -136,7 +136,7 @@ def acquire(recipe: Recipe, layout: ShardLayout, run_dir: Path, manifest: Manife
     extra = list(recipe.input.save_additional_columns)
     with manifest.step("acquire", shards=len(names), shards_downloaded=len(todo)) as record:
         calls = [
-            (i, download_rows(inputs, names[i], extra), str(raw), layout, recipe.acquire)
+            (i, download_rows(inputs, layout, i, extra), str(raw), layout, recipe.acquire)
             for i in todo
         ]
         results = runtime.run_tasks(download_shard, calls, "acquire", recipe.acquire.num_cpus)

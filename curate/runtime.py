@@ -84,8 +84,7 @@ class _StageActor:
 
     def __init__(self, stage_cls: type[Stage], config: Any) -> None:
         self.stage = stage_cls(config)
-        self.stage.setup()
-        self.stage._ready = True
+        self.stage.ensure_setup()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.stage(batch)
@@ -96,7 +95,7 @@ def _add_stage(ds: ray.data.Dataset, stage: Stage) -> ray.data.Dataset:
     common = {"batch_format": "pyarrow", "batch_size": cfg.batch_size, "num_cpus": cfg.num_cpus}
     if not stage.uses_actors:
         return ds.map_batches(stage, **common)
-    pool = ray.data.ActorPoolStrategy(min_size=1, max_size=getattr(cfg, "actors", 1))
+    pool = ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.actors)
     return ds.map_batches(
         _StageActor,
         fn_constructor_args=(type(stage), cfg),

@@ -20,6 +20,7 @@ class StageConfig(BaseModel):
     batch_size: int = Field(256, gt=0, description="Rows per batch handed to the stage.")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per task or actor.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractional allowed).")
+    actors: int = Field(1, ge=1, description="Actor pool size, for stages that load a model.")
 
 
 class Stage:
@@ -43,10 +44,14 @@ class Stage:
         """Return ``batch`` with this stage's ``writes`` columns appended."""
         raise NotImplementedError
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def ensure_setup(self) -> None:
+        """Call ``setup()`` unless it already ran in this process."""
         if not self._ready:
             self.setup()
             self._ready = True
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        self.ensure_setup()
         out = self.process(batch)
         missing = [c for c in self.writes if c not in out.column_names]
         if missing:

@@ -72,9 +72,12 @@ def fingerprint(inputs: pa.Table) -> str:
     return digest.hexdigest()[:16]
 
 
-def download_rows(inputs: pa.Table, shard: str, extra: list[str]) -> pa.Table:
+def download_rows(
+    inputs: pa.Table, layout: ShardLayout, shard_id: int, extra: list[str]
+) -> pa.Table:
     """The rows handed to img2dataset for one shard; unfetchable URLs become '' (never requested)."""
-    rows = inputs.filter(pc.equal(inputs.column("raw_shard"), shard))
+    per = layout.samples_per_shard
+    rows = inputs.slice(shard_id * per, per)  # inputs are in row order, shard by shard
     url = pc.if_else(rows.column("fetchable"), rows.column("url"), pa.scalar("", pa.string()))
     return pa.table(
         {"url": url, "caption": rows.column("caption"), **{c: rows.column(c) for c in extra}}

@@ -28,8 +28,8 @@ def pytest_sessionfinish(session, exitstatus):
 class ServedCorpus:
     """The demo corpus on a live loopback server, with its URL list written to disk."""
 
-    def __init__(self, server: LoopbackServer, rows, urls: Path) -> None:
-        self.server, self.rows, self.urls = server, rows, urls
+    def __init__(self, server: LoopbackServer, objects, rows, urls: Path) -> None:
+        self.server, self.objects, self.rows, self.urls = server, objects, rows, urls
 
     def expected_reasons(self) -> list[str | None]:
         return pq.read_table(self.urls).column("expected_reason").to_pylist()
@@ -42,4 +42,4 @@ def served_corpus(tmp_path_factory) -> ServedCorpus:
         urls = write_url_list(
             rows, server.base_url, tmp_path_factory.mktemp("corpus") / "urls.parquet"
         )
-        yield ServedCorpus(server, rows, urls)
+        yield ServedCorpus(server, objects, rows, urls)

@@ -1,0 +1,104 @@
+"""The acquire shard worker and URL lists, without Ray, against the loopback server."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from curate.acquire import AcquireConfig, ShardLayout, complete_shards, download_shard
+from curate.raw import read_shard
+from curate.recipe import load_recipe
+from curate.urls import download_rows, prepare_inputs, read_url_list
+
+
+def clean_rows(corpus, n):
+    return [r for r in corpus.rows if r.defect is None][:n]
+
+
+def stage_run(tmp_path, corpus, rows, extra_urls=()):
+    """A run dir with input/urls.parquet for ``rows`` (+ raw URLs), as `curate run` writes it."""
+    urls = [corpus.server.url(r.path) for r in rows] + list(extra_urls)
+    table = pa.table({"url": urls, "caption": [f"caption {i}" for i in range(len(urls))]})
+    inputs = prepare_inputs(table, load_recipe("demo").input, 10, "test")
+    (tmp_path / "input").mkdir()
+    pq.write_table(inputs, tmp_path / "input" / "urls.parquet")
+    (tmp_path / "raw").mkdir()
+    return inputs, ShardLayout(len(inputs), 10)
+
+
+def test_original_bytes_are_kept_and_unfetchable_urls_never_requested(served_corpus, tmp_path):
+    rows = clean_rows(served_corpus, 7)
+    inputs, layout = stage_run(
+        tmp_path, served_corpus, rows, ["file:///etc/passwd", "ftp://x/y.jpg", ""]
+    )
+    stats = download_shard(
+        0, download_rows(inputs, layout, 0, []), str(tmp_path / "raw"), layout, AcquireConfig()
+    )
+    assert stats["count"] == 10 and stats["successes"] == 7
+    assert complete_shards(tmp_path / "raw") == {"00000"}
+    assert not [
+        p for p in (tmp_path / "raw").iterdir() if p.name.startswith(".")
+    ]  # temp folder gone
+    table = pa.concat_tables(read_shard(str(tmp_path), "00000"))
+    got = table.to_pylist()
+    assert [r["key"] for r in got] == [f"00000{i}" for i in range(10)]
+    for row, demo in zip(got[:7], rows, strict=True):
+        assert row["status"] == "success"
+        assert row["image"] == served_corpus.objects[demo.path].body  # byte-identical
+        with open(tmp_path / "raw" / "00000.tar", "rb") as f:  # offsets point at the bytes
+            f.seek(row["image_offset"])
+            assert f.read(row["image_size"]) == row["image"]
+    assert [r["status"] for r in got[7:]] == ["bad_url"] * 3
+    assert all(r["image"] is None for r in got[7:])
+
+
+def test_max_side_downscales_large_images_only(served_corpus, tmp_path):
+    def size(row):
+        return Image.open(io.BytesIO(served_corpus.objects[row.path].body)).size
+
+    candidates = [r for r in served_corpus.rows if r.defect is None]
+    rows = [r for r in candidates if max(size(r)) > 300][:5] + [
+        r for r in candidates if max(size(r)) <= 300
+    ][:5]
+    assert len(rows) == 10
+    inputs, layout = stage_run(tmp_path, served_corpus, rows)
+    download_shard(
+        0,
+        download_rows(inputs, layout, 0, []),
+        str(tmp_path / "raw"),
+        layout,
+        AcquireConfig(max_side=300),
+    )
+    got = pa.concat_tables(read_shard(str(tmp_path), "00000")).to_pylist()
+    for row, demo in zip(got, rows, strict=True):
+        before, after = size(demo), Image.open(io.BytesIO(row["image"])).size
+        if max(before) <= 300:
+            assert after == before  # never upscaled or padded
+        else:
+            assert max(after) == 300 and abs(after[0] / after[1] - before[0] / before[1]) < 0.02
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".parquet"])
+def test_url_lists_in_every_format(tmp_path, suffix):
+    rows = [
+        {"url": "http://127.0.0.1/a.jpg", "caption": "a cat, sitting"},
+        {"url": "x", "caption": "b"},
+    ]
+    path = tmp_path / f"urls{suffix}"
+    if suffix == ".jsonl":
+        path.write_text("\n".join(json.dumps(r) for r in rows))
+    elif suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        sep = "\t" if suffix == ".tsv" else ","
+        path.write_text(
+            "url" + sep + "caption\n" + "".join(f'{r["url"]}{sep}"{r["caption"]}"\n' for r in rows)
+        )
+    table = prepare_inputs(read_url_list(path), load_recipe("demo").input, 100, str(path))
+    assert table.column("caption").to_pylist() == ["a cat, sitting", "b"]
+    assert table.column("fetchable").to_pylist() == [True, False]
