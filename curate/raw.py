@@ -23,11 +23,16 @@ BASE_COLUMNS: dict[str, pa.DataType] = {
     "status": pa.string(),
     "error_message": pa.string(),
     "raw_shard": pa.string(),
+    "original_width": pa.int32(),
+    "original_height": pa.int32(),
     "image_offset": pa.int64(),
     "image_size": pa.int64(),
     "image": pa.binary(),
 }
 """Columns every annotate batch starts with (plus the recipe's additional input columns)."""
+
+RAW_META_COLUMNS = ["key", "status", "error_message", "original_width", "original_height"]
+"""What img2dataset's per-shard Parquet adds (original sizes are set only when it resized)."""
 
 IMAGE_EXT = "jpg"  # img2dataset names every image member .jpg; the bytes keep their format
 
@@ -35,9 +40,7 @@ IMAGE_EXT = "jpg"  # img2dataset names every image member .jpg; the bytes keep t
 def read_shard(run_dir: str, shard: str, chunk_rows: int = 512) -> Iterator[pa.Table]:
     """Yield the rows of raw shard ``shard`` in chunks, joined with their bytes."""
     inputs = _input_rows(run_dir, shard)
-    meta = pq.read_table(
-        f"{run_dir}/raw/{shard}.parquet", columns=["key", "status", "error_message"]
-    )
+    meta = pq.read_table(f"{run_dir}/raw/{shard}.parquet", columns=RAW_META_COLUMNS)
     images = _tar_images(f"{run_dir}/raw/{shard}.tar")
     table = inputs.join(meta, "key", join_type="left outer").join(
         images, "key", join_type="left outer"

@@ -12,12 +12,19 @@ REASONS: dict[str, str] = {
     "or img2dataset wrote no record for the row.",
     "decode_error": "The bytes are not a readable image (corrupt, truncated, HTML, too large "
     "to decode safely).",
+    "blocked_url": "The URL's domain or pattern is on the recipe's blocklist.",
     "too_small": "The image's smaller side is below the recipe's min_side.",
+    "file_too_small": "The image file has fewer bytes than the recipe's min_bytes.",
     "too_large": "The image has more pixels than the recipe's max_pixels.",
     "bad_aspect": "The image's aspect ratio (long side / short side) exceeds max_aspect.",
     "caption_short": "The caption has fewer characters or words than the recipe asks.",
     "caption_long": "The caption has more characters than the recipe allows.",
-    "dup_exact": "Byte-identical to a kept image (same sha256); dup_of names the kept key.",
+    "caption_boilerplate": "The caption is boilerplate, not a description: a file name, a bare URL, "
+    "stock alt text, repeated tokens or no letters (samples.caption_boilerplate says which).",
+    "wrong_language": "fastText's language for the caption is not one the recipe keeps, or its "
+    "score is below min_lang_score.",
+    "dup_exact": "Same bytes (sha256) as a kept sample, or the same values of the exact_dedup "
+    "policy's `by` columns; dup_of names the kept key.",
 }
 
 

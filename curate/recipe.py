@@ -17,18 +17,31 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from curate.acquire import AcquireConfig
 from curate.decide.base import Policy
 from curate.decide.dedup import ExactDedup
-from curate.decide.thresholds import Availability, CaptionLength, ImageSize
+from curate.decide.thresholds import (
+    Availability,
+    CaptionBoilerplate,
+    CaptionLength,
+    ImageSize,
+    Language,
+)
+from curate.decide.urls import UrlFilter
 from curate.emit.shards import EmitConfig
 from curate.raw import BASE_COLUMNS
 from curate.signals.caption import CaptionSignals
 from curate.signals.hashes import Hashes
 from curate.signals.image import ImageSignals
+from curate.signals.language import LanguageID
 from curate.stage import Stage
 
-STAGES: dict[str, type[Stage]] = {s.name: s for s in (ImageSignals, Hashes, CaptionSignals)}
+STAGES: dict[str, type[Stage]] = {
+    s.name: s for s in (ImageSignals, Hashes, CaptionSignals, LanguageID)
+}
 """Annotate stages by the name recipes use."""
 
-POLICIES: dict[str, type[Policy]] = {p.name: p for p in (ImageSize, CaptionLength, ExactDedup)}
+POLICIES: dict[str, type[Policy]] = {
+    p.name: p
+    for p in (UrlFilter, ImageSize, CaptionLength, CaptionBoilerplate, Language, ExactDedup)
+}
 """Decide policies by the name recipes use."""
 
 PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"

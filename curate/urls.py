@@ -30,7 +30,11 @@ def read_url_list(path: str | Path) -> pa.Table:
             return pq.read_table(path)
         if suffix in (".csv", ".tsv"):
             delimiter = "\t" if suffix == ".tsv" else ","
-            return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter))
+            return pacsv.read_csv(
+                path,
+                parse_options=pacsv.ParseOptions(delimiter=delimiter),
+                convert_options=pacsv.ConvertOptions(check_utf8=False),  # repaired in to_text
+            )
         if suffix in (".jsonl", ".json", ".ndjson"):
             return pajson.read_json(path)
     except (pa.ArrowInvalid, OSError) as err:
@@ -50,8 +54,8 @@ def prepare_inputs(
             f"Name the right one in the recipe's input section, e.g. --set input.url_col=NAME."
         )
     layout = ShardLayout(len(table), samples_per_shard)
-    url = pc.cast(table.column(cfg.url_col), pa.string())
-    caption = pc.cast(table.column(cfg.caption_col), pa.string())
+    url = to_text(table.column(cfg.url_col))
+    caption = to_text(table.column(cfg.caption_col))
     columns = {"key": pa.array(layout.keys(), pa.string()), "url": url, "caption": caption}
     for name in cfg.save_additional_columns:
         columns[name] = table.column(name)
@@ -59,6 +63,20 @@ def prepare_inputs(
     columns["raw_shard"] = pa.array(shard_of_row, pa.string())
     columns["fetchable"] = is_fetchable(url)
     return pa.table(columns)
+
+
+def to_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Column as valid UTF-8 strings: invalid byte sequences become U+FFFD, numbers become text."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        try:
+            column.validate(full=True)
+            return pc.cast(column, pa.string())
+        except pa.ArrowInvalid:
+            column = pc.cast(column, pa.binary())
+    if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+        return pc.cast(column, pa.string())
+    decoded = [None if v is None else v.decode("utf-8", "replace") for v in column.to_pylist()]
+    return pa.chunked_array([pa.array(decoded, pa.string())])
 
 
 def fingerprint(inputs: pa.Table) -> str:

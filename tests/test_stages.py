@@ -36,7 +36,12 @@ def png_header_only(width: int, height: int) -> bytes:
 def batch(images, captions=None) -> pa.Table:
     captions = captions or ["a caption"] * len(images)
     return pa.table(
-        {"image": pa.array(images, pa.binary()), "caption": pa.array(captions, pa.string())}
+        {
+            "image": pa.array(images, pa.binary()),
+            "caption": pa.array(captions, pa.string()),
+            "original_width": pa.nulls(len(images), pa.int32()),
+            "original_height": pa.nulls(len(images), pa.int32()),
+        }
     )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints
 
 from curate.decide.base import DecideDB, Policy, PolicyConfig
 
@@ -36,6 +38,7 @@ class ImageSizeConfig(PolicyConfig):
         None, ge=1, description="Reject when min(width, height) is smaller."
     )
     max_pixels: int | None = Field(None, ge=1, description="Reject when width*height is larger.")
+    min_bytes: int | None = Field(None, ge=1, description="Reject image files with fewer bytes.")
     max_aspect: float | None = Field(
         None, ge=1.0, description="Reject when max(w,h)/min(w,h) is larger (1.0 = square only)."
     )
@@ -46,13 +49,15 @@ class ImageSize(Policy):
 
     name = "image_size"
     Config = ImageSizeConfig
-    reads = ("width", "height")
-    reasons = ("too_small", "too_large", "bad_aspect")
+    reads = ("width", "height", "bytes")
+    reasons = ("too_small", "file_too_small", "too_large", "bad_aspect")
 
     def apply(self, db: DecideDB) -> None:
         c = self.config
         if c.min_side is not None:
             db.reject_where(f"least(s.width, s.height) < {int(c.min_side)}", "too_small", self.name)
+        if c.min_bytes is not None:
+            db.reject_where(f"s.bytes < {int(c.min_bytes)}", "file_too_small", self.name)
         if c.max_pixels is not None:
             db.reject_where(
                 f"s.width::BIGINT * s.height > {int(c.max_pixels)}", "too_large", self.name
@@ -88,3 +93,54 @@ class CaptionLength(Policy):
         )
         if c.max_chars is not None:
             db.reject_where(f"s.caption_chars > {int(c.max_chars)}", "caption_long", self.name)
+
+
+class LanguageConfig(PolicyConfig):
+    languages: list[Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}$")]] = Field(
+        default_factory=lambda: ["en"], min_length=1, description="fastText language codes to keep."
+    )
+    min_lang_score: float = Field(
+        0.0, ge=0.0, le=1.0, description="Reject when fastText is less sure."
+    )
+
+
+class Language(Policy):
+    """Keep captions in the listed languages (fastText top-1), optionally above a score."""
+
+    name = "language"
+    Config = LanguageConfig
+    reads = ("lang", "lang_score")
+    reasons = ("wrong_language",)
+
+    def apply(self, db: DecideDB) -> None:
+        codes = ", ".join(f"'{code}'" for code in self.config.languages)  # validated: [a-z]{2,3}
+        db.reject_where(
+            f"s.lang IS NULL OR s.lang NOT IN ({codes}) OR s.lang_score < {float(self.config.min_lang_score)}",
+            "wrong_language",
+            self.name,
+        )
+
+
+BOILERPLATE_KINDS = ("no_letters", "url", "filename", "stock", "repetitive")
+BoilerplateKind = Literal["no_letters", "url", "filename", "stock", "repetitive"]
+
+
+class CaptionBoilerplateConfig(PolicyConfig):
+    kinds: list[BoilerplateKind] = Field(
+        default_factory=lambda: list(BOILERPLATE_KINDS),
+        description="Which caption_boilerplate kinds to reject (all by default; [] turns it off).",
+    )
+
+
+class CaptionBoilerplate(Policy):
+    """Reject captions the caption stage flagged as boilerplate (file names, URLs, stock text...)."""
+
+    name = "caption_boilerplate"
+    Config = CaptionBoilerplateConfig
+    reads = ("caption_boilerplate",)
+    reasons = ("caption_boilerplate",)
+
+    def apply(self, db: DecideDB) -> None:
+        if self.config.kinds:
+            kinds = ", ".join(f"'{kind}'" for kind in self.config.kinds)  # validated literals
+            db.reject_where(f"s.caption_boilerplate IN ({kinds})", "caption_boilerplate", self.name)

@@ -1,4 +1,4 @@
-"""Image signals measured on the image as served: size, format, file bytes, decode status."""
+"""Image signals measured on the image as served: size, shape, format, bytes, frames, decode status."""
 
 from __future__ import annotations
 
@@ -10,6 +10,15 @@ from PIL import Image
 from pydantic import Field
 
 from curate.stage import Stage, StageConfig, append_columns
+
+EXIF_ORIENTATION = 0x0112
+ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height when displayed
+EXIF_IN_HEADER = (
+    "JPEG",
+    "MPO",
+    "TIFF",
+    "WEBP",
+)  # PNG keeps EXIF after the pixels: reading it decodes
 
 
 class ImageConfig(StageConfig):
@@ -23,31 +32,48 @@ class ImageConfig(StageConfig):
 
 
 class ImageSignals(Stage):
-    """Decode each image once with Pillow and record what it is."""
+    """Decode each image once with Pillow and record what it is.
+
+    ``width``/``height`` are the displayed size (EXIF orientation applied) of the image as served.
+    When acquire downscaled it (``acquire.max_side``), they are img2dataset's ``original_width``/
+    ``original_height``; ``bytes`` and ``format`` always describe the stored file.
+    """
 
     name = "image"
     Config = ImageConfig
-    reads = ("image",)
+    reads = ("image", "original_width", "original_height")
     writes = {
         "width": pa.int32(),
         "height": pa.int32(),
+        "pixels": pa.int64(),
+        "aspect": pa.float32(),
         "format": pa.string(),
         "bytes": pa.int64(),
+        "frames": pa.int32(),
+        "animated": pa.bool_(),
+        "exif_orientation": pa.int8(),
         "decode_error": pa.string(),
     }
 
     def process(self, batch: pa.Table) -> pa.Table:
         cols: dict[str, list] = {name: [] for name in self.writes}
-        for data in batch.column("image").to_pylist():
-            row = measure_image(data, self.config.max_decode_pixels)
+        originals = zip(
+            batch.column("original_width").to_pylist(),
+            batch.column("original_height").to_pylist(),
+            strict=True,
+        )
+        for data, original in zip(batch.column("image").to_pylist(), originals, strict=True):
+            row = measure_image(data, self.config.max_decode_pixels, original)
             for name in self.writes:
-                cols[name].append(row[name])
+                cols[name].append(row.get(name))
         return append_columns(batch, cols, self.writes)
 
 
-def measure_image(data: bytes | None, max_decode_pixels: int) -> dict:
-    """Width, height, format, byte size and decode error (None when fine) of encoded bytes."""
-    row = {"width": None, "height": None, "format": None, "bytes": None, "decode_error": None}
+def measure_image(
+    data: bytes | None, max_decode_pixels: int, original: tuple | None = None
+) -> dict:
+    """The signals of one encoded image; ``decode_error`` is None when it decoded fully."""
+    row: dict = {"decode_error": None}
     if data is None:
         return row
     row["bytes"] = len(data)
@@ -55,9 +81,8 @@ def measure_image(data: bytes | None, max_decode_pixels: int) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit decides
             with Image.open(io.BytesIO(data)) as im:
-                row["format"] = (im.format or "").lower() or None
-                row["width"], row["height"] = im.size
-                if im.size[0] * im.size[1] > max_decode_pixels:
+                row.update(_header(im, original))
+                if row["pixels"] > max_decode_pixels:
                     row["decode_error"] = (
                         f"declared size {im.size[0]}x{im.size[1]} exceeds max_decode_pixels"
                     )
@@ -66,3 +91,26 @@ def measure_image(data: bytes | None, max_decode_pixels: int) -> dict:
     except Exception as err:  # a per-row error is data, not a crash: it becomes decode_error
         row["decode_error"] = f"{type(err).__name__}: {err}"[:300]
     return row
+
+
+def _header(im: Image.Image, original: tuple | None) -> dict:
+    """What the header tells without decoding pixels."""
+    width, height = im.size
+    orientation = im.getexif().get(EXIF_ORIENTATION) if im.format in EXIF_IN_HEADER else None
+    if orientation in ROTATED:
+        width, height = height, width
+    if original and original[0] and original[1]:
+        width, height = original
+    frames = getattr(im, "n_frames", 1)
+    return {
+        "format": (im.format or "").lower() or None,
+        "width": width,
+        "height": height,
+        "pixels": width * height,
+        "aspect": max(width, height) / max(1, min(width, height)),
+        "frames": frames,
+        "animated": bool(getattr(im, "is_animated", False)),
+        "exif_orientation": orientation
+        if isinstance(orientation, int) and 1 <= orientation <= 8
+        else None,
+    }

@@ -1,0 +1,75 @@
+"""URL rules: reject samples whose domain or URL matches a blocklist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from curate.decide.base import DecideDB, Policy, PolicyConfig
+
+HOST = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>[^/:?#]+)"
+
+
+class UrlFilterConfig(PolicyConfig):
+    domains: list[str] = Field(
+        default_factory=list, description="Blocked domains; a domain also blocks its subdomains."
+    )
+    patterns: list[str] = Field(
+        default_factory=list,
+        description="Blocked URL regular expressions (RE2 syntax, searched anywhere).",
+    )
+    file: str | None = Field(
+        None,
+        description="A blocklist file: one domain per line, or 're:' + a pattern; '#' starts a comment.",
+    )
+
+
+class UrlFilter(Policy):
+    """Reject URLs on a domain blocklist (subdomains included) or matching a blocked pattern."""
+
+    name = "url_filter"
+    Config = UrlFilterConfig
+    reads = ("url",)
+    reasons = ("blocked_url",)
+
+    def apply(self, db: DecideDB) -> None:
+        domains, patterns = self.blocklist()
+        if not domains and not patterns:
+            return
+        rows = db.con.sql(
+            "SELECT v.key, s.url FROM verdict v JOIN samples s USING (key) WHERE v.reason IS NULL"
+        ).to_arrow_table()
+        blocked = blocked_mask(rows.column("url"), domains, patterns)
+        db.reject_keys(rows.select(["key"]).filter(blocked), "blocked_url", self.name)
+
+    def blocklist(self) -> tuple[set[str], list[str]]:
+        """Domains (lower-case) and patterns from the recipe and the blocklist file."""
+        domains = {d.strip().lower().rstrip(".") for d in self.config.domains if d.strip()}
+        patterns = list(self.config.patterns)
+        if self.config.file:
+            for line in Path(self.config.file).read_text().splitlines():
+                entry = line.split("#", 1)[0].strip()
+                if entry.startswith("re:"):
+                    patterns.append(entry[3:])
+                elif entry:
+                    domains.add(entry.lower().rstrip("."))
+        return domains, patterns
+
+
+def blocked_mask(urls: pa.ChunkedArray, domains: set[str], patterns: list[str]) -> pa.Array:
+    """True where a URL's host is a blocked domain or a subdomain of one, or a pattern matches."""
+    hosts = pc.utf8_lower(pc.struct_field(pc.extract_regex(pc.fill_null(urls, ""), HOST), "host"))
+    mask = pa.array([_under(host, domains) for host in hosts.to_pylist()], pa.bool_())
+    for pattern in patterns:
+        mask = pc.or_(mask, pc.fill_null(pc.match_substring_regex(urls, pattern), False))
+    return mask
+
+
+def _under(host: str | None, domains: set[str]) -> bool:
+    if not host or not domains:
+        return False
+    parts = host.split(".")
+    return any(".".join(parts[i:]) in domains for i in range(len(parts)))

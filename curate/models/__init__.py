@@ -1,0 +1,1 @@
+"""Model loading: locate model files offline first, then wrap them behind a small batch API."""
