@@ -74,7 +74,9 @@ def special_images() -> dict[str, bytes]:
     rotated = photo(7, (300, 200))
     exif = rotated.getexif()
     exif[0x0112] = 6  # displayed rotated by 90 degrees: 200 wide, 300 high
-    sixteen = Image.fromarray((np.arange(128 * 128, dtype=np.uint16).reshape(128, 128) * 4), "I;16")
+    ramp = np.arange(128 * 128, dtype=np.uint16).reshape(128, 128) * 3
+    noise = np.random.default_rng(5).integers(0, 4000, (128, 128), dtype=np.uint16)
+    sixteen = Image.fromarray(ramp + noise)  # mode I;16, values across the whole 16-bit range
     return {
         "cmyk.jpg": encode(photo(1).convert("CMYK"), "JPEG"),
         "png16.png": encode(sixteen, "PNG"),

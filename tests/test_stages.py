@@ -82,7 +82,7 @@ def test_caption_counts_handle_null_and_whitespace():
     captions = ["  a red  circle ", None, "", "naïve café"]
     out = CaptionSignals()(batch([None] * 4, captions)).to_pylist()
     assert [(r["caption_chars"], r["caption_words"]) for r in out] == [
-        (13, 3),
+        (16, 3),  # DataComp: len(text) of the raw caption
         (0, 0),
         (0, 0),
         (10, 2),

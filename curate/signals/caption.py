@@ -47,18 +47,22 @@ _INLINE_TAGS = frozenset(
 _CLEAR_MARKUP = re.compile(
     r"</[a-z][a-z0-9]*\s*>"  # a closing tag
     r"|<(?:br|hr|img|wbr)\b[^<>]*>"  # a void tag
-    r"|<[a-z][a-z0-9]*\s[^<>]*=[^<>]*>"  # a tag with an attribute value
+    r"|<[a-z][a-z0-9]*\s[^<>=]*=[^<>]*>"  # a tag with an attribute value
     r"|<!--",  # a comment
     re.IGNORECASE,
 )
 """Evidence that a caption really holds markup (``a <b and c> d`` or ``<Ctrl>`` does not)."""
 
-_TAG = re.compile(
-    r"<(script|style)\b[^<>]*>.*?</\1\s*>"  # script/style with their content
-    r"|<!--.*?-->"  # comment
-    r"|</?([a-z][a-z0-9]*)(?:\s[^<>]*)?/?>",  # any tag; the callback keeps unknown names
-    re.IGNORECASE | re.DOTALL,
-)
+_TAG = re.compile(r"</?([a-z][a-z0-9]*)(?:\s[^<>]*)?/?>", re.IGNORECASE)
+"""Any tag; _tag_replacement keeps names that are not HTML."""
+
+_BLOCK_START = re.compile(r"<!--|<(script|style)\b", re.IGNORECASE)
+_BLOCK_END = {
+    None: re.compile("-->"),
+    "script": re.compile(r"</script\s*>", re.IGNORECASE),
+    "style": re.compile(r"</style\s*>", re.IGNORECASE),
+}
+"""Comments and script/style elements, dropped with their content by _drop_blocks."""
 
 _CONTROL = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\ufeff]")
 """Control characters and BOM. The C0/C1 controls that str.split() treats as whitespace
@@ -66,7 +70,9 @@ _CONTROL = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\ufeff]")
 
 # --- boilerplate -----------------------------------------------------------------------------
 
-_EDGE = string.punctuation + string.whitespace + "\u00a0“”‘’«»„‚‹›…–—·•|¡¿。、，！？：；「」『』【】"
+_EDGE = (
+    string.punctuation + string.whitespace + "\u00a0“”‘’«»„‚‹›…–—·•|¡¿。、，！？：；「」『』【】"
+)
 """Stripped from both ends before the whole-caption url/filename/stock checks."""
 
 _TLDS = (
@@ -87,7 +93,8 @@ _FILENAME = re.compile(
     r"|(?:img|image|dsc[nf]?|pxl|gopr|gp|dji|mvimg|mg|sam|cimg|pict|pic|hpim|imag|wp|photo|"
     r"picture|screenshot|scan)[_-]?\d{3,}(?:[_-][a-z0-9]+)*"  # camera/app names: IMG_1234
     r"|p\d{7}"  # Panasonic/Olympus: P1010001
-    r"|[0-9a-f]{16,}|[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}"  # hash or UUID stems
+    r"|(?=[a-f]*\d)[0-9a-f]{16,}"  # a hex hash (with a digit: 'aaaa...' is repetitive)
+    r"|[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}"  # a UUID
     r"|(?:screenshot|screen shot|whatsapp image|signal)[ _-]?\d{4}-?\d\d-?\d\d"  # app exports
     r"(?:(?: at |[ _-])[\d.:-]+(?: ?[ap]m)?)?(?: ?\(\d+\))?"  # ... at 10.00.00 PM (1)
     rf"(?:\.{_IMAGE_EXT})?"
@@ -191,7 +198,7 @@ def normalize_caption(text: str | None) -> str:
     if not text.isascii() or "\x1b" in text:  # ASCII without escapes cannot be mojibake
         text = ftfy.fix_text(text, _FTFY)
     if "<" in text and _CLEAR_MARKUP.search(text):
-        text = _TAG.sub(_tag_replacement, text)
+        text = _TAG.sub(_tag_replacement, _drop_blocks(text))
     text = _CONTROL.sub("", text)
     return " ".join(text.split())
 
@@ -206,9 +213,21 @@ def _unescape(text: str, rounds: int = 3) -> str:
     return text
 
 
+def _drop_blocks(text: str) -> str:
+    """Replace closed comments and script/style elements by a space (linear: no regex retries)."""
+    parts, pos = [], 0
+    while (start := _BLOCK_START.search(text, pos)) is not None:
+        end = _BLOCK_END[start.group(1) and start.group(1).lower()].search(text, start.end())
+        if end is None:
+            break
+        parts += [text[pos : start.start()], " "]
+        pos = end.end()
+    return "".join(parts) + text[pos:] if parts else text
+
+
 def _tag_replacement(match: re.Match) -> str:
-    name = (match.group(2) or "").lower()
-    if match.group(2) is None or name in _BLOCK_TAGS:  # script/style/comment or block tag
+    name = match.group(1).lower()
+    if name in _BLOCK_TAGS:
         return " "
     return "" if name in _INLINE_TAGS else match.group()
 
@@ -292,7 +311,7 @@ class CaptionSignals(Stage):
         captions = batch.column("caption")
         chars, words = raw_counts(captions)
         rows = [caption_signals(text) for text in captions.to_pylist()]
-        norm, ratio, kind = zip(*rows) if rows else ((), (), ())
+        norm, ratio, kind = zip(*rows, strict=True) if rows else ((), (), ())
         columns = {
             "caption_norm": pa.array(norm, pa.string()),
             "caption_chars": chars,
