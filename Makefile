@@ -34,7 +34,8 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix curate tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/acquire.py
+	$(BIN)/python benchmarks/acquire.py --repeats 3
+	$(BIN)/python benchmarks/annotate.py
 
 clean:
 	rm -rf demo-run .pytest_cache test-artifacts

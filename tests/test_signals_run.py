@@ -121,7 +121,7 @@ def planted(base: str) -> list[tuple[str, str, str | None]]:
         (f"{base}/rotated.jpg", next(en), None),
         (
             f"{base}/ok4.jpg",
-            "A caf\udce9 terrace with small tables in the morning sun",
+            "A caf\udce9 terrace &amp; small  tables in the morning sun",
             None,
         ),  # invalid UTF-8
         ("file:///etc/passwd", next(en), "bad_url"),
@@ -209,3 +209,11 @@ def test_odd_images_are_measured_and_emitted(run):
         and sixteen.convert("L").getextrema()[1] - sixteen.convert("L").getextrema()[0] > 200
     )
     assert Image.open(io.BytesIO(emitted[keys["animated.gif"] + ".jpg"])).format == "JPEG"
+
+
+def test_emitted_caption_is_the_cleaned_one_and_alt_text_is_kept(run):
+    run_dir, rows, _ = run
+    meta = {r["url"].rsplit("/", 1)[1]: r for r in pq.read_table(f"{run_dir}/metadata").to_pylist()}
+    cafe = meta["ok4.jpg"]
+    assert cafe["caption_alt"] == "A caf\ufffd terrace &amp; small  tables in the morning sun"
+    assert cafe["caption"] == "A caf\ufffd terrace & small tables in the morning sun"

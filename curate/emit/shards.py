@@ -7,6 +7,7 @@ from collections import defaultdict
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from curate.emit.parquet import write_parquet
@@ -52,7 +53,7 @@ def plan_shards(kept: pa.Table, cfg: EmitConfig) -> list[pa.Table]:
 def write_shard(rows: pa.Table, run_dir: str, out_dir: str, name: str, cfg: EmitConfig) -> int:
     """Write ``out_dir/shards/{name}.tar`` and ``out_dir/metadata/{name}.parquet``; return rows written."""
     images = _read_images(rows, run_dir)
-    meta = rows.drop_columns([c for c in INTERNAL_COLUMNS if c in rows.column_names])
+    meta = final_caption(rows.drop_columns([c for c in INTERNAL_COLUMNS if c in rows.column_names]))
     records = meta.to_pylist()
     with WebDatasetWriter(f"{out_dir}/shards/{name}.tar", cfg.jpeg_quality) as writer:
         for record, fmt in zip(records, rows.column("format").to_pylist(), strict=True):
@@ -60,6 +61,21 @@ def write_shard(rows: pa.Table, run_dir: str, out_dir: str, name: str, cfg: Emit
     meta = meta.append_column("shard", pa.array([f"{name}.tar"] * len(meta), pa.string()))
     write_parquet(f"{out_dir}/metadata/{name}.parquet", meta)
     return writer.count
+
+
+def final_caption(meta: pa.Table) -> pa.Table:
+    """``caption`` becomes the caption to train on; the alt text as given moves to ``caption_alt``.
+
+    The final caption is ``caption_norm`` (cleaned by the caption stage) where it is non-empty,
+    else the alt text.
+    """
+    alt = meta.column("caption")
+    final = alt
+    if "caption_norm" in meta.column_names:
+        norm = meta.column("caption_norm")
+        final = pc.if_else(pc.fill_null(pc.greater(pc.utf8_length(norm), 0), False), norm, alt)
+    index = meta.column_names.index("caption")
+    return meta.set_column(index, "caption", final).append_column("caption_alt", alt)
 
 
 def _read_images(rows: pa.Table, run_dir: str) -> dict[str, bytes]:
