@@ -212,7 +212,7 @@ def test_odd_images_are_measured_and_emitted(run):
 
 
 def test_emitted_caption_is_the_cleaned_one_and_alt_text_is_kept(run):
-    run_dir, rows, _ = run
+    run_dir, _, _ = run
     meta = {r["url"].rsplit("/", 1)[1]: r for r in pq.read_table(f"{run_dir}/metadata").to_pylist()}
     cafe = meta["ok4.jpg"]
     assert cafe["caption_alt"] == "A caf\ufffd terrace &amp; small  tables in the morning sun"
