@@ -116,6 +116,52 @@ def demo(
     )
 
 
+train_app = typer.Typer(no_args_is_help=True, help="Train models on curated shards.")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate trained models.")
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
+
+
+@train_app.command("clip")
+def train_clip(
+    config: Annotated[
+        Path, typer.Option("--config", help="Preset YAML, e.g. configs/train/clip-tiny.yaml.")
+    ],
+    data: Annotated[
+        str, typer.Option("--data", help="Shards: RUN/shards, a glob or a {a..b} pattern.")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", help="Folder for checkpoints, log and the final model.")
+    ],
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the latest checkpoint in --output.")
+    ] = False,
+    workers: Annotated[
+        int, typer.Option("--workers", help="DDP processes via Ray Train (1: this process).")
+    ] = 1,
+    set: SetOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """Contrastive (CLIP) training: open_clip model + loss, WebDataset streaming, warmup + cosine."""
+    import yaml
+
+    from curate.train.clip import ClipTrainConfig
+    from curate.train.clip import train_clip as train
+
+    overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in set or [])}
+    cfg = ClipTrainConfig.from_yaml(config, overrides)
+    if workers > 1:
+        from curate import runtime
+
+        with runtime.session(address):
+            summary = runtime.train_distributed(
+                cfg.model_dump(), data, str(output), resume, workers
+            )
+    else:
+        summary = train(cfg, data, output, resume)
+    print_rows(["metric", "value"], sorted(summary.items()), "table")
+
+
 @app.command()
 def reasons() -> None:
     """List the rejection reason codes and what each means."""

@@ -6,6 +6,7 @@ cluster. Nodes of a cluster need curate installed, as they need Ray.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -121,3 +122,34 @@ def annotate(run_dir: str, shards: Sequence[str], stages: Sequence[Stage], out_d
     ds = ds.drop_columns(["image"])
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     ds.write_parquet(out_dir)
+
+
+def _train_worker(config: dict) -> None:
+    """Ray Train worker: the process group is up (gloo or nccl); run the plain training loop."""
+    from curate.train.clip import ClipTrainConfig, train_clip
+
+    summary = train_clip(
+        ClipTrainConfig(**config["cfg"]), config["data"], config["output"], config["resume"]
+    )
+    ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+
+
+def train_distributed(cfg: dict, data: str, output: str, resume: str | bool, workers: int) -> dict:
+    """Train with DDP over ``workers`` Ray Train workers (one GPU each when GPUs exist, else CPU + gloo)."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    use_gpu = bool(ray.cluster_resources().get("GPU", 0))
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"cfg": cfg, "data": data, "output": output, "resume": resume},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(
+            name="curate-train-clip", storage_path=str(Path(output).resolve() / "ray_train")
+        ),
+    )
+    trainer.fit()
+    log = Path(output) / "log.jsonl"  # rank 0's log: Ray Train v2 returns no metrics from fit()
+    lines = log.read_text().splitlines() if log.is_file() else []
+    return {"workers": workers, **(json.loads(lines[-1]) if lines else {})}

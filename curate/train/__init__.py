@@ -1,0 +1,1 @@
+"""Bundled trainers and evaluation that train on curate output (WebDataset shards)."""

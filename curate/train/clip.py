@@ -1,0 +1,298 @@
+"""``curate train clip``: contrastive training on curate's WebDataset shards, one readable loop.
+
+The model comes from :func:`curate.models.clip.load_clip` (an open_clip architecture, one of our
+configs such as ``clip-tiny`` or ``lit-offline``, or a JSON config). The loss is open_clip's
+``ClipLoss`` (InfoNCE with the model's learnable temperature), the schedule open_clip's
+warmup + cosine. Output folder::
+
+    DIR/open_clip_config.json + open_clip_model.safetensors   final model: open_clip "local-dir:DIR"
+    DIR/checkpoints/step_0000100.pt   {"state_dict", "optimizer", "step", ...}: resume, or
+                                      open_clip.create_model_and_transforms(arch, pretrained=PATH)
+    DIR/log.jsonl                      one line per logged step: loss, lr, samples/s, ...
+    DIR/train_config.json              the resolved config
+
+Runs in one process by default; under ``torch.distributed`` (``--workers N`` starts it through
+Ray Train, see :func:`curate.runtime.train_distributed`) it wraps the model in DDP and gathers
+features across ranks for the loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from curate.models.clip import load_clip, save_model_folder
+from curate.train.data import dataset_size, expand_shards, train_loader, train_pipeline
+
+
+class ClipTrainConfig(BaseModel):
+    """A training preset (``configs/train/*.yaml``); every field documented."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(
+        description="open_clip architecture, a config in configs/models, or a JSON file."
+    )
+    pretrained: str | None = Field(
+        None, description="open_clip tag or checkpoint file to start from."
+    )
+    lock_image: bool = Field(
+        False, description="Freeze the image tower (LiT); its projection trains."
+    )
+    lock_text: bool = Field(False, description="Freeze the text tower; its projection trains.")
+    batch_size: int = Field(64, gt=1, description="Pairs per optimizer step and process.")
+    steps: int | None = Field(None, gt=0, description="Optimizer steps (or give epochs).")
+    epochs: float | None = Field(None, gt=0, description="Passes over the data, from sizes.json.")
+    lr: float = Field(5e-4, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (not on gains/biases).")
+    betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas.")
+    eps: float = Field(1e-6, gt=0, description="AdamW epsilon.")
+    warmup_steps: int = Field(10, ge=0, description="Linear warmup, then cosine decay.")
+    grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast dtype on GPU.")
+    compile: bool = Field(False, description="torch.compile the model (GPU).")
+    data_workers: int = Field(2, ge=0, description="DataLoader worker processes.")
+    shuffle_buffer: int = Field(1000, ge=1, description="Samples in the streaming shuffle buffer.")
+    save_every: int = Field(100, gt=0, description="Checkpoint every N steps (and at the end).")
+    log_every: int = Field(10, gt=0, description="Log every N steps.")
+    seed: int = Field(0, description="Seed of model init and data order.")
+    device: str = Field("auto", description="cpu, cuda, cuda:N or auto.")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> ClipTrainConfig:
+        """Read a preset; ``overrides`` (e.g. from the CLI) win."""
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        return cls(**{**data, **(overrides or {})})
+
+
+def train_clip(
+    cfg: ClipTrainConfig, data: str, output: str | Path, resume: str | bool = False
+) -> dict:
+    """Train in this process (or this rank of a torch.distributed group); returns a summary."""
+    rank, world = _dist_info()
+    device = _device(cfg.device, rank)
+    torch.manual_seed(cfg.seed + rank)
+    output = Path(output)
+    shards = expand_shards(data)
+    bundle = load_clip(cfg.model, cfg.pretrained, device=str(device))
+    model = _lock(bundle.model, cfg)
+    model.output_dict = True  # forward returns {"image_features", "text_features", "logit_scale"}
+    optimizer = _optimizer(model, cfg)
+    total_steps = _total_steps(cfg, shards, world)
+    start_step = _resume(model, optimizer, output, resume, device)
+    if rank == 0:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "train_config.json").write_text(cfg.model_dump_json(indent=2))
+    loss_fn = _loss(rank, world)
+    scheduler = _cosine_lr(optimizer, cfg.lr, cfg.warmup_steps, total_steps)
+    train_model = _wrap(model, cfg, device, world)
+    pipeline = train_pipeline(
+        shards,
+        bundle.preprocess_train,
+        bundle.tokenizer,
+        cfg.batch_size,
+        cfg.shuffle_buffer,
+        cfg.seed + start_step,
+    )
+    batches = iter(train_loader(pipeline, cfg.data_workers))
+    last = _loop(
+        train_model,
+        model,
+        batches,
+        optimizer,
+        scheduler,
+        loss_fn,
+        cfg,
+        output,
+        start_step,
+        total_steps,
+        device,
+        rank,
+        world,
+    )
+    if rank == 0:
+        _save(model, optimizer, cfg, output, total_steps)
+        save_model_folder(
+            model, Path(cfg.model).stem if cfg.model.endswith(".json") else cfg.model, output
+        )
+    return {"steps": total_steps, "start_step": start_step, "output": str(output), **last}
+
+
+def _loop(
+    train_model,
+    model,
+    batches,
+    optimizer,
+    scheduler,
+    loss_fn,
+    cfg,
+    output,
+    step,
+    total,
+    device,
+    rank,
+    world,
+):
+    """The training loop: batch → loss → step, with logging and checkpoints."""
+    log = (output / "log.jsonl").open("a") if rank == 0 else None
+    bar = tqdm(total=total, initial=step, desc="train clip", disable=rank != 0, mininterval=2.0)
+    autocast = _autocast(cfg.precision, device)
+    tick, seen, last = time.perf_counter(), 0, {}
+    while step < total:
+        images, texts = next(batches)
+        images, texts = images.to(device, non_blocking=True), texts.to(device, non_blocking=True)
+        scheduler(step)
+        with autocast:
+            out = train_model(images, texts)
+            loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        with torch.no_grad():  # CLIP's clamp: temperature at most 100
+            model.logit_scale.clamp_(0, math.log(100))
+        step, seen = step + 1, seen + len(images) * world
+        if step % cfg.log_every == 0 or step == total:
+            now = time.perf_counter()
+            last = {
+                "step": step,
+                "loss": loss.item(),
+                "lr": optimizer.param_groups[0]["lr"],
+                "logit_scale": model.logit_scale.exp().item(),
+                "samples_per_s": seen / (now - tick),
+            }
+            tick, seen = now, 0
+            if log:
+                log.write(json.dumps(last) + "\n")
+                log.flush()
+            bar.set_postfix(loss=f"{last['loss']:.3f}", sps=f"{last['samples_per_s']:.0f}")
+        if rank == 0 and step % cfg.save_every == 0 and step < total:
+            _save(model, optimizer, cfg, output, step)
+        bar.update(1)
+    bar.close()
+    if log:
+        log.close()
+    return last
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _device(name: str, rank: int) -> torch.device:
+    if name == "auto":
+        name = f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _lock(model, cfg: ClipTrainConfig):
+    if cfg.lock_image:
+        model.lock_image_tower(unlocked_groups=0, freeze_bn_stats=True)
+    if cfg.lock_text:
+        model.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
+    return model
+
+
+def _optimizer(model, cfg: ClipTrainConfig) -> torch.optim.AdamW:
+    """AdamW without weight decay on gains, biases and the temperature (as open_clip does)."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    no_decay = [
+        p
+        for n, p in params
+        if p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n
+    ]
+    decay = [p for n, p in params if not any(p is q for q in no_decay)]
+    groups = [
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": cfg.weight_decay},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+
+
+def _total_steps(cfg: ClipTrainConfig, shards: list[str], world: int) -> int:
+    if cfg.steps:
+        return cfg.steps
+    size = dataset_size(shards)
+    if cfg.epochs is None or size is None:
+        raise ValueError(
+            "set `steps`, or `epochs` with a sizes.json beside the shards (curate run writes one)"
+        )
+    return max(1, math.ceil(cfg.epochs * size / (cfg.batch_size * world)))
+
+
+def _loss(rank: int, world: int):
+    from open_clip.loss import ClipLoss
+
+    return ClipLoss(local_loss=False, gather_with_grad=world > 1, rank=rank, world_size=world)
+
+
+def _cosine_lr(optimizer, base_lr: float, warmup: int, steps: int):
+    from open_clip_train.scheduler import cosine_lr
+
+    return cosine_lr(optimizer, base_lr, warmup, steps)
+
+
+def _wrap(model, cfg: ClipTrainConfig, device: torch.device, world: int):
+    model.train()
+    if cfg.compile:
+        model = torch.compile(model)
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return model
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "fp32" or device.type != "cuda":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def checkpoint_path(output: Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` lives."""
+    return output / "checkpoints" / f"step_{step:07d}.pt"
+
+
+def latest_checkpoint(output: Path) -> Path | None:
+    """The checkpoint with the highest step in ``output``, if any."""
+    found = sorted((output / "checkpoints").glob("step_*.pt"))
+    return found[-1] if found else None
+
+
+def _save(model, optimizer, cfg: ClipTrainConfig, output: Path, step: int) -> None:
+    path = checkpoint_path(output, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "step": step,
+        "model": cfg.model,
+        "config": cfg.model_dump(),
+        "state_dict": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+    }
+    torch.save(state, f"{path}.tmp")
+    Path(f"{path}.tmp").replace(path)
+
+
+def _resume(model, optimizer, output: Path, resume: str | bool, device) -> int:
+    """Load model and optimizer state; returns the step to continue from (0 for a fresh run)."""
+    if not resume:
+        return 0
+    path = latest_checkpoint(output) if resume is True else Path(resume)
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path or output / 'checkpoints'}")
+    state = torch.load(path, map_location=device, weights_only=False)
+    model.load_state_dict(state["state_dict"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"])

@@ -1,0 +1,85 @@
+"""WebDataset input for training and evaluation: shard lists, epoch size, streaming loaders."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import braceexpand
+import webdataset as wds
+from PIL import Image
+
+
+def expand_shards(data: str | list[str]) -> list[str]:
+    """Tar paths from a folder, a glob, a brace pattern (``{00000..00009}.tar``) or a list."""
+    if isinstance(data, list):
+        return [s for item in data for s in expand_shards(item)]
+    if os.path.isdir(data):
+        shards = sorted(glob.glob(os.path.join(data, "*.tar")))
+    elif "{" in data:
+        shards = list(braceexpand.braceexpand(data))
+    else:
+        shards = sorted(glob.glob(data)) or [data]
+    missing = [s for s in shards if "://" not in s and not os.path.exists(s)]
+    if not shards or missing:
+        raise FileNotFoundError(
+            f"no WebDataset shards at {data!r} (missing: {missing[:3]}); pass RUN/shards"
+        )
+    return shards
+
+
+def dataset_size(shards: list[str]) -> int | None:
+    """Samples in ``shards`` from the ``sizes.json`` beside them (as open_clip reads it), else None."""
+    total = 0
+    for folder in sorted({os.path.dirname(s) for s in shards}):
+        sizes_file = Path(folder) / "sizes.json"
+        if not sizes_file.is_file():
+            return None
+        sizes = json.loads(sizes_file.read_text())
+        total += sum(
+            int(sizes[os.path.basename(s)]) for s in shards if os.path.dirname(s) == folder
+        )
+    return total
+
+
+def iter_pairs(shards: list[str]) -> Iterator[tuple[str, Image.Image, str]]:
+    """Every (key, RGB image, caption) of ``shards`` in order, in this process."""
+    dataset = wds.WebDataset(shards, shardshuffle=False, empty_check=False).decode("pil")
+    for sample in dataset.to_tuple("__key__", "jpg", "txt"):
+        key, image, caption = sample
+        yield key, image.convert("RGB"), caption
+
+
+def train_pipeline(
+    shards: list[str],
+    preprocess: Callable,
+    tokenize: Callable,
+    batch_size: int,
+    shuffle_buffer: int,
+    seed: int,
+) -> wds.DataPipeline:
+    """An endless, shuffled stream of (images, tokens) batches, split over nodes and workers."""
+    return wds.DataPipeline(
+        wds.ResampledShards(shards, seed=seed, deterministic=True),
+        wds.split_by_worker,
+        wds.tarfile_to_samples(handler=wds.warn_and_continue),
+        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), rng=None),
+        wds.decode("pilrgb", handler=wds.warn_and_continue),
+        wds.to_tuple("jpg", "txt"),
+        wds.map_tuple(preprocess, lambda text: tokenize([text])[0]),
+        wds.batched(batch_size, partial=False),
+    )
+
+
+def train_loader(pipeline: wds.DataPipeline, workers: int) -> wds.WebLoader:
+    """A DataLoader over an already batched pipeline."""
+    return wds.WebLoader(
+        pipeline,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
