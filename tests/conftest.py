@@ -43,3 +43,17 @@ def served_corpus(tmp_path_factory) -> ServedCorpus:
             rows, server.base_url, tmp_path_factory.mktemp("corpus") / "urls.parquet"
         )
         yield ServedCorpus(server, objects, rows, urls)
+
+
+@pytest.fixture(scope="session")
+def curated_shards(tmp_path_factory) -> Path:
+    """RUN/shards of `curate run demo` on a 300-pair corpus: what trainers consume."""
+    from curate.recipe import load_recipe
+    from curate.run import run_pipeline
+
+    objects, rows = build_corpus(n_clean=300, seed=3, slow_delay_s=3.0)
+    tmp = tmp_path_factory.mktemp("curated")
+    with LoopbackServer(objects) as server:
+        urls = write_url_list(rows, server.base_url, tmp / "urls.parquet")
+        run_pipeline(load_recipe("demo"), urls, tmp / "run")
+    return tmp / "run" / "shards"

@@ -6,6 +6,7 @@ import glob
 import json
 import os
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import braceexpand
@@ -63,7 +64,7 @@ def train_pipeline(
 ) -> wds.DataPipeline:
     """An endless, shuffled stream of (images, tokens) batches, split over nodes and workers."""
     return wds.DataPipeline(
-        wds.ResampledShards(shards, seed=seed, deterministic=True),
+        wds.ResampledShards(shards, worker_seed=partial(_worker_seed, seed), deterministic=True),
         wds.split_by_worker,
         wds.tarfile_to_samples(handler=wds.warn_and_continue),
         wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), rng=None),
@@ -72,6 +73,11 @@ def train_pipeline(
         wds.map_tuple(preprocess, lambda text: tokenize([text])[0]),
         wds.batched(batch_size, partial=False),
     )
+
+
+def _worker_seed(seed: int) -> int:
+    """Distinct per run seed, rank and DataLoader worker (webdataset's rank * 1000 + worker)."""
+    return seed * 100_003 + wds.utils.pytorch_worker_seed()
 
 
 def train_loader(pipeline: wds.DataPipeline, workers: int) -> wds.WebLoader:
