@@ -115,10 +115,7 @@ def serve(bodies: list[bytes], n_urls: int, conn: Connection) -> None:
     from curate.demo.corpus import WebObject
     from curate.demo.server import LoopbackServer
 
-    objects = {
-        url_path(i): WebObject(url_path(i), bodies[i % len(bodies)], "image/jpeg")
-        for i in range(n_urls)
-    }
+    objects = {url_path(i): WebObject(url_path(i), bodies[i % len(bodies)], "image/jpeg") for i in range(n_urls)}
     with LoopbackServer(objects, host=LOOPBACK) as server:
         conn.send(server.base_url)
         conn.recv()  # any message (or the driver exiting) stops the server
@@ -302,9 +299,7 @@ def print_table(result: dict, runs: dict[str, list[RunResult]]) -> None:
     print(f"{'tool':<14}{'wall s':>9}{'images/s':>11}{'successes':>12}")
     for tool in ("img2dataset", "curate"):
         ok = min(r.stats["successes"] for r in runs[tool])
-        print(
-            f"{tool:<14}{result[f'{tool}_s']:>9.2f}{result[f'{tool}_images_per_s']:>11.1f}{ok:>12}"
-        )
+        print(f"{tool:<14}{result[f'{tool}_s']:>9.2f}{result[f'{tool}_images_per_s']:>11.1f}{ok:>12}")
     print(f"ratio curate / img2dataset: {result['ratio']:.3f} (claim: <= 1.10)")
     if result["curate_acquire_step_s"] is not None:
         print(f"curate acquire step alone (inside Ray): {result['curate_acquire_step_s']:.2f} s")

@@ -59,16 +59,12 @@ def make_images(n: int, seed: int = 0) -> list[bytes]:
         long, short = 256, int(rng.integers(128, 257))
         w, h = (long, short) if rng.random() < 0.5 else (short, long)
         grad = np.linspace(0, 1, w)[None, :, None] * rng.integers(0, 255, 3)[None, None, :]
-        pixels = np.clip(grad + rng.normal(0, 12, (h, w, 3)) + rng.integers(0, 80), 0, 255).astype(
-            np.uint8
-        )
+        pixels = np.clip(grad + rng.normal(0, 12, (h, w, 3)) + rng.integers(0, 80), 0, 255).astype(np.uint8)
         im = Image.fromarray(pixels, "RGB")
         draw = ImageDraw.Draw(im)
         for _ in range(3):
             x, y = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
-            draw.ellipse(
-                [x, y, x + 40, y + 40], fill=tuple(int(v) for v in rng.integers(0, 255, 3))
-            )
+            draw.ellipse([x, y, x + 40, y + 40], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=90)
         out.append(buf.getvalue())

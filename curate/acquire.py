@@ -86,9 +86,7 @@ def complete_shards(raw_dir: Path) -> set[str]:
     return {p.name[: -len("_stats.json")] for p in raw_dir.glob("*_stats.json")}
 
 
-def download_shard(
-    shard_id: int, rows: pa.Table, raw_dir: str, layout: ShardLayout, cfg: AcquireConfig
-) -> dict:
+def download_shard(shard_id: int, rows: pa.Table, raw_dir: str, layout: ShardLayout, cfg: AcquireConfig) -> dict:
     """Download one shard of ``rows`` (columns ``url``, ``caption``, extras) into ``raw_dir``.
 
     Returns img2dataset's stats for the shard. Safe to call again after a crash.
@@ -127,9 +125,7 @@ def _resizer(cfg: AcquireConfig):
     from img2dataset.resizer import Resizer
 
     if cfg.max_side is None:
-        return Resizer(
-            image_size=0, resize_mode="no", resize_only_if_bigger=False, disable_all_reencoding=True
-        )
+        return Resizer(image_size=0, resize_mode="no", resize_only_if_bigger=False, disable_all_reencoding=True)
     return Resizer(
         image_size=cfg.max_side,
         resize_mode="keep_ratio_largest",

@@ -24,29 +24,21 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-SetOpt = Annotated[
-    list[str] | None, typer.Option("--set", help="Override a recipe value: KEY.PATH=VALUE.")
-]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe value: KEY.PATH=VALUE.")]
 AddressOpt = Annotated[
     str | None,
-    typer.Option(
-        "--address", envvar="RAY_ADDRESS", help="Ray cluster to join (default: embedded)."
-    ),
+    typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join (default: embedded)."),
 ]
 
 
 @app.command()
 def run(
-    recipe: Annotated[
-        str, typer.Argument(help="Recipe YAML file, or a bundled recipe name (demo, ...).")
-    ],
+    recipe: Annotated[str, typer.Argument(help="Recipe YAML file, or a bundled recipe name (demo, ...).")],
     input: Annotated[Path, typer.Option("--input", help="URL list: Parquet, CSV or JSONL.")],
     output: Annotated[Path, typer.Option("--output", help="Run directory to create or resume.")],
     set: SetOpt = None,
     address: AddressOpt = None,
-    until: Annotated[
-        str, typer.Option("--until", help="Stop after this step: acquire, annotate or emit.")
-    ] = "emit",
+    until: Annotated[str, typer.Option("--until", help="Stop after this step: acquire, annotate or emit.")] = "emit",
 ) -> None:
     """Acquire, annotate, decide and emit: the whole pipeline into one run directory."""
     from curate.run import run_pipeline
@@ -54,9 +46,7 @@ def run(
     result = run_pipeline(load_recipe(recipe, set), input, output, address, until)
     if result.funnel:
         print_funnel(result.funnel)
-    console.print(
-        f"outputs: {output}/shards (WebDataset), {output}/metadata (Parquet), {output}/manifest.json"
-    )
+    console.print(f"outputs: {output}/shards (WebDataset), {output}/metadata (Parquet), {output}/manifest.json")
 
 
 @app.command()
@@ -74,9 +64,7 @@ def decide(
 @app.command()
 def stats(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
-    sql: Annotated[
-        str | None, typer.Argument(help="SQL over views samples, decisions, kept.")
-    ] = None,
+    sql: Annotated[str | None, typer.Argument(help="SQL over views samples, decisions, kept.")] = None,
     format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
 ) -> None:
     """Query a run with DuckDB; with no SQL, print the funnel."""
@@ -104,17 +92,11 @@ def demo(
     objects, rows = build_corpus(n_clean=n)
     with LoopbackServer(objects) as server:
         urls = write_url_list(rows, server.base_url, output / "demo_urls.parquet")
-        console.print(
-            f"serving {len(objects)} objects on {server.base_url}; {len(rows)} URLs in {urls}"
-        )
+        console.print(f"serving {len(objects)} objects on {server.base_url}; {len(rows)} URLs in {urls}")
         result = run_pipeline(load_recipe("demo"), urls, output, address)
     print_funnel(result.funnel)
-    console.print(
-        f"curated shards: {output}/shards  metadata: {output}/metadata  manifest: {output}/manifest.json"
-    )
-    console.print(
-        f'explore: curate stats {output} "SELECT reason, count(*) FROM decisions GROUP BY 1"'
-    )
+    console.print(f"curated shards: {output}/shards  metadata: {output}/metadata  manifest: {output}/manifest.json")
+    console.print(f'explore: curate stats {output} "SELECT reason, count(*) FROM decisions GROUP BY 1"')
 
 
 train_app = typer.Typer(no_args_is_help=True, help="Train models on curated shards.")
@@ -126,21 +108,11 @@ eval_app.command("clip")(eval_clip)
 
 @train_app.command("clip")
 def train_clip(
-    config: Annotated[
-        Path, typer.Option("--config", help="Preset YAML, e.g. configs/train/clip-tiny.yaml.")
-    ],
-    data: Annotated[
-        str, typer.Option("--data", help="Shards: RUN/shards, a glob or a {a..b} pattern.")
-    ],
-    output: Annotated[
-        Path, typer.Option("--output", help="Folder for checkpoints, log and the final model.")
-    ],
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from the latest checkpoint in --output.")
-    ] = False,
-    workers: Annotated[
-        int, typer.Option("--workers", help="DDP processes via Ray Train (1: this process).")
-    ] = 1,
+    config: Annotated[Path, typer.Option("--config", help="Preset YAML, e.g. configs/train/clip-tiny.yaml.")],
+    data: Annotated[str, typer.Option("--data", help="Shards: RUN/shards, a glob or a {a..b} pattern.")],
+    output: Annotated[Path, typer.Option("--output", help="Folder for checkpoints, log and the final model.")],
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --output.")] = False,
+    workers: Annotated[int, typer.Option("--workers", help="DDP processes via Ray Train (1: this process).")] = 1,
     set: SetOpt = None,
     address: AddressOpt = None,
 ) -> None:
@@ -156,9 +128,7 @@ def train_clip(
         from curate import runtime
 
         with runtime.session(address):
-            summary = runtime.train_distributed(
-                cfg.model_dump(), data, str(output), resume, workers
-            )
+            summary = runtime.train_distributed(cfg.model_dump(), data, str(output), resume, workers)
     else:
         summary = train(cfg, data, output, resume)
     print_rows(["metric", "value"], sorted(summary.items()), "table")
@@ -175,10 +145,7 @@ def print_funnel(result: dict) -> None:
     steps = result["steps"]
     total = steps["input"] or 1
     rows = [(name, n, f"{100 * n / total:.1f}%") for name, n in steps.items()]
-    rows += [
-        (f"  rejected: {reason}", n, f"{100 * n / total:.1f}%")
-        for reason, n in result["rejected"].items()
-    ]
+    rows += [(f"  rejected: {reason}", n, f"{100 * n / total:.1f}%") for reason, n in result["rejected"].items()]
     print_rows(["funnel", "rows", "of input"], rows, "table")
 
 

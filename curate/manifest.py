@@ -75,9 +75,7 @@ class Manifest:
     def done(self, name: str, **expected: Any) -> bool:
         """True when step ``name`` finished and its recorded fields equal ``expected``."""
         record = self.steps.get(name, {})
-        return record.get("status") == "done" and all(
-            record.get(k) == v for k, v in expected.items()
-        )
+        return record.get("status") == "done" and all(record.get(k) == v for k, v in expected.items())
 
 
 def _now() -> str:

@@ -42,9 +42,7 @@ def read_shard(run_dir: str, shard: str, chunk_rows: int = 512) -> Iterator[pa.T
     inputs = _input_rows(run_dir, shard)
     meta = pq.read_table(f"{run_dir}/raw/{shard}.parquet", columns=RAW_META_COLUMNS)
     images = _tar_images(f"{run_dir}/raw/{shard}.tar")
-    table = inputs.join(meta, "key", join_type="left outer").join(
-        images, "key", join_type="left outer"
-    )
+    table = inputs.join(meta, "key", join_type="left outer").join(images, "key", join_type="left outer")
     table = table.sort_by("key")
     table = _fix_status(table)
     for start in range(0, len(table), chunk_rows):
@@ -71,9 +69,7 @@ def _tar_images(path: str) -> pa.Table:
             blobs.append(tar.extractfile(member).read())
     return pa.table(
         {"key": keys, "image_offset": offsets, "image_size": sizes, "image": blobs},
-        schema=pa.schema(
-            [(n, BASE_COLUMNS[n]) for n in ("key", "image_offset", "image_size", "image")]
-        ),
+        schema=pa.schema([(n, BASE_COLUMNS[n]) for n in ("key", "image_offset", "image_size", "image")]),
     )
 
 
@@ -82,9 +78,7 @@ def _fix_status(table: pa.Table) -> pa.Table:
     status = table.column("status")
     has_image = pc.is_valid(table.column("image"))
     status = pc.if_else(pc.is_null(status), pa.scalar("missing"), status)
-    status = pc.if_else(
-        pc.and_(pc.equal(status, "success"), pc.invert(has_image)), "missing_image", status
-    )
+    status = pc.if_else(pc.and_(pc.equal(status, "success"), pc.invert(has_image)), "missing_image", status)
     status = pc.if_else(table.column("fetchable"), status, pa.scalar("bad_url"))
     table = table.set_column(table.column_names.index("status"), "status", status)
     return table.drop_columns(["fetchable"])

@@ -10,8 +10,7 @@ REASONS: dict[str, str] = {
     "bad_url": "The URL is empty or not http(s); it was never requested.",
     "download_error": "The download failed (HTTP error, timeout, refused connection) "
     "or img2dataset wrote no record for the row.",
-    "decode_error": "The bytes are not a readable image (corrupt, truncated, HTML, too large "
-    "to decode safely).",
+    "decode_error": "The bytes are not a readable image (corrupt, truncated, HTML, too large to decode safely).",
     "blocked_url": "The URL's domain or pattern is on the recipe's blocklist.",
     "too_small": "The image's smaller side is below the recipe's min_side.",
     "file_too_small": "The image file has fewer bytes than the recipe's min_bytes.",

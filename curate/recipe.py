@@ -33,14 +33,11 @@ from curate.signals.image import ImageSignals
 from curate.signals.language import LanguageID
 from curate.stage import Stage
 
-STAGES: dict[str, type[Stage]] = {
-    s.name: s for s in (ImageSignals, Hashes, CaptionSignals, LanguageID)
-}
+STAGES: dict[str, type[Stage]] = {s.name: s for s in (ImageSignals, Hashes, CaptionSignals, LanguageID)}
 """Annotate stages by the name recipes use."""
 
 POLICIES: dict[str, type[Policy]] = {
-    p.name: p
-    for p in (UrlFilter, ImageSize, CaptionLength, CaptionBoilerplate, Language, ExactDedup)
+    p.name: p for p in (UrlFilter, ImageSize, CaptionLength, CaptionBoilerplate, Language, ExactDedup)
 }
 """Decide policies by the name recipes use."""
 
@@ -128,9 +125,7 @@ def build_recipe(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
     """Validate a recipe given as a dict."""
     unknown = [k for k in data if k not in SECTIONS]
     if unknown:
-        raise RecipeError(
-            f"{source}: unknown section {unknown[0]!r}{_suggest(unknown[0], SECTIONS)}"
-        )
+        raise RecipeError(f"{source}: unknown section {unknown[0]!r}{_suggest(unknown[0], SECTIONS)}")
     recipe = Recipe(
         name=str(data.get("name") or Path(source).stem),
         description=str(data.get("description") or ""),
@@ -138,12 +133,10 @@ def build_recipe(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
         input=_config(InputConfig, data.get("input"), f"{source}: input"),
         acquire=_config(AcquireConfig, data.get("acquire"), f"{source}: acquire"),
         annotate=[
-            _entry(e, i, "annotate", "stage", STAGES, source)
-            for i, e in enumerate(_list(data, "annotate", source))
+            _entry(e, i, "annotate", "stage", STAGES, source) for i, e in enumerate(_list(data, "annotate", source))
         ],
         decide=[
-            _entry(e, i, "decide", "policy", POLICIES, source)
-            for i, e in enumerate(_list(data, "decide", source))
+            _entry(e, i, "decide", "policy", POLICIES, source) for i, e in enumerate(_list(data, "decide", source))
         ],
         emit=_config(EmitConfig, data.get("emit"), f"{source}: emit"),
     )
@@ -166,11 +159,7 @@ def check_columns(recipe: Recipe) -> None:
     for i, policy in enumerate([Availability(), *recipe.decide]):
         missing = [c for c in policy.reads if c not in available]
         if missing:
-            where = (
-                "the built-in availability check"
-                if i == 0
-                else f"decide[{i - 1}] (policy {policy.name!r})"
-            )
+            where = "the built-in availability check" if i == 0 else f"decide[{i - 1}] (policy {policy.name!r})"
             hint = ", ".join(sorted({f"'- stage: {writers[c]}'" for c in missing if c in writers}))
             raise RecipeError(
                 f"{recipe.source}: {where} reads {missing}, which no annotate stage writes. "
@@ -189,9 +178,7 @@ def apply_override(data: dict[str, Any], item: str, source: Path | str = "<recip
     for depth, part in enumerate(parts[:-1]):
         node = _child(node, part, parts[: depth + 1], data, source)
     if isinstance(node, list):
-        raise RecipeError(
-            f"--set {item!r}: name an entry of {'.'.join(parts[:-1])} and then a parameter"
-        )
+        raise RecipeError(f"--set {item!r}: name an entry of {'.'.join(parts[:-1])} and then a parameter")
     node[parts[-1]] = value
 
 
@@ -225,9 +212,7 @@ def _entry(entry: Any, index: int, section: str, tag: str, registry: dict, sourc
     if isinstance(entry, str):
         entry = {tag: entry}
     if not isinstance(entry, dict) or tag not in entry:
-        raise RecipeError(
-            f"{where}: each entry needs '{tag}: NAME' (known: {', '.join(sorted(registry))})"
-        )
+        raise RecipeError(f"{where}: each entry needs '{tag}: NAME' (known: {', '.join(sorted(registry))})")
     params = dict(entry)
     name = params.pop(tag)
     if name not in registry:

@@ -65,18 +65,14 @@ def run_pipeline(
         return decide_and_emit(recipe, run_dir, manifest)
 
 
-def redecide(
-    run_dir: str | Path, overrides: list[str] | None = None, address: str | None = None
-) -> RunResult:
+def redecide(run_dir: str | Path, overrides: list[str] | None = None, address: str | None = None) -> RunResult:
     """Re-run decide and emit from stored signals with the run's recipe plus ``overrides``."""
     from curate.recipe import apply_override
 
     run_dir = Path(run_dir)
     manifest = Manifest(run_dir)
     if not manifest.done("annotate"):
-        raise InputError(
-            f"{run_dir}: annotate has not finished; run `curate run` to complete it first"
-        )
+        raise InputError(f"{run_dir}: annotate has not finished; run `curate run` to complete it first")
     data = json.loads(json.dumps(manifest.data["recipe"]))
     for item in overrides or []:
         apply_override(data, item, manifest.data.get("recipe_source", "<recipe>"))
@@ -94,18 +90,12 @@ def check_writable(run_dir: Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        raise InputError(
-            f"{run_dir}: output directory is not writable ({err}). Choose another --output."
-        ) from None
+        raise InputError(f"{run_dir}: output directory is not writable ({err}). Choose another --output.") from None
 
 
-def stage_inputs(
-    recipe: Recipe, input_path: str | Path, run_dir: Path, manifest: Manifest
-) -> ShardLayout:
+def stage_inputs(recipe: Recipe, input_path: str | Path, run_dir: Path, manifest: Manifest) -> ShardLayout:
     """Write ``RUN/input/urls.parquet`` (keys assigned) or check that a resumed run has the same input."""
-    inputs = prepare_inputs(
-        read_url_list(input_path), recipe.input, recipe.acquire.samples_per_shard, str(input_path)
-    )
+    inputs = prepare_inputs(read_url_list(input_path), recipe.input, recipe.acquire.samples_per_shard, str(input_path))
     layout = ShardLayout(len(inputs), recipe.acquire.samples_per_shard)
     print_ = fingerprint(inputs)
     previous = manifest.data.get("input_fingerprint")
@@ -135,10 +125,7 @@ def acquire(recipe: Recipe, layout: ShardLayout, run_dir: Path, manifest: Manife
     inputs = pq.read_table(run_dir / "input" / "urls.parquet")
     extra = list(recipe.input.save_additional_columns)
     with manifest.step("acquire", shards=len(names), shards_downloaded=len(todo)) as record:
-        calls = [
-            (i, download_rows(inputs, layout, i, extra), str(raw), layout, recipe.acquire)
-            for i in todo
-        ]
+        calls = [(i, download_rows(inputs, layout, i, extra), str(raw), layout, recipe.acquire) for i in todo]
         results = runtime.run_tasks(download_shard, calls, "acquire", recipe.acquire.num_cpus)
         record["nodes"] = sorted({node for _, node in results})
         record["downloaded_ok"] = sum(stats["successes"] for stats, _ in results)
@@ -162,9 +149,7 @@ def decide_and_emit(recipe: Recipe, run_dir: Path, manifest: Manifest) -> RunRes
     """Decide keep/reject for every sample, then write the curated shards and the funnel."""
     samples = f"{run_dir}/samples/*.parquet"
     with manifest.step("decide") as record:
-        record["rejected"] = decide(
-            samples, recipe.decide, run_dir / "decisions" / "decisions.parquet"
-        )
+        record["rejected"] = decide(samples, recipe.decide, run_dir / "decisions" / "decisions.parquet")
     with manifest.step("emit") as record:
         record.update(emit(recipe, run_dir))
     result = funnel(run_dir)
@@ -183,10 +168,7 @@ def emit(recipe: Recipe, run_dir: Path) -> dict:
     digits = max(5, len(str(len(plans))))
     names = [f"{i:0{digits}d}" for i in range(len(plans))]
     tmp = run_dir / ".tmp" / f"emit-{uuid.uuid4().hex[:8]}"
-    calls = [
-        (plan, str(run_dir), str(tmp), name, recipe.emit)
-        for plan, name in zip(plans, names, strict=True)
-    ]
+    calls = [(plan, str(run_dir), str(tmp), name, recipe.emit) for plan, name in zip(plans, names, strict=True)]
     counts = [n for n, _ in runtime.run_tasks(write_shard, calls, "emit")]
     sizes = {f"{name}.tar": n for name, n in zip(names, counts, strict=True)}
     write_json(f"{tmp}/shards/sizes.json", sizes)

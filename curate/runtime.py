@@ -53,16 +53,12 @@ def _on_node(fn: Callable, args: tuple) -> tuple[Any, str]:
     return fn(*args), ray.get_runtime_context().get_node_id()
 
 
-def run_tasks(
-    fn: Callable, calls: Sequence[tuple], desc: str, num_cpus: float = 1.0
-) -> list[tuple[Any, str]]:
+def run_tasks(fn: Callable, calls: Sequence[tuple], desc: str, num_cpus: float = 1.0) -> list[tuple[Any, str]]:
     """Run ``fn(*args)`` for each args tuple as Ray tasks spread over the cluster.
 
     Returns ``(result, node_id)`` in call order; the first failure is raised.
     """
-    remote = ray.remote(_on_node).options(
-        num_cpus=num_cpus, scheduling_strategy="SPREAD", max_retries=2
-    )
+    remote = ray.remote(_on_node).options(num_cpus=num_cpus, scheduling_strategy="SPREAD", max_retries=2)
     refs = [remote.remote(fn, args) for args in calls]
     index = {ref: i for i, ref in enumerate(refs)}
     results: list[Any] = [None] * len(refs)
@@ -108,9 +104,7 @@ def _add_stage(ds: ray.data.Dataset, stage: Stage) -> ray.data.Dataset:
 
 def annotate(run_dir: str, shards: Sequence[str], stages: Sequence[Stage], out_dir: str) -> None:
     """Stream raw ``shards`` through ``stages`` and write the signals (no image bytes) to ``out_dir``."""
-    ds = ray.data.from_items(
-        [{"shard": s} for s in shards], override_num_blocks=max(1, len(shards))
-    )
+    ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=max(1, len(shards)))
     ds = ds.map_batches(
         _read_shards,
         fn_kwargs={"run_dir": run_dir, "chunk_rows": 512},
@@ -128,9 +122,7 @@ def _train_worker(config: dict) -> None:
     """Ray Train worker: the process group is up (gloo or nccl); run the plain training loop."""
     from curate.train.clip import ClipTrainConfig, train_clip
 
-    summary = train_clip(
-        ClipTrainConfig(**config["cfg"]), config["data"], config["output"], config["resume"]
-    )
+    summary = train_clip(ClipTrainConfig(**config["cfg"]), config["data"], config["output"], config["resume"])
     ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float))})
 
 
@@ -145,9 +137,7 @@ def train_distributed(cfg: dict, data: str, output: str, resume: str | bool, wor
         train_loop_config={"cfg": cfg, "data": data, "output": output, "resume": resume},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(
-            name="curate-train-clip", storage_path=str(Path(output).resolve() / "ray_train")
-        ),
+        run_config=RunConfig(name="curate-train-clip", storage_path=str(Path(output).resolve() / "ray_train")),
     )
     trainer.fit()
     log = Path(output) / "log.jsonl"  # rank 0's log: Ray Train v2 returns no metrics from fit()

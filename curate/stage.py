@@ -59,9 +59,7 @@ class Stage:
         return out
 
 
-def append_columns(
-    batch: pa.Table, columns: dict[str, list], types: dict[str, pa.DataType]
-) -> pa.Table:
+def append_columns(batch: pa.Table, columns: dict[str, list], types: dict[str, pa.DataType]) -> pa.Table:
     """Append (or replace) columns given as Python lists, typed by ``types``."""
     for name, values in columns.items():
         array = pa.array(values, type=types[name])

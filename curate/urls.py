@@ -42,9 +42,7 @@ def read_url_list(path: str | Path) -> pa.Table:
     raise InputError(f"{path}: unknown extension {suffix!r}; use .parquet, .csv, .tsv or .jsonl")
 
 
-def prepare_inputs(
-    table: pa.Table, cfg: InputConfig, samples_per_shard: int, source: str
-) -> pa.Table:
+def prepare_inputs(table: pa.Table, cfg: InputConfig, samples_per_shard: int, source: str) -> pa.Table:
     """Select and rename the recipe's columns and add ``key``, ``raw_shard`` and ``fetchable``."""
     wanted = [cfg.url_col, cfg.caption_col, *cfg.save_additional_columns]
     missing = [c for c in wanted if c not in table.column_names]
@@ -90,13 +88,9 @@ def fingerprint(inputs: pa.Table) -> str:
     return digest.hexdigest()[:16]
 
 
-def download_rows(
-    inputs: pa.Table, layout: ShardLayout, shard_id: int, extra: list[str]
-) -> pa.Table:
+def download_rows(inputs: pa.Table, layout: ShardLayout, shard_id: int, extra: list[str]) -> pa.Table:
     """The rows handed to img2dataset for one shard; unfetchable URLs become '' (never requested)."""
     per = layout.samples_per_shard
     rows = inputs.slice(shard_id * per, per)  # inputs are in row order, shard by shard
     url = pc.if_else(rows.column("fetchable"), rows.column("url"), pa.scalar("", pa.string()))
-    return pa.table(
-        {"url": url, "caption": rows.column("caption"), **{c: rows.column(c) for c in extra}}
-    )
+    return pa.table({"url": url, "caption": rows.column("caption"), **{c: rows.column(c) for c in extra}})

@@ -39,9 +39,7 @@ class ServedCorpus:
 def served_corpus(tmp_path_factory) -> ServedCorpus:
     objects, rows = build_corpus(n_clean=120, seed=1, slow_delay_s=5.0)
     with LoopbackServer(objects) as server:
-        urls = write_url_list(
-            rows, server.base_url, tmp_path_factory.mktemp("corpus") / "urls.parquet"
-        )
+        urls = write_url_list(rows, server.base_url, tmp_path_factory.mktemp("corpus") / "urls.parquet")
         yield ServedCorpus(server, objects, rows, urls)
 
 

@@ -33,17 +33,11 @@ def stage_run(tmp_path, corpus, rows, extra_urls=()):
 
 def test_original_bytes_are_kept_and_unfetchable_urls_never_requested(served_corpus, tmp_path):
     rows = clean_rows(served_corpus, 7)
-    inputs, layout = stage_run(
-        tmp_path, served_corpus, rows, ["file:///etc/passwd", "ftp://x/y.jpg", ""]
-    )
-    stats = download_shard(
-        0, download_rows(inputs, layout, 0, []), str(tmp_path / "raw"), layout, AcquireConfig()
-    )
+    inputs, layout = stage_run(tmp_path, served_corpus, rows, ["file:///etc/passwd", "ftp://x/y.jpg", ""])
+    stats = download_shard(0, download_rows(inputs, layout, 0, []), str(tmp_path / "raw"), layout, AcquireConfig())
     assert stats["count"] == 10 and stats["successes"] == 7
     assert complete_shards(tmp_path / "raw") == {"00000"}
-    assert not [
-        p for p in (tmp_path / "raw").iterdir() if p.name.startswith(".")
-    ]  # temp folder gone
+    assert not [p for p in (tmp_path / "raw").iterdir() if p.name.startswith(".")]  # temp folder gone
     table = pa.concat_tables(read_shard(str(tmp_path), "00000"))
     got = table.to_pylist()
     assert [r["key"] for r in got] == [f"00000{i}" for i in range(10)]
@@ -62,9 +56,7 @@ def test_max_side_downscales_large_images_only(served_corpus, tmp_path):
         return Image.open(io.BytesIO(served_corpus.objects[row.path].body)).size
 
     candidates = [r for r in served_corpus.rows if r.defect is None]
-    rows = [r for r in candidates if max(size(r)) > 300][:5] + [
-        r for r in candidates if max(size(r)) <= 300
-    ][:5]
+    rows = [r for r in candidates if max(size(r)) > 300][:5] + [r for r in candidates if max(size(r)) <= 300][:5]
     assert len(rows) == 10
     inputs, layout = stage_run(tmp_path, served_corpus, rows)
     download_shard(
@@ -96,9 +88,7 @@ def test_url_lists_in_every_format(tmp_path, suffix):
         pq.write_table(pa.Table.from_pylist(rows), path)
     else:
         sep = "\t" if suffix == ".tsv" else ","
-        path.write_text(
-            "url" + sep + "caption\n" + "".join(f'{r["url"]}{sep}"{r["caption"]}"\n' for r in rows)
-        )
+        path.write_text("url" + sep + "caption\n" + "".join(f'{r["url"]}{sep}"{r["caption"]}"\n' for r in rows))
     table = prepare_inputs(read_url_list(path), load_recipe("demo").input, 100, str(path))
     assert table.column("caption").to_pylist() == ["a cat, sitting", "b"]
     assert table.column("fetchable").to_pylist() == [True, False]

@@ -80,14 +80,7 @@ def test_every_row_gets_exactly_its_first_reason(tmp_path):
 
 def test_thresholds_change_without_touching_signals(tmp_path):
     samples = samples_file(tmp_path)
-    strict = build_recipe(
-        {"annotate": ["image"], "decide": [{"policy": "image_size", "min_side": 250}]}
-    )
+    strict = build_recipe({"annotate": ["image"], "decide": [{"policy": "image_size", "min_side": 250}]})
     decide(samples, strict.decide, tmp_path / "d.parquet")
-    kept = (
-        pq.read_table(tmp_path / "d.parquet")
-        .filter(pa.compute.field("keep"))
-        .column("key")
-        .to_pylist()
-    )
+    kept = pq.read_table(tmp_path / "d.parquet").filter(pa.compute.field("keep")).column("key").to_pylist()
     assert kept == ["006"]  # the only decodable image whose smaller side is >= 250

@@ -101,9 +101,7 @@ def test_thousand_mixed_captions_in_one_call(lid, monkeypatch):
 
 
 def test_embedded_newlines(lid):
-    langs, _ = lid.predict(
-        ["Un chat noir\nendormi sur le rebord\r\nde la fenêtre.", "line one\rline two\n"]
-    )
+    langs, _ = lid.predict(["Un chat noir\nendormi sur le rebord\r\nde la fenêtre.", "line one\rline two\n"])
     assert langs == ["fr", "en"]
 
 

@@ -53,11 +53,7 @@ def test_every_input_row_is_decided_exactly_once(demo_run, served_corpus):
     assert len(keys) == len(set(keys)) == len(served_corpus.rows)
     assert sorted(keys) == sorted(inputs)
     kept = sum(r["keep"] for r in rows)
-    assert (
-        kept + sum(result.funnel["rejected"].values())
-        == len(rows)
-        == result.funnel["steps"]["input"]
-    )
+    assert kept + sum(result.funnel["rejected"].values()) == len(rows) == result.funnel["steps"]["input"]
     assert all(r["reason"] in reasons.REASONS for r in rows if not r["keep"])
 
 
@@ -148,6 +144,4 @@ def test_redecide_changes_thresholds_without_reannotating(demo_run, tmp_path):
     assert after["too_small"] > before["too_small"]
     steps = Manifest(run_dir).steps
     assert steps["annotate"]["executions"] == 1 and steps["decide"]["executions"] == 2
-    assert result.funnel["steps"]["kept"] == sum(
-        json.loads((run_dir / "shards/sizes.json").read_text()).values()
-    )
+    assert result.funnel["steps"]["kept"] == sum(json.loads((run_dir / "shards/sizes.json").read_text()).values())

@@ -37,9 +37,7 @@ def test_unknown_stage_names_file_and_known_stages(tmp_path):
 
 def test_unknown_parameter_suggests_the_right_one(tmp_path):
     path = write(tmp_path, "annotate: [image]\ndecide:\n  - policy: image_size\n    min_sid: 3\n")
-    with pytest.raises(
-        RecipeError, match=r"decide\[0\].*unknown parameter 'min_sid'.*did you mean 'min_side'"
-    ):
+    with pytest.raises(RecipeError, match=r"decide\[0\].*unknown parameter 'min_sid'.*did you mean 'min_side'"):
         load_recipe(path)
 
 
@@ -72,14 +70,10 @@ def test_set_overrides_by_entry_name_and_rejects_unknown_entries():
 def test_missing_input_column_says_how_to_name_it(tmp_path):
     table = pa.table({"URL": ["http://x/a.jpg"], "TEXT": ["a"]})
     recipe = load_recipe("demo")
-    with pytest.raises(
-        InputError, match=r"urls.csv: no column 'url' \(columns: URL, TEXT\).*input.url_col"
-    ):
+    with pytest.raises(InputError, match=r"urls.csv: no column 'url' \(columns: URL, TEXT\).*input.url_col"):
         prepare_inputs(table, recipe.input, 100, "urls.csv")
     renamed = load_recipe("demo", ["input.url_col=URL", "input.caption_col=TEXT"])
-    assert prepare_inputs(table, renamed.input, 100, "urls.csv").column("url").to_pylist() == [
-        "http://x/a.jpg"
-    ]
+    assert prepare_inputs(table, renamed.input, 100, "urls.csv").column("url").to_pylist() == ["http://x/a.jpg"]
 
 
 def test_unwritable_output_is_refused_before_work(tmp_path):

@@ -39,9 +39,7 @@ def curate_run(urls, out, **popen) -> subprocess.Popen:
         str(out),
         *SETTINGS,
     ]
-    return subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen
-    )
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
 
 
 def kept_keys(run_dir) -> list[str]:
@@ -71,9 +69,7 @@ def slow_corpus(tmp_path_factory):
     objects, rows = build_corpus(n_clean=60, seed=2, slow_delay_s=3.0)
     objects = {p: dataclasses.replace(o, delay_s=max(o.delay_s, 0.04)) for p, o in objects.items()}
     with LoopbackServer(objects) as server:
-        yield write_url_list(
-            rows, server.base_url, tmp_path_factory.mktemp("slow") / "urls.parquet"
-        )
+        yield write_url_list(rows, server.base_url, tmp_path_factory.mktemp("slow") / "urls.parquet")
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(slow_corpus, tmp_path):
@@ -81,9 +77,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(slow_corpus, tmp_path):
     proc = curate_run(slow_corpus, interrupted, start_new_session=True)
     deadline = time.monotonic() + 120
     while len(complete_shards(interrupted / "raw")) < 2 if (interrupted / "raw").exists() else True:
-        assert proc.poll() is None, (
-            f"run ended before it could be interrupted: {proc.stderr.read()}"
-        )
+        assert proc.poll() is None, f"run ended before it could be interrupted: {proc.stderr.read()}"
         assert time.monotonic() < deadline
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -91,9 +85,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(slow_corpus, tmp_path):
     done_before = wait_until_stable(interrupted / "raw")
     total = Manifest(interrupted).steps["acquire"]["shards"]
     assert 2 <= len(done_before) < total, "the kill must land in the middle of acquisition"
-    assert (
-        Manifest(interrupted).steps["acquire"]["status"] == "running"
-    )  # what `cat manifest.json` shows
+    assert Manifest(interrupted).steps["acquire"]["status"] == "running"  # what `cat manifest.json` shows
 
     for out in (interrupted, clean):
         proc = curate_run(slow_corpus, out)

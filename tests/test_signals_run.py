@@ -97,17 +97,10 @@ def bomb_png(width: int, height: int) -> bytes:
     import zlib
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(bytes(64)))
-        + chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(64))) + chunk(b"IEND", b"")
 
 
 def planted(base: str) -> list[tuple[str, str, str | None]]:
@@ -153,9 +146,7 @@ def run(tmp_path_factory):
     images = special_images() | {f"ok{i}.jpg": encode(photo(10 + i), "JPEG") for i in range(11)}
     images["blocked/ok5.jpg"] = images["ok5.jpg"]
     images["copy-of-ok0.jpg"] = images["ok0.jpg"]
-    objects = {
-        f"/{name}": WebObject(f"/{name}", body, "image/jpeg") for name, body in images.items()
-    }
+    objects = {f"/{name}": WebObject(f"/{name}", body, "image/jpeg") for name, body in images.items()}
     tmp = tmp_path_factory.mktemp("signals")
     with LoopbackServer(objects) as server:
         rows = planted(server.base_url)
@@ -187,10 +178,7 @@ def test_odd_images_are_measured_and_emitted(run):
     rotated = by_name["rotated.jpg"]
     assert (rotated["width"], rotated["height"], rotated["exif_orientation"]) == (200, 300, 6)
     assert by_name["cmyk.jpg"]["decode_error"] is None and by_name["png16.png"]["format"] == "png"
-    assert (
-        by_name["bomb.png"]["width"] is None
-        and "DecompressionBomb" in by_name["bomb.png"]["decode_error"]
-    )
+    assert by_name["bomb.png"]["width"] is None and "DecompressionBomb" in by_name["bomb.png"]["decode_error"]
     assert by_name["large.jpg"]["pixels"] == 480_000 and by_name["wide.jpg"]["aspect"] == 9.0
     assert "\ufffd" in by_name["ok4.jpg"]["caption"]  # invalid bytes became replacement characters
     emitted = {}
@@ -198,16 +186,9 @@ def test_odd_images_are_measured_and_emitted(run):
         with tarfile.open(tar) as f:
             for m in f.getmembers():
                 emitted[m.name] = f.extractfile(m).read()
-    keys = {
-        json.loads(v)["url"].rsplit("/", 1)[1]: k[:-5]
-        for k, v in emitted.items()
-        if k.endswith(".json")
-    }
+    keys = {json.loads(v)["url"].rsplit("/", 1)[1]: k[:-5] for k, v in emitted.items() if k.endswith(".json")}
     sixteen = Image.open(io.BytesIO(emitted[keys["png16.png"] + ".jpg"]))
-    assert (
-        sixteen.mode == "RGB"
-        and sixteen.convert("L").getextrema()[1] - sixteen.convert("L").getextrema()[0] > 200
-    )
+    assert sixteen.mode == "RGB" and sixteen.convert("L").getextrema()[1] - sixteen.convert("L").getextrema()[0] > 200
     assert Image.open(io.BytesIO(emitted[keys["animated.gif"] + ".jpg"])).format == "JPEG"
 
 

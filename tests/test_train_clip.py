@@ -55,9 +55,7 @@ def test_retrieval_on_training_pairs_rises_above_chance(tiny, curated_shards):
 def test_checkpoint_and_model_folder_load_with_plain_open_clip(tiny):
     output, _ = tiny
     open_clip = open_clip_module()  # registers configs/models (clip-tiny) with open_clip
-    from_ckpt, _, _ = open_clip.create_model_and_transforms(
-        "clip-tiny", pretrained=str(checkpoint_path(output, 80))
-    )
+    from_ckpt, _, _ = open_clip.create_model_and_transforms("clip-tiny", pretrained=str(checkpoint_path(output, 80)))
     from_folder, _, _ = open_clip.create_model_and_transforms(f"local-dir:{output}")
     image = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
@@ -94,9 +92,24 @@ def test_open_clip_trainer_reads_our_shards(tiny, curated_shards, tmp_path):
         "import runpy, sys; from curate.models.compat import ensure_torchvision; ensure_torchvision(); "
         "sys.argv = ['open_clip_train.main', *sys.argv[1:]]; runpy.run_module('open_clip_train.main', run_name='__main__')"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600
-    )
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Contrastive_loss" in proc.stdout + proc.stderr
     assert (tmp_path / "oc" / "checkpoints" / "epoch_1.pt").is_file()
+
+
+def test_lit_offline_separates_matched_from_mismatched_pairs_it_never_saw(curated_shards, tmp_path):
+    """Frozen EfficientNet-Lite0 + MiniLM, projections trained on two shards, scored on the third."""
+    from curate.models.clip import load_clip
+    from curate.train.eval import embed_pairs, matched_pair_auc
+
+    held_out = [str(curated_shards / "00002.tar")]
+    untrained = embed_pairs(load_clip("lit-offline"), held_out, 32, "cpu")
+    cfg = ClipTrainConfig.from_yaml(
+        "configs/train/lit-offline.yaml", {"steps": 20, "batch_size": 32, "log_every": 5, "warmup_steps": 2}
+    )
+    train_clip(cfg, f"{curated_shards}/{{00000..00001}}.tar", tmp_path)
+    image, text, _ = embed_pairs(load_clip(str(tmp_path)), held_out, 32, "cpu")
+    assert len(image) >= 40
+    assert matched_pair_auc(*untrained[:2]) < 0.65  # random projections: no better than chance
+    assert matched_pair_auc(image, text) > 0.8  # measured 0.95

@@ -35,9 +35,7 @@ def decide(samples_glob: str, policies: list[Policy], out_file: Path) -> dict[st
                 TO '{tmp}' (FORMAT parquet)"""
         )
         tmp.replace(out_file)
-        rows = con.execute(
-            "SELECT reason, count(*) FROM verdict WHERE reason IS NOT NULL GROUP BY reason"
-        ).fetchall()
+        rows = con.execute("SELECT reason, count(*) FROM verdict WHERE reason IS NOT NULL GROUP BY reason").fetchall()
         return dict(rows)
     finally:
         con.close()

@@ -34,9 +34,7 @@ class Availability(Policy):
 
 
 class ImageSizeConfig(PolicyConfig):
-    min_side: int | None = Field(
-        None, ge=1, description="Reject when min(width, height) is smaller."
-    )
+    min_side: int | None = Field(None, ge=1, description="Reject when min(width, height) is smaller.")
     max_pixels: int | None = Field(None, ge=1, description="Reject when width*height is larger.")
     min_bytes: int | None = Field(None, ge=1, description="Reject image files with fewer bytes.")
     max_aspect: float | None = Field(
@@ -59,9 +57,7 @@ class ImageSize(Policy):
         if c.min_bytes is not None:
             db.reject_where(f"s.bytes < {int(c.min_bytes)}", "file_too_small", self.name)
         if c.max_pixels is not None:
-            db.reject_where(
-                f"s.width::BIGINT * s.height > {int(c.max_pixels)}", "too_large", self.name
-            )
+            db.reject_where(f"s.width::BIGINT * s.height > {int(c.max_pixels)}", "too_large", self.name)
         if c.max_aspect is not None:
             db.reject_where(
                 f"greatest(s.width, s.height) > {float(c.max_aspect)} * least(s.width, s.height)",
@@ -99,9 +95,7 @@ class LanguageConfig(PolicyConfig):
     languages: list[Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}$")]] = Field(
         default_factory=lambda: ["en"], min_length=1, description="fastText language codes to keep."
     )
-    min_lang_score: float = Field(
-        0.0, ge=0.0, le=1.0, description="Reject when fastText is less sure."
-    )
+    min_lang_score: float = Field(0.0, ge=0.0, le=1.0, description="Reject when fastText is less sure.")
 
 
 class Language(Policy):

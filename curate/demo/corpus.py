@@ -117,9 +117,7 @@ def _random_drawing(rng: random.Random, size: tuple[int, int]) -> _Drawing:
         frac = rng.uniform(lo, hi)
         cx, cy = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8)
         kind = rng.choice(_SHAPES)
-        shapes.append(
-            _Shape(kind, rng.choice(colors), size_word, cx, cy, frac, rng.uniform(0, 6.3))
-        )
+        shapes.append(_Shape(kind, rng.choice(colors), size_word, cx, cy, frac, rng.uniform(0, 6.3)))
     gradient = (rng.uniform(0, 2 * math.pi), rng.uniform(10, 45))
     shapes.sort(key=lambda s: -s.frac)  # big ones first, so small ones stay visible
     return _Drawing(size[0], size[1], background, tuple(shapes), gradient)
@@ -295,9 +293,7 @@ def _make_missing(b: _Builder, i: int) -> DemoRow:
     """A URL with no object: half absent from the dict, half an explicit 404 page."""
     path = b.new_path("jpg")
     if i % 2:
-        b.add(
-            path, f"<html><body>404 Not Found ({i})</body></html>".encode(), "text/html", status=404
-        )
+        b.add(path, f"<html><body>404 Not Found ({i})</body></html>".encode(), "text/html", status=404)
     caption = f"photo number {i} from a gallery that no longer exists"
     return DemoRow(path, caption, "missing", _EXPECTED["missing"])
 

@@ -72,9 +72,7 @@ class _Server(ThreadingHTTPServer):
 class LoopbackServer:
     """Serves a dict of WebObject on 127.0.0.1 on a free port, in a background thread (ThreadingHTTPServer)."""
 
-    def __init__(
-        self, objects: dict[str, WebObject], host: str = "127.0.0.1", port: int = 0
-    ) -> None:
+    def __init__(self, objects: dict[str, WebObject], host: str = "127.0.0.1", port: int = 0) -> None:
         self._server = _Server((host, port), objects)
         self._thread: threading.Thread | None = None
 

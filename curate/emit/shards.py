@@ -29,15 +29,9 @@ class EmitConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    samples_per_shard: int = Field(
-        10_000, gt=0, description="Samples per emitted tar (the last may hold fewer)."
-    )
-    shuffle_seed: int | None = Field(
-        0, description="Seed of the global shuffle; null keeps key order."
-    )
-    jpeg_quality: int = Field(
-        95, ge=1, le=100, description="Quality when a non-JPEG image is re-encoded."
-    )
+    samples_per_shard: int = Field(10_000, gt=0, description="Samples per emitted tar (the last may hold fewer).")
+    shuffle_seed: int | None = Field(0, description="Seed of the global shuffle; null keeps key order.")
+    jpeg_quality: int = Field(95, ge=1, le=100, description="Quality when a non-JPEG image is re-encoded.")
 
 
 def plan_shards(kept: pa.Table, cfg: EmitConfig) -> list[pa.Table]:

@@ -32,9 +32,7 @@ class WebDatasetWriter:
         self._tar.close()
         self._atomic.__exit__(exc_type, exc, tb)
 
-    def write(
-        self, key: str, image: bytes, image_format: str | None, caption: str, meta: dict
-    ) -> None:
+    def write(self, key: str, image: bytes, image_format: str | None, caption: str, meta: dict) -> None:
         """Add one sample; ``image_format`` is Pillow's lower-case format name."""
         jpg = image if image_format == "jpeg" else to_jpeg(image, self.jpeg_quality)
         self._add(f"{key}.jpg", jpg)

@@ -107,9 +107,7 @@ def package_dir(name: str) -> str:
     """The folder of an installed package, without importing it."""
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None:
-        raise FileNotFoundError(
-            f"package {name!r} is not installed; `pip install {name.replace('_', '-')}`"
-        )
+        raise FileNotFoundError(f"package {name!r} is not installed; `pip install {name.replace('_', '-')}`")
     return os.path.dirname(spec.origin)
 
 
@@ -130,27 +128,25 @@ def preprocess_cfg(name: str) -> dict:
     return dict(_preprocess.get(name, {}))
 
 
-def load_clip(
-    model: str, pretrained: str | None = None, device: str = "cpu", precision: str = "fp32"
-) -> ClipBundle:
+def load_clip(model: str, pretrained: str | None = None, device: str = "cpu", precision: str = "fp32") -> ClipBundle:
     """Build a CLIP and its transforms and tokenizer (see the module docstring for the forms)."""
     open_clip = open_clip_module()
     name, kwargs = _resolve(model, pretrained, open_clip)
     model_obj, train_tf, val_tf = open_clip.create_model_and_transforms(
         name, device=device, precision=precision, **kwargs
     )
-    return ClipBundle(
-        model_obj, train_tf, val_tf, open_clip.get_tokenizer(name), _model_id(model, pretrained)
-    )
+    if "pretrained_image_path" in kwargs:  # open_clip loads tower weights with strict=False
+        from curate.models.lit import check_visual_loaded
+
+        check_visual_loaded(model_obj, kwargs["pretrained_image_path"])
+    return ClipBundle(model_obj, train_tf, val_tf, open_clip.get_tokenizer(name), _model_id(model, pretrained))
 
 
 def _resolve(model: str, pretrained: str | None, open_clip) -> tuple[str, dict]:
     path = Path(model)
     if path.is_dir() and (path / "open_clip_config.json").is_file():
         if pretrained:
-            raise ValueError(
-                f"{model} is a model folder with its own weights; drop pretrained={pretrained!r}"
-            )
+            raise ValueError(f"{model} is a model folder with its own weights; drop pretrained={pretrained!r}")
         return f"local-dir:{path}", {}
     name = register_config(path, open_clip) if path.suffix == ".json" and path.is_file() else model
     kwargs: dict[str, Any] = {"pretrained": pretrained}
@@ -166,8 +162,9 @@ def _model_id(model: str, pretrained: str | None) -> str:
     return f"{model}/{pretrained}" if pretrained else model
 
 
-def save_model_folder(model, name: str, folder: Path | str) -> Path:
-    """Write ``model`` as an open_clip ``local-dir`` folder (config + safetensors weights)."""
+def save_model_folder(model, name: str, folder: Path | str, tokenizer=None) -> Path:
+    """Write ``model`` as an open_clip ``local-dir`` folder: config, safetensors weights, and the
+    Hugging Face tokenizer files when the text tower has one (open_clip reads them from there)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -178,4 +175,6 @@ def save_model_folder(model, name: str, folder: Path | str) -> Path:
     save_file(state, str(tmp))
     tmp.replace(folder / "open_clip_model.safetensors")
     (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(str(folder))
     return folder

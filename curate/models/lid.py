@@ -115,9 +115,7 @@ class LanguageIdentifier:
         texts = ["This is a photo of a dog.", "Ceci est une photo.", "Das ist ein Foto."]
         try:
             labels, probs = self.model.predict(texts, k=1)
-            ok = len(labels) == len(probs) == 3 and all(
-                len(lab) == 1 and lab[0].startswith(_LABEL) for lab in labels
-            )
+            ok = len(labels) == len(probs) == 3 and all(len(lab) == 1 and lab[0].startswith(_LABEL) for lab in labels)
         except (ValueError, TypeError, RuntimeError) as err:
             raise RuntimeError(self._wrong_build(f"{type(err).__name__}: {err}")) from err
         if not ok:

@@ -16,9 +16,7 @@ def connect(run_dir: str | Path) -> duckdb.DuckDBPyConnection:
         files = sorted(Path(run_dir, folder).glob("*.parquet"))
         if files:
             paths = ", ".join(f"'{p}'" for p in files)
-            con.execute(
-                f"CREATE VIEW {view} AS SELECT * FROM read_parquet([{paths}], union_by_name=true)"
-            )
+            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet([{paths}], union_by_name=true)")
     return con
 
 

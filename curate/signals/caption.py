@@ -70,9 +70,7 @@ _CONTROL = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\ufeff]")
 
 # --- boilerplate -----------------------------------------------------------------------------
 
-_EDGE = (
-    string.punctuation + string.whitespace + "\u00a0“”‘’«»„‚‹›…–—·•|¡¿。、，！？：；「」『』【】"
-)
+_EDGE = string.punctuation + string.whitespace + "\u00a0“”‘’«»„‚‹›…–—·•|¡¿。、，！？：；「」『』【】"
 """Stripped from both ends before the whole-caption url/filename/stock checks."""
 
 _TLDS = (

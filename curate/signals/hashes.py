@@ -18,7 +18,6 @@ class Hashes(Stage):
 
     def process(self, batch: pa.Table) -> pa.Table:
         digests = [
-            None if data is None else hashlib.sha256(data).hexdigest()
-            for data in batch.column("image").to_pylist()
+            None if data is None else hashlib.sha256(data).hexdigest() for data in batch.column("image").to_pylist()
         ]
         return append_columns(batch, {"sha256": digests}, self.writes)

@@ -69,9 +69,7 @@ class ImageSignals(Stage):
         return append_columns(batch, cols, self.writes)
 
 
-def measure_image(
-    data: bytes | None, max_decode_pixels: int, original: tuple | None = None
-) -> dict:
+def measure_image(data: bytes | None, max_decode_pixels: int, original: tuple | None = None) -> dict:
     """The signals of one encoded image; ``decode_error`` is None when it decoded fully."""
     row: dict = {"decode_error": None}
     if data is None:
@@ -83,9 +81,7 @@ def measure_image(
             with Image.open(io.BytesIO(data)) as im:
                 row.update(_header(im, original))
                 if row["pixels"] > max_decode_pixels:
-                    row["decode_error"] = (
-                        f"declared size {im.size[0]}x{im.size[1]} exceeds max_decode_pixels"
-                    )
+                    row["decode_error"] = f"declared size {im.size[0]}x{im.size[1]} exceeds max_decode_pixels"
                     return row
                 im.load()
     except Exception as err:  # a per-row error is data, not a crash: it becomes decode_error
@@ -110,7 +106,5 @@ def _header(im: Image.Image, original: tuple | None) -> dict:
         "aspect": max(width, height) / max(1, min(width, height)),
         "frames": frames,
         "animated": bool(getattr(im, "is_animated", False)),
-        "exif_orientation": orientation
-        if isinstance(orientation, int) and 1 <= orientation <= 8
-        else None,
+        "exif_orientation": orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else None,
     }

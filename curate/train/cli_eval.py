@@ -16,29 +16,21 @@ def eval_clip(
             help="Model folder written by `curate train clip`, a config name (clip-tiny) or an open_clip arch."
         ),
     ],
-    data: Annotated[
-        str, typer.Option("--data", help="WebDataset shards: a folder, a glob or a {a..b} pattern.")
-    ],
+    data: Annotated[str, typer.Option("--data", help="WebDataset shards: a folder, a glob or a {a..b} pattern.")],
     zero_shot: Annotated[
         str | None,
-        typer.Option(
-            "--zero-shot", help="Zero-shot task YAML, or a name in configs/eval/ (shapes)."
-        ),
+        typer.Option("--zero-shot", help="Zero-shot task YAML, or a name in configs/eval/ (shapes)."),
     ] = None,
     pretrained: Annotated[
         str | None,
         typer.Option("--pretrained", help="Checkpoint file or open_clip tag (not for a folder)."),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Pairs per batch.")] = 64,
-    limit: Annotated[
-        int | None, typer.Option("--limit", min=1, help="Evaluate only the first N pairs.")
-    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate only the first N pairs.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     output: Annotated[
         Path | None,
-        typer.Option(
-            "--output", help="JSON file [default: CKPT/eval.json for a folder, else eval.json]."
-        ),
+        typer.Option("--output", help="JSON file [default: CKPT/eval.json for a folder, else eval.json]."),
     ] = None,
 ) -> None:
     """Image-text retrieval recall@k (and zero-shot accuracy) of a CLIP on WebDataset shards."""

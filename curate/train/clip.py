@@ -39,15 +39,9 @@ class ClipTrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model: str = Field(
-        description="open_clip architecture, a config in configs/models, or a JSON file."
-    )
-    pretrained: str | None = Field(
-        None, description="open_clip tag or checkpoint file to start from."
-    )
-    lock_image: bool = Field(
-        False, description="Freeze the image tower (LiT); its projection trains."
-    )
+    model: str = Field(description="open_clip architecture, a config in configs/models, or a JSON file.")
+    pretrained: str | None = Field(None, description="open_clip tag or checkpoint file to start from.")
+    lock_image: bool = Field(False, description="Freeze the image tower (LiT); its projection trains.")
     lock_text: bool = Field(False, description="Freeze the text tower; its projection trains.")
     batch_size: int = Field(64, gt=1, description="Pairs per optimizer step and process.")
     steps: int | None = Field(None, gt=0, description="Optimizer steps (or give epochs).")
@@ -74,9 +68,7 @@ class ClipTrainConfig(BaseModel):
         return cls(**{**data, **(overrides or {})})
 
 
-def train_clip(
-    cfg: ClipTrainConfig, data: str, output: str | Path, resume: str | bool = False
-) -> dict:
+def train_clip(cfg: ClipTrainConfig, data: str, output: str | Path, resume: str | bool = False) -> dict:
     """Train in this process (or this rank of a torch.distributed group); returns a summary."""
     rank, world = _dist_info()
     device = _device(cfg.device, rank)
@@ -121,9 +113,8 @@ def train_clip(
     )
     if rank == 0:
         _save(model, optimizer, cfg, output, total_steps)
-        save_model_folder(
-            model, Path(cfg.model).stem if cfg.model.endswith(".json") else cfg.model, output
-        )
+        name = Path(cfg.model).stem if cfg.model.endswith(".json") else cfg.model
+        save_model_folder(model, name, output, bundle.tokenizer)
     return {"steps": total_steps, "start_step": start_step, "output": str(output), **last}
 
 
@@ -198,21 +189,20 @@ def _device(name: str, rank: int) -> torch.device:
 
 
 def _lock(model, cfg: ClipTrainConfig):
+    """LiT: freeze towers (BatchNorm statistics and text dropout included); projections train."""
+    from curate.models.lit import lock_image_tower, lock_text_tower
+
     if cfg.lock_image:
-        model.lock_image_tower(unlocked_groups=0, freeze_bn_stats=True)
+        lock_image_tower(model)
     if cfg.lock_text:
-        model.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
+        lock_text_tower(model)
     return model
 
 
 def _optimizer(model, cfg: ClipTrainConfig) -> torch.optim.AdamW:
     """AdamW without weight decay on gains, biases and the temperature (as open_clip does)."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    no_decay = [
-        p
-        for n, p in params
-        if p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n
-    ]
+    no_decay = [p for n, p in params if p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n]
     decay = [p for n, p in params if not any(p is q for q in no_decay)]
     groups = [
         {"params": no_decay, "weight_decay": 0.0},
@@ -226,9 +216,7 @@ def _total_steps(cfg: ClipTrainConfig, shards: list[str], world: int) -> int:
         return cfg.steps
     size = dataset_size(shards)
     if cfg.epochs is None or size is None:
-        raise ValueError(
-            "set `steps`, or `epochs` with a sizes.json beside the shards (curate run writes one)"
-        )
+        raise ValueError("set `steps`, or `epochs` with a sizes.json beside the shards (curate run writes one)")
     return max(1, math.ceil(cfg.epochs * size / (cfg.batch_size * world)))
 
 

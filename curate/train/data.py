@@ -26,9 +26,7 @@ def expand_shards(data: str | list[str]) -> list[str]:
         shards = sorted(glob.glob(data)) or [data]
     missing = [s for s in shards if "://" not in s and not os.path.exists(s)]
     if not shards or missing:
-        raise FileNotFoundError(
-            f"no WebDataset shards at {data!r} (missing: {missing[:3]}); pass RUN/shards"
-        )
+        raise FileNotFoundError(f"no WebDataset shards at {data!r} (missing: {missing[:3]}); pass RUN/shards")
     return shards
 
 
@@ -40,9 +38,7 @@ def dataset_size(shards: list[str]) -> int | None:
         if not sizes_file.is_file():
             return None
         sizes = json.loads(sizes_file.read_text())
-        total += sum(
-            int(sizes[os.path.basename(s)]) for s in shards if os.path.dirname(s) == folder
-        )
+        total += sum(int(sizes[os.path.basename(s)]) for s in shards if os.path.dirname(s) == folder)
     return total
 
 

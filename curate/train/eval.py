@@ -121,9 +121,22 @@ def _ranks(query: torch.Tensor, gallery: torch.Tensor, chunk: int = 4096) -> tor
     return torch.cat(ranks)
 
 
-def zero_shot_metrics(
-    image_emb: torch.Tensor, labels: list[int], class_emb: torch.Tensor
-) -> dict[str, Any]:
+def matched_pair_auc(image_emb: torch.Tensor, text_emb: torch.Tensor) -> float:
+    """AUC of matched-pair cosine (i, i) against mismatched-pair cosine (i, j != i).
+
+    The probability that a random matched pair scores above a random mismatched one (ties count
+    half): 0.5 for a model that cannot tell them apart, 1.0 for a perfect one.
+    """
+    sims = _normalized(image_emb) @ _normalized(text_emb).T
+    n = len(sims)
+    matched = sims.diagonal()
+    mismatched = sims[~torch.eye(n, dtype=torch.bool)]
+    above = (matched[:, None] > mismatched[None, :]).float().mean()
+    ties = (matched[:, None] == mismatched[None, :]).float().mean()
+    return float(above + 0.5 * ties)
+
+
+def zero_shot_metrics(image_emb: torch.Tensor, labels: list[int], class_emb: torch.Tensor) -> dict[str, Any]:
     """Top-1 and top-5 accuracy of classifying each image by its most similar class embedding.
 
     With 5 classes or fewer every label is within the top 5 (``top5`` = 1.0). Ties count
@@ -217,9 +230,7 @@ def match_classes(caption: str, task: ZeroShotTask) -> list[int]:
     return [i for i, pattern in enumerate(task.patterns) if pattern.search(caption)]
 
 
-def find_labels(
-    captions: list[str], task: ZeroShotTask
-) -> tuple[list[int], list[int], dict[str, int]]:
+def find_labels(captions: list[str], task: ZeroShotTask) -> tuple[list[int], list[int], dict[str, int]]:
     """(sample indices, their labels, skip counts) for captions naming exactly one class."""
     indices, labels = [], []
     skipped = {"skipped_no_class": 0, "skipped_ambiguous": 0}
@@ -236,9 +247,7 @@ def find_labels(
 # --- embedding -----------------------------------------------------------------------------
 
 
-def class_embeddings(
-    model, tokenizer, classnames: list[str], templates: Iterable[str], device: str
-) -> torch.Tensor:
+def class_embeddings(model, tokenizer, classnames: list[str], templates: Iterable[str], device: str) -> torch.Tensor:
     """One unit vector per class: the mean of its normalised prompt embeddings, renormalised.
 
     Puts ``model`` in eval mode; returns a float32 CPU tensor of shape (classes, dim).
@@ -340,9 +349,7 @@ def evaluate_zero_shot(
             f"zero-shot task {task.name}: no caption names exactly one of its classes "
             f"{task.classnames} ({skipped}); pick a task that fits these captions"
         )
-    class_emb = class_embeddings(
-        bundle.model, bundle.tokenizer, task.classnames, task.templates, device
-    )
+    class_emb = class_embeddings(bundle.model, bundle.tokenizer, task.classnames, task.templates, device)
     metrics = zero_shot_metrics(image_emb[indices], labels, class_emb)
     counts = Counter(labels)
     class_counts = {name: counts[i] for i, name in enumerate(task.classnames)}
