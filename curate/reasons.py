@@ -22,6 +22,8 @@ REASONS: dict[str, str] = {
     "stock alt text, repeated tokens or no letters (samples.caption_boilerplate says which).",
     "wrong_language": "fastText's language for the caption is not one the recipe keeps, or its "
     "score is below min_lang_score.",
+    "low_clip_score": "The image-caption CLIP score is below the recipe's min_score, or outside "
+    "the keep_top fraction of the rows that reached the clip_score policy.",
     "dup_exact": "Same bytes (sha256) as a kept sample, or the same values of the exact_dedup "
     "policy's `by` columns; dup_of names the kept key.",
 }

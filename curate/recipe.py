@@ -24,20 +24,22 @@ from curate.decide.thresholds import (
     ImageSize,
     Language,
 )
+from curate.decide.thresholds import ClipScore as ClipScorePolicy
 from curate.decide.urls import UrlFilter
 from curate.emit.shards import EmitConfig
 from curate.raw import BASE_COLUMNS
 from curate.signals.caption import CaptionSignals
+from curate.signals.clip import ClipScore
 from curate.signals.hashes import Hashes
 from curate.signals.image import ImageSignals
 from curate.signals.language import LanguageID
 from curate.stage import Stage
 
-STAGES: dict[str, type[Stage]] = {s.name: s for s in (ImageSignals, Hashes, CaptionSignals, LanguageID)}
+STAGES: dict[str, type[Stage]] = {s.name: s for s in (ImageSignals, Hashes, CaptionSignals, LanguageID, ClipScore)}
 """Annotate stages by the name recipes use."""
 
 POLICIES: dict[str, type[Policy]] = {
-    p.name: p for p in (UrlFilter, ImageSize, CaptionLength, CaptionBoilerplate, Language, ExactDedup)
+    p.name: p for p in (UrlFilter, ImageSize, CaptionLength, CaptionBoilerplate, Language, ClipScorePolicy, ExactDedup)
 }
 """Decide policies by the name recipes use."""
 

@@ -138,11 +138,29 @@ def annotate(recipe: Recipe, run_dir: Path, manifest: Manifest) -> None:
     key = {"raw_shards": shards, "stages": stages}
     if manifest.done("annotate", **key):
         return
-    tmp = run_dir / ".tmp" / f"samples-{uuid.uuid4().hex[:8]}"
+    tmp = run_dir / ".tmp" / f"annotate-{uuid.uuid4().hex[:8]}"
     with manifest.step("annotate", **key) as record:
-        runtime.annotate(str(run_dir), shards, recipe.annotate, str(tmp))
-        _swap(tmp, run_dir / "samples")
+        runtime.annotate(str(run_dir), shards, recipe.annotate, str(tmp / "all"))
+        embedding_columns = [c for s in recipe.annotate for c in s.embedding_columns]
+        split_embeddings(tmp / "all", tmp / "samples", tmp / "embeddings", embedding_columns)
+        _swap(tmp / "samples", run_dir / "samples")
+        if embedding_columns:
+            _swap(tmp / "embeddings", run_dir / "embeddings")
+        shutil.rmtree(tmp, ignore_errors=True)
         record["rows"] = pq.ParquetDataset(run_dir / "samples").read(columns=["key"]).num_rows
+        record["models"] = {s.name: s.model_id for s in recipe.annotate if hasattr(s, "model_id")}
+
+
+def split_embeddings(source: Path, samples: Path, embeddings: Path, columns: list[str]) -> None:
+    """Move embedding columns out of the annotate output into ``embeddings/`` (with ``key``), file by file."""
+    samples.mkdir(parents=True, exist_ok=True)
+    embeddings.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.glob("*.parquet")):
+        table = pq.read_table(path)
+        present = [c for c in columns if c in table.column_names]
+        pq.write_table(table.drop_columns(present), samples / path.name)
+        if present:
+            pq.write_table(table.select(["key", *present]), embeddings / path.name)
 
 
 def decide_and_emit(recipe: Recipe, run_dir: Path, manifest: Manifest) -> RunResult:

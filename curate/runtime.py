@@ -87,19 +87,44 @@ class _StageActor:
         return self.stage(batch)
 
 
-def _add_stage(ds: ray.data.Dataset, stage: Stage) -> ray.data.Dataset:
+class _Prepare:
+    """A stage's CPU half as a plain task function."""
+
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.stage.prepare(batch)
+
+
+def apply_stage(ds: ray.data.Dataset, stage: Stage) -> ray.data.Dataset:
+    """Add ``stage`` to ``ds``: its CPU ``prepare`` as tasks, then tasks or an actor pool."""
     cfg = stage.config
-    common = {"batch_format": "pyarrow", "batch_size": cfg.batch_size, "num_cpus": cfg.num_cpus}
+    common = {"batch_format": "pyarrow", "batch_size": cfg.batch_size}
+    if stage.has_prepare:
+        ds = ds.map_batches(_Prepare(stage), num_cpus=1, **common)
     if not stage.uses_actors:
-        return ds.map_batches(stage, **common)
-    pool = ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.actors)
+        return ds.map_batches(stage, num_cpus=cfg.num_cpus, **common)
+    num_gpus = cfg.num_gpus
+    if num_gpus is None:  # auto: one GPU per actor when the cluster has GPUs
+        num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
     return ds.map_batches(
         _StageActor,
         fn_constructor_args=(type(stage), cfg),
-        compute=pool,
-        num_gpus=cfg.num_gpus or None,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.actors),
+        num_gpus=num_gpus or None,
+        num_cpus=cfg.num_cpus if not num_gpus else 0.5 * cfg.num_cpus,
+        # SPREAD puts actors on different nodes, and differing remote args keep Ray Data from
+        # fusing the upstream CPU tasks (read, decode, resize) into the model actors.
+        scheduling_strategy="SPREAD",
         **common,
     )
+
+
+def run_stage(table: pa.Table, stage: Stage) -> pa.Table:
+    """Run one stage on a table through Ray Data, exactly as annotate does (row order may change)."""
+    refs = apply_stage(ray.data.from_arrow(table), stage).to_arrow_refs()
+    return pa.concat_tables(ray.get(refs))
 
 
 def annotate(run_dir: str, shards: Sequence[str], stages: Sequence[Stage], out_dir: str) -> None:
@@ -112,7 +137,7 @@ def annotate(run_dir: str, shards: Sequence[str], stages: Sequence[Stage], out_d
         batch_format="pyarrow",
     )
     for stage in stages:
-        ds = _add_stage(ds, stage)
+        ds = apply_stage(ds, stage)
     ds = ds.drop_columns(["image"])
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     ds.write_parquet(out_dir)

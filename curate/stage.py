@@ -19,7 +19,7 @@ class StageConfig(BaseModel):
 
     batch_size: int = Field(256, gt=0, description="Rows per batch handed to the stage.")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per task or actor.")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractional allowed).")
+    num_gpus: float | None = Field(0.0, ge=0, description="GPUs per actor (fractional allowed).")
     actors: int = Field(1, ge=1, description="Actor pool size, for stages that load a model.")
 
 
@@ -32,6 +32,10 @@ class Stage:
     writes: ClassVar[dict[str, pa.DataType]] = {}
     uses_actors: ClassVar[bool] = False
     """True for stages that load a model: they run in an actor pool, set up once per actor."""
+    has_prepare: ClassVar[bool] = False
+    """True when ``prepare`` does CPU work (decode, resize) that runs as tasks before the actors."""
+    embedding_columns: ClassVar[tuple[str, ...]] = ()
+    """Written columns that go to ``RUN/embeddings/`` (keyed by ``key``) instead of ``samples/``."""
 
     def __init__(self, config: StageConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -39,6 +43,10 @@ class Stage:
 
     def setup(self) -> None:
         """Load models or build lookup tables; called once per worker before the first batch."""
+
+    def prepare(self, batch: pa.Table) -> pa.Table:
+        """CPU-side work for ``process`` (only when ``has_prepare``); returns ``batch`` plus columns."""
+        return batch
 
     def process(self, batch: pa.Table) -> pa.Table:
         """Return ``batch`` with this stage's ``writes`` columns appended."""

@@ -55,3 +55,15 @@ def curated_shards(tmp_path_factory) -> Path:
         urls = write_url_list(rows, server.base_url, tmp / "urls.parquet")
         run_pipeline(load_recipe("demo"), urls, tmp / "run")
     return tmp / "run" / "shards"
+
+
+@pytest.fixture(scope="session")
+def lit_model(curated_shards, tmp_path_factory) -> Path:
+    """lit-offline with projections trained by `curate train clip` on two of the three curated shards."""
+    from curate.train.clip import ClipTrainConfig, train_clip
+
+    output = tmp_path_factory.mktemp("lit")
+    overrides = {"steps": 20, "batch_size": 32, "log_every": 5, "warmup_steps": 2}
+    cfg = ClipTrainConfig.from_yaml("configs/train/lit-offline.yaml", overrides)
+    train_clip(cfg, f"{curated_shards}/{{00000..00001}}.tar", output)
+    return output

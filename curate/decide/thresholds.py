@@ -138,3 +138,41 @@ class CaptionBoilerplate(Policy):
         if self.config.kinds:
             kinds = ", ".join(f"'{kind}'" for kind in self.config.kinds)  # validated literals
             db.reject_where(f"s.caption_boilerplate IN ({kinds})", "caption_boilerplate", self.name)
+
+
+class ClipScoreConfig(PolicyConfig):
+    min_score: float | None = Field(
+        None, ge=-1.0, le=1.0, description="Reject below this cosine (LAION: 0.28 with OpenAI ViT-B/32)."
+    )
+    keep_top: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Keep this fraction of the rows that reach this policy, by score over the whole "
+        "pool, not per shard (DataComp's percentile method: 0.3 keeps the top 30 %).",
+    )
+
+
+class ClipScore(Policy):
+    """CLIPScore filtering on the stored ``clip_score``: an absolute floor and/or a global top fraction.
+
+    ``keep_top`` keeps exactly ``round(fraction * n)`` of the ``n`` rows still kept when it
+    runs, ordered by score (ties broken by key), so the fraction is exact and deterministic.
+    """
+
+    name = "clip_score"
+    Config = ClipScoreConfig
+    reads = ("clip_score",)
+    reasons = ("low_clip_score",)
+
+    def apply(self, db: DecideDB) -> None:
+        c = self.config
+        floor = "" if c.min_score is None else f" OR s.clip_score < {float(c.min_score)}"
+        db.reject_where(f"s.clip_score IS NULL{floor}", "low_clip_score", self.name)
+        if c.keep_top is not None:
+            ranked = db.con.sql(
+                """SELECT v.key FROM verdict v JOIN samples s USING (key) WHERE v.reason IS NULL
+                   ORDER BY s.clip_score DESC, v.key"""
+            ).to_arrow_table()
+            keep = round(c.keep_top * len(ranked))
+            db.reject_keys(ranked.slice(keep), "low_clip_score", self.name)

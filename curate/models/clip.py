@@ -20,7 +20,7 @@ import json
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +178,45 @@ def save_model_folder(model, name: str, folder: Path | str, tokenizer=None) -> P
     if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(str(folder))
     return folder
+
+
+def preprocess_spec(model: str, pretrained: str | None = None) -> dict:
+    """The eval-time image preprocessing of ``model`` (size, mean, std, interpolation, resize mode),
+    from its configuration alone: no weights are loaded and no model is built."""
+    open_clip = open_clip_module()
+    from open_clip.transform import PreprocessCfg
+
+    spec = asdict(PreprocessCfg())
+    path = Path(model)
+    if path.is_dir() and (path / "open_clip_config.json").is_file():
+        saved = json.loads((path / "open_clip_config.json").read_text())
+        spec.update(saved.get("preprocess_cfg", {}))
+        spec.setdefault("size", saved["model_cfg"]["vision_cfg"]["image_size"])
+        return spec
+    name = register_config(path, open_clip) if path.suffix == ".json" and path.is_file() else model
+    spec["size"] = model_config(name)["vision_cfg"]["image_size"]
+    if pretrained:
+        tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
+        spec.update({k: tag_cfg[k] for k in spec if k in tag_cfg})
+    spec.update(_preprocess.get(name, {}))
+    return spec
+
+
+def eval_transform(spec: dict):
+    """open_clip's eval transform for ``spec``, split in two: the geometric part (PIL → PIL: resize,
+    crop; runs on CPU workers) and ``(mean, std)`` for the normalisation (runs next to the model)."""
+    open_clip = open_clip_module()
+    compose = open_clip.image_transform(
+        spec["size"],
+        is_train=False,
+        mean=spec["mean"],
+        std=spec["std"],
+        resize_mode=spec["resize_mode"],
+        interpolation=spec["interpolation"],
+        fill_color=spec["fill_color"],
+    )
+    steps = list(compose.transforms)
+    cut = next(i for i, t in enumerate(steps) if "ToTensor" in type(t).__name__)
+    geometric = type(compose)(steps[:cut])
+    normalize = steps[-1]
+    return geometric, (tuple(normalize.mean), tuple(normalize.std))

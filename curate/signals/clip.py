@@ -1,0 +1,125 @@
+"""CLIP image and text embeddings and their cosine (CLIPScore), with any open_clip model.
+
+Two halves, so the accelerator only does model work: :meth:`ClipScore.prepare` runs as CPU
+tasks (decode, resize, crop to uint8 pixels: a quarter of float32's size in the object store)
+and :meth:`ClipScore.process` runs in an actor pool that loads the model once per actor
+(normalise, encode, cosine), on a GPU when the actor has one.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+from pydantic import Field
+
+from curate.stage import Stage, StageConfig, append_columns
+
+EMBEDDING = pa.list_(pa.float16())
+
+
+class ClipConfig(StageConfig):
+    model: str = Field(
+        "ViT-B-32",
+        description="open_clip architecture, a config in configs/models, a JSON config, or a model "
+        "folder from `curate train clip` (e.g. lit-offline).",
+    )
+    pretrained: str | None = Field(
+        None, description="open_clip tag (laion2b_s34b_b79k, openai: needs the hub) or a checkpoint file."
+    )
+    text_column: str = Field("caption", description="Text to score against the image.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast dtype on GPU.")
+    batch_size: int = Field(128, gt=0, description="Rows per model batch.")
+    num_gpus: float | None = Field(
+        None, ge=0, description="GPUs per actor (fractional allowed); null: 1 when the cluster has GPUs, else 0."
+    )
+
+
+class ClipScore(Stage):
+    """Writes ``clip_score`` (cosine of the normalised embeddings) and float16 embeddings."""
+
+    name = "clip"
+    Config = ClipConfig
+    reads = ("image", "caption")
+    writes = {"clip_score": pa.float32(), "clip_image_emb": EMBEDDING, "clip_text_emb": EMBEDDING}
+    embedding_columns = ("clip_image_emb", "clip_text_emb")
+    uses_actors = True
+    has_prepare = True
+
+    def __init__(self, config: ClipConfig | None = None) -> None:
+        super().__init__(config)
+        self.reads = ("image", self.config.text_column)
+        self._geometric = self._bundle = self._norm = self._device = self._hw = None
+
+    def __getstate__(self) -> dict:  # Ray ships the stage to workers; models stay behind
+        return {**self.__dict__, "_geometric": None, "_bundle": None, "_norm": None, "_ready": False}
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.config.model}/{self.config.pretrained}" if self.config.pretrained else self.config.model
+
+    def prepare(self, batch: pa.Table) -> pa.Table:
+        """CPU half: ``clip_pixels`` (H*W*3 uint8 bytes after resize + crop; null if undecodable)."""
+        if self._geometric is None:
+            from curate.models.clip import eval_transform, preprocess_spec
+
+            self._geometric, _ = eval_transform(preprocess_spec(self.config.model, self.config.pretrained))
+        pixels = [_pixels(data, self._geometric) for data in batch.column("image").to_pylist()]
+        return append_columns(batch, {"clip_pixels": pixels}, {"clip_pixels": pa.binary()})
+
+    def setup(self) -> None:
+        import torch
+
+        from curate.models.clip import eval_transform, load_clip, preprocess_spec
+
+        self._device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._bundle = load_clip(self.config.model, self.config.pretrained, device=self._device)
+        self._bundle.model.eval()
+        spec = preprocess_spec(self.config.model, self.config.pretrained)
+        _, (mean, std) = eval_transform(spec)
+        self._hw = tuple(spec["size"]) if isinstance(spec["size"], (list, tuple)) else (spec["size"],) * 2
+        self._norm = (torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1))
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        if "clip_pixels" not in batch.column_names:
+            batch = self.prepare(batch)  # called without the runtime (tests, notebooks)
+        pixels = batch.column("clip_pixels").to_pylist()
+        texts = [t or "" for t in batch.column(self.config.text_column).to_pylist()]
+        rows = [i for i, p in enumerate(pixels) if p is not None]
+        scores, image_emb, text_emb = [None] * len(pixels), [None] * len(pixels), [None] * len(pixels)
+        if rows:
+            img, txt = self._embed([pixels[i] for i in rows], [texts[i] for i in rows])
+            for j, i in enumerate(rows):
+                scores[i] = float((img[j] * txt[j]).sum())
+                image_emb[i], text_emb[i] = img[j].astype(np.float16), txt[j].astype(np.float16)
+        out = batch.drop_columns(["clip_pixels"])
+        columns = {"clip_score": scores, "clip_image_emb": image_emb, "clip_text_emb": text_emb}
+        return append_columns(out, columns, self.writes)
+
+    def _embed(self, pixels: list[bytes], texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """L2-normalised image and text embeddings (float32 numpy) for one batch."""
+        import torch
+
+        h, w = self._hw
+        x = torch.from_numpy(np.frombuffer(b"".join(pixels), np.uint8).reshape(len(pixels), h, w, 3).copy())
+        x = (x.permute(0, 3, 1, 2).float() / 255 - self._norm[0]) / self._norm[1]
+        tokens = self._bundle.tokenizer(texts)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
+        autocast = torch.autocast("cuda", dtype=dtype, enabled=self._device == "cuda" and dtype is not None)
+        with torch.no_grad(), autocast:
+            img = self._bundle.model.encode_image(x.to(self._device), normalize=True)
+            txt = self._bundle.model.encode_text(tokens.to(self._device), normalize=True)
+        return img.float().cpu().numpy(), txt.float().cpu().numpy()
+
+
+def _pixels(data: bytes | None, geometric) -> bytes | None:
+    if data is None:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(geometric(im.convert("RGB")), dtype=np.uint8).tobytes()
+    except Exception:  # undecodable: no score (the image stage records decode_error)
+        return None
