@@ -22,7 +22,7 @@ from curate.decide import decide
 from curate.emit.shards import plan_shards, write_shard
 from curate.io import write_json
 from curate.manifest import Manifest, versions
-from curate.recipe import Recipe, build_recipe
+from curate.recipe import Recipe, RecipeError, build_recipe
 from curate.report.stats import funnel
 from curate.urls import InputError, download_rows, fingerprint, prepare_inputs, read_url_list
 
@@ -54,6 +54,7 @@ def run_pipeline(
     manifest = Manifest(run_dir)
     manifest.data.update(recipe=recipe.to_dict(), recipe_source=recipe.source, versions=versions())
     manifest.data["input"] = str(input_path)
+    preflight(recipe)
     with runtime.session(address):
         layout = stage_inputs(recipe, input_path, run_dir, manifest)
         acquire(recipe, layout, run_dir, manifest)
@@ -80,6 +81,15 @@ def redecide(run_dir: str | Path, overrides: list[str] | None = None, address: s
     manifest.data["recipe"] = recipe.to_dict()
     with runtime.session(address):
         return decide_and_emit(recipe, run_dir, manifest)
+
+
+def preflight(recipe: Recipe) -> None:
+    """Every stage's models resolve and their weights are at hand, before anything is downloaded."""
+    for i, stage in enumerate(recipe.annotate):
+        try:
+            stage.check()
+        except (OSError, RuntimeError, ValueError) as err:
+            raise RecipeError(f"{recipe.source}: annotate[{i}] (stage {stage.name!r}): {err}") from None
 
 
 def check_writable(run_dir: Path) -> None:

@@ -41,6 +41,9 @@ class Stage:
         self.config = config if config is not None else self.Config()
         self._ready = False
 
+    def check(self) -> None:
+        """Fail fast, in the driver, before any work: e.g. a model that cannot be found or fetched."""
+
     def setup(self) -> None:
         """Load models or build lookup tables; called once per worker before the first batch."""
 

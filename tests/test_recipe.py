@@ -100,3 +100,18 @@ def test_cli_prints_one_clear_line_and_exits_2(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "unknown stage 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unusable_models_stop_the_run_before_any_download(tmp_path):
+    from curate.recipe import RecipeError
+    from curate.run import run_pipeline
+
+    urls = tmp_path / "urls.csv"
+    urls.write_text("url,caption\nhttp://127.0.0.1:9/a.jpg,a cat\n")
+    bad_tag = build_recipe({"annotate": ["image", {"stage": "clip", "model": "ViT-B-32", "pretrained": "no-such-tag"}]})
+    with pytest.raises(RecipeError, match=r"annotate\[1\] \(stage 'clip'\).*no-such-tag.*neither a file nor"):
+        run_pipeline(bad_tag, urls, tmp_path / "run")
+    no_model = build_recipe({"annotate": ["image", {"stage": "language", "model_path": str(tmp_path / "lid.bin")}]})
+    with pytest.raises(RecipeError, match=r"stage 'language'.*lid.bin"):
+        run_pipeline(no_model, urls, tmp_path / "run")
+    assert not (tmp_path / "run" / "raw").exists()

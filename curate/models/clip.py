@@ -220,3 +220,27 @@ def eval_transform(spec: dict):
     geometric = type(compose)(steps[:cut])
     normalize = steps[-1]
     return geometric, (tuple(normalize.mean), tuple(normalize.std))
+
+
+def fetch_pretrained(model: str, pretrained: str | None) -> str | None:
+    """Make sure ``pretrained`` is usable: a file that exists, or an open_clip tag downloaded into
+    the cache now (once, in the driver). Raises a message that says what to do when it cannot."""
+    if not pretrained:
+        return None
+    if Path(pretrained).is_file():
+        return pretrained
+    open_clip = open_clip_module()
+    tag_cfg = open_clip.get_pretrained_cfg(model, pretrained)
+    if not tag_cfg:
+        raise ValueError(
+            f"pretrained={pretrained!r}: neither a file nor an open_clip tag of {model!r} "
+            f"(tags: {open_clip.list_pretrained_tags_by_model(model)})"
+        )
+    try:
+        return open_clip.download_pretrained(tag_cfg)
+    except Exception as err:
+        raise RuntimeError(
+            f"cannot fetch open_clip weights {model}/{pretrained} ({type(err).__name__}: {str(err)[:200]}). "
+            "Without a model hub, point the stage at local weights: a model folder from `curate train clip` "
+            "(e.g. --set annotate.clip.model=models/lit --set annotate.clip.pretrained=null) or a checkpoint file."
+        ) from None

@@ -61,6 +61,13 @@ class ClipScore(Stage):
     def model_id(self) -> str:
         return f"{self.config.model}/{self.config.pretrained}" if self.config.pretrained else self.config.model
 
+    def check(self) -> None:
+        """The model's config resolves and its weights are at hand (a tag is fetched once, here)."""
+        from curate.models.clip import fetch_pretrained, preprocess_spec
+
+        preprocess_spec(self.config.model, self.config.pretrained)
+        fetch_pretrained(self.config.model, self.config.pretrained)
+
     def prepare(self, batch: pa.Table) -> pa.Table:
         """CPU half: ``clip_pixels`` (H*W*3 uint8 bytes after resize + crop; null if undecodable)."""
         if self._geometric is None:

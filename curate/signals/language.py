@@ -41,6 +41,9 @@ class LanguageID(Stage):
         # Ray pickles the stage for its tasks; a loaded fastText model cannot be pickled.
         return {**self.__dict__, "_identifier": None, "_ready": False}
 
+    def check(self) -> None:
+        resolve_lid_model(self.config.model_path)
+
     def setup(self) -> None:
         self._identifier = LanguageIdentifier(resolve_lid_model(self.config.model_path))
 
