@@ -1,0 +1,102 @@
+"""Benchmark: images/s of the CLIP stage end to end (decode -> preprocess -> embed -> score).
+
+Claim checked: the CLIP stage is limited by the model, not by decoding (GPU goal: >= 3,000
+images/s for ViT-B/32 on one H100). Two measurements per model:
+
+- ``split``: in one process, the CPU half (``prepare``: JPEG decode + resize + crop) and the model
+  half (``process``: normalise + encode image and text + cosine) timed separately, in images/s;
+- ``ray``: the stage through Ray Data exactly as ``curate run`` runs it (prepare as CPU tasks, the
+  model in an actor pool with ``--actors`` actors, a GPU each when present), wall clock.
+
+Images are ~256 px JPEGs (as benchmarks/annotate.py makes them). Random weights are fine for
+speed. On a GPU machine::
+
+    python benchmarks/clipscore.py --models ViT-B-32 --batch-sizes 256 512 1024 --actors 1 2 --n 20000
+
+Run from the repository root (CPU default: clip-tiny and ViT-B-32, 1,000 images)::
+
+    .venv/bin/python benchmarks/clipscore.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pyarrow as pa
+from annotate import make_captions, make_images  # sibling script: same synthetic images
+
+from curate import runtime
+from curate.signals.clip import ClipScore
+
+
+def table(n: int) -> pa.Table:
+    return pa.table(
+        {
+            "key": [f"{i:09d}" for i in range(n)],
+            "image": pa.array(make_images(n), pa.binary()),
+            "caption": make_captions(n),
+        }
+    )
+
+
+def split_rates(model: str, data: pa.Table, batch_size: int) -> dict:
+    """images/s of the CPU half and of the model half, in this process."""
+    stage = ClipScore(ClipScore.Config(model=model, batch_size=batch_size))
+    stage.ensure_setup()
+    batches = [data.slice(i, batch_size) for i in range(0, len(data), batch_size)]
+    start = time.perf_counter()
+    prepared = [stage.prepare(b) for b in batches]
+    cpu = time.perf_counter() - start
+    start = time.perf_counter()
+    for b in prepared:
+        stage.process(b)
+    model_s = time.perf_counter() - start
+    return {"prepare_images_per_s": len(data) / cpu, "model_images_per_s": len(data) / model_s}
+
+
+def ray_rate(model: str, data: pa.Table, batch_size: int, actors: int) -> float:
+    """images/s through Ray Data (actor pool), wall clock, model load excluded by a warm-up run."""
+    cfg = ClipScore.Config(model=model, batch_size=batch_size, actors=actors)
+    runtime.run_stage(data.slice(0, batch_size), ClipScore(cfg))  # warm-up: workers, imports
+    start = time.perf_counter()
+    out = runtime.run_stage(data, ClipScore(cfg))
+    assert len(out) == len(data)
+    return len(data) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--models", nargs="+", default=["clip-tiny", "ViT-B-32"])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64])
+    parser.add_argument("--actors", nargs="+", type=int, default=[1])
+    parser.add_argument("--out", default="benchmarks/results/clipscore.json")
+    args = parser.parse_args()
+    data = table(args.n)
+    rows = []
+    with runtime.session():
+        for model in args.models:
+            for batch_size in args.batch_sizes:
+                split = split_rates(model, data.slice(0, min(args.n, 4 * batch_size)), batch_size)
+                for actors in args.actors:
+                    rate = ray_rate(model, data, batch_size, actors)
+                    rows.append(
+                        {"model": model, "batch_size": batch_size, "actors": actors, "ray_images_per_s": rate, **split}
+                    )
+    print(f"{args.n} images (~256 px JPEG); prepare/model measured in one process, ray = whole stage via Ray Data")
+    print(f"{'model':12} {'batch':>6} {'actors':>6} {'prepare/s':>10} {'model/s':>9} {'ray/s':>8}")
+    for r in rows:
+        print(
+            f"{r['model']:12} {r['batch_size']:6d} {r['actors']:6d} {r['prepare_images_per_s']:10.0f} "
+            f"{r['model_images_per_s']:9.1f} {r['ray_images_per_s']:8.1f}"
+        )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"n": args.n, "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
