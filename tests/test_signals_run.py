@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 
 from curate import reasons
+from curate.decide.thresholds import Availability
 from curate.demo.corpus import WebObject
 from curate.demo.server import LoopbackServer
-from curate.recipe import build_recipe
+from curate.recipe import POLICIES, build_recipe
 from curate.run import run_pipeline
 
 pytestmark = pytest.mark.slow
@@ -166,8 +167,11 @@ def test_each_reason_is_reached_by_its_planted_sample(run):
     run_dir, rows, _ = run
     got = [r["reason"] for r in by_key(run_dir, "decisions").values()]
     assert got == [expected for _, _, expected in rows]
-    reachable = set(reasons.REASONS)
-    assert {r for r in got if r} == reachable
+    recipe = build_recipe(RECIPE, "signals-test")
+    reachable = {r for policy in [Availability(), *recipe.decide] for r in policy.reasons}
+    assert {r for r in got if r} == reachable <= set(reasons.REASONS)
+    # every policy but clip_score (planted in test_clip_stage.py) has its planted sample here
+    assert set(POLICIES) - {p.name for p in recipe.decide} == {"clip_score"}
 
 
 def test_odd_images_are_measured_and_emitted(run):
