@@ -24,6 +24,12 @@ REASONS: dict[str, str] = {
     "score is below min_lang_score.",
     "low_clip_score": "The image-caption CLIP score is below the recipe's min_score, or outside "
     "the keep_top fraction of the rows that reached the clip_score policy.",
+    "dup_near": "A perceptual near-duplicate (pHash within the near_dedup policy's k bits) of a "
+    "kept sample; dup_of names it.",
+    "dup_semantic": "A semantic duplicate (CLIP image embeddings with cosine > 1 - eps, SemDeDup) of "
+    "a kept sample; dup_of names it.",
+    "eval_contaminated": "A near-duplicate of an image in the evaluation set given to the "
+    "decontaminate policy; dup_of is 'eval:' + that image's id.",
     "dup_exact": "Same bytes (sha256) as a kept sample, or the same values of the exact_dedup "
     "policy's `by` columns; dup_of names the kept key.",
 }

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from curate.acquire import AcquireConfig
 from curate.decide.base import Policy
-from curate.decide.dedup import ExactDedup
+from curate.decide.dedup import Decontaminate, ExactDedup, NearDedup, SemanticDedup
 from curate.decide.thresholds import (
     Availability,
     CaptionBoilerplate,
@@ -39,7 +39,19 @@ STAGES: dict[str, type[Stage]] = {s.name: s for s in (ImageSignals, Hashes, Capt
 """Annotate stages by the name recipes use."""
 
 POLICIES: dict[str, type[Policy]] = {
-    p.name: p for p in (UrlFilter, ImageSize, CaptionLength, CaptionBoilerplate, Language, ClipScorePolicy, ExactDedup)
+    p.name: p
+    for p in (
+        UrlFilter,
+        ImageSize,
+        CaptionLength,
+        CaptionBoilerplate,
+        Language,
+        ClipScorePolicy,
+        ExactDedup,
+        NearDedup,
+        SemanticDedup,
+        Decontaminate,
+    )
 }
 """Decide policies by the name recipes use."""
 

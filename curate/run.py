@@ -177,7 +177,9 @@ def decide_and_emit(recipe: Recipe, run_dir: Path, manifest: Manifest) -> RunRes
     """Decide keep/reject for every sample, then write the curated shards and the funnel."""
     samples = f"{run_dir}/samples/*.parquet"
     with manifest.step("decide") as record:
-        record["rejected"] = decide(samples, recipe.decide, run_dir / "decisions" / "decisions.parquet")
+        record["rejected"] = decide(
+            samples, recipe.decide, run_dir / "decisions" / "decisions.parquet", run_dir / "embeddings"
+        )
     with manifest.step("emit") as record:
         record.update(emit(recipe, run_dir))
     result = funnel(run_dir)

@@ -12,7 +12,9 @@ from curate.decide.thresholds import Availability
 DECISION_COLUMNS = ("key", "url", "caption", "keep", "reason", "stage", "dup_of")
 
 
-def decide(samples_glob: str, policies: list[Policy], out_file: Path) -> dict[str, int]:
+def decide(
+    samples_glob: str, policies: list[Policy], out_file: Path, embeddings_dir: Path | None = None
+) -> dict[str, int]:
     """Apply ``policies`` (after :class:`Availability`) and write the decisions Parquet.
 
     Returns rejected counts per reason. Every samples row appears once in the output.
@@ -24,7 +26,7 @@ def decide(samples_glob: str, policies: list[Policy], out_file: Path) -> dict[st
             "CREATE TABLE verdict AS SELECT key, NULL::VARCHAR AS reason, "
             "NULL::VARCHAR AS stage, NULL::VARCHAR AS dup_of FROM samples"
         )
-        db = DecideDB(con)
+        db = DecideDB(con, embeddings_dir)
         for policy in [Availability(), *policies]:
             policy.apply(db)
         out_file.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ Policies apply in recipe order; a row keeps the first reason it gets.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 import duckdb
@@ -24,8 +25,9 @@ class PolicyConfig(BaseModel):
 class DecideDB:
     """A DuckDB connection with view ``samples`` and table ``verdict(key, reason, stage, dup_of)``."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, embeddings_dir: Path | None = None) -> None:
         self.con = con
+        self.embeddings_dir = embeddings_dir  # RUN/embeddings, read with pyarrow (float16 lists)
 
     def reject_where(self, predicate: str, reason: str, stage: str) -> None:
         """Reject still-kept rows whose samples row satisfies the SQL ``predicate``."""

@@ -6,7 +6,7 @@ import io
 import warnings
 
 import pyarrow as pa
-from PIL import Image
+from PIL import Image, ImageOps
 from pydantic import Field
 
 from curate.stage import Stage, StageConfig, append_columns
@@ -29,6 +29,7 @@ class ImageConfig(StageConfig):
         description="Images whose header declares more pixels are not decoded (decompression "
         "bomb guard) and get a decode_error. Pillow refuses more than 2 * MAX_IMAGE_PIXELS anyway.",
     )
+    dhash: bool = Field(False, description="Also compute the 64-bit difference hash (dhash).")
 
 
 class ImageSignals(Stage):
@@ -52,6 +53,8 @@ class ImageSignals(Stage):
         "frames": pa.int32(),
         "animated": pa.bool_(),
         "exif_orientation": pa.int8(),
+        "phash": pa.uint64(),
+        "dhash": pa.uint64(),
         "decode_error": pa.string(),
     }
 
@@ -63,13 +66,15 @@ class ImageSignals(Stage):
             strict=True,
         )
         for data, original in zip(batch.column("image").to_pylist(), originals, strict=True):
-            row = measure_image(data, self.config.max_decode_pixels, original)
+            row = measure_image(data, self.config.max_decode_pixels, original, self.config.dhash)
             for name in self.writes:
                 cols[name].append(row.get(name))
         return append_columns(batch, cols, self.writes)
 
 
-def measure_image(data: bytes | None, max_decode_pixels: int, original: tuple | None = None) -> dict:
+def measure_image(
+    data: bytes | None, max_decode_pixels: int, original: tuple | None = None, with_dhash: bool = False
+) -> dict:
     """The signals of one encoded image; ``decode_error`` is None when it decoded fully."""
     row: dict = {"decode_error": None}
     if data is None:
@@ -84,6 +89,7 @@ def measure_image(data: bytes | None, max_decode_pixels: int, original: tuple | 
                     row["decode_error"] = f"declared size {im.size[0]}x{im.size[1]} exceeds max_decode_pixels"
                     return row
                 im.load()
+                row.update(perceptual_hashes(im, with_dhash))
     except Exception as err:  # a per-row error is data, not a crash: it becomes decode_error
         row["decode_error"] = f"{type(err).__name__}: {err}"[:300]
     return row
@@ -108,3 +114,21 @@ def _header(im: Image.Image, original: tuple | None) -> dict:
         "animated": bool(getattr(im, "is_animated", False)),
         "exif_orientation": orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else None,
     }
+
+
+def perceptual_hashes(im: Image.Image, with_dhash: bool) -> dict:
+    """64-bit pHash (and dHash) of the displayed image (EXIF orientation applied), as unsigned ints.
+
+    Computed from the decode the stage already did, so images are decoded once.
+    """
+    import imagehash
+
+    shown = ImageOps.exif_transpose(im) if im.format in EXIF_IN_HEADER else im
+    hashes = {"phash": _as_int(imagehash.phash(shown))}
+    if with_dhash:
+        hashes["dhash"] = _as_int(imagehash.dhash(shown))
+    return hashes
+
+
+def _as_int(value) -> int:
+    return int("".join("1" if bit else "0" for bit in value.hash.flatten()), 2)

@@ -1,0 +1,305 @@
+"""Global near-duplicate search over 64-bit perceptual hashes (pHash): exact Hamming-radius self-join.
+
+``near_pairs`` finds every pair of rows whose hashes differ in at most ``k`` bits, without an
+all-pairs pass; ``components`` and ``representatives`` turn those pairs into the row to keep for
+each group. A decide policy calls the three in turn.
+
+Algorithm (multi-index hashing; Norouzi, Punjani and Fleet, "Fast Search in Hamming Space with
+Multi-Index Hashing", CVPR 2012, with per-band radii as in Qin et al.'s "GPH", ICDE 2018):
+
+1. Identical hashes are collapsed to one representative (their first row): a group of g equal
+   hashes costs g - 1 "star" pairs, not g^2 / 2.
+2. The 64 bits are cut into m contiguous bands with radii t_1..t_m, where sum(t_i + 1) = k + 1.
+   Pigeonhole: if two hashes differ in at most k bits, some band i differs in at most t_i bits
+   (otherwise the differences would add up to at least sum(t_i + 1) = k + 1). With every t_i = 0
+   this is Norouzi's "m > k bands, one agrees exactly"; with equal t_i it is their floor(k / m).
+3. Per band, rows are sorted by band value and a dense offset table (2^bits entries) is built.
+   Candidates are rows in the same bucket, plus, for every flip mask f with 1..t_i bits, rows in
+   buckets u and u ^ f (each unordered bucket pair visited once). All of it is vectorised numpy:
+   a probe is one gather into the offset table; candidate runs are expanded with ``np.repeat``.
+4. Every candidate is verified with ``np.bitwise_count(a ^ b) <= k``, so the result is exact:
+   no false pairs (verification) and no missed pairs (pigeonhole). Pairs found in several bands
+   are deduplicated at the end.
+
+The band layout is chosen from k and the number of distinct hashes n by a cost model for uniform
+hashes (probes ~ n * |flip masks|, candidates ~ n^2 / 2 * |ball| / 2^bits); for the default
+k = 8 it is three bands of 21, 21 and 22 bits with radius 2 each at any n >= 1e5.
+
+Cost: probes grow linearly in n, candidates quadratically (n^2 * 2.8e-4 / 2 for k = 8) — the
+price of exactness at a radius this large: 64-bit hashes at k = 8 leave no band both selective
+enough and cheap enough to enumerate. Measured on 2 cores (``benchmarks/dedup.py``): see
+benchmarks/results/dedup.json.
+
+Memory (n distinct hashes): the collapse holds ~40 bytes per row; each band ~32 bytes per row plus
+a 2^bits offset table (32 MiB at 22 bits); bands are processed one at a time; candidates are
+expanded in chunks of 2^21 per worker thread (~100 MiB). 1e7 hashes peak at about 1.5 GiB.
+
+Choosing k (measured with ``benchmarks/dedup.py --calibrate``: 1,000 generated 1/f-noise scenes
+with shapes, 256-640 px, JPEG q90; ``imagehash.phash``; copies of the first 200):
+
+    Hamming distance to the original     median  p90  p99  max  caught at k=8
+    JPEG re-encode, quality 30                0    2    2    2     100 %
+    resize to half                            0    0    2    2     100 %
+    resize to double                          0    0    2    2     100 %
+    crop 2 % per side                         4    6   10   10    97.5 %
+    crop 5 % per side                        10   14   18   22      38 %
+    small text overlay (corner, h/20 px)      2    4    8    8     100 %
+    brightness +10 %                          2    4    6    8     100 %
+    distinct images (499,500 pairs)          32    -    -    -   min 14; 0.1 % quantile 18
+
+k = 8 (the default) catches re-encodes, resizes, overlays and brightness changes and nearly all 2 %
+crops, with a margin of 6 bits to the closest distinct pair seen; 5 % crops are mostly NOT caught
+(that would need k ~ 16, inside the distinct-image tail). phash thresholds 64 DCT coefficients at
+their median, so almost every hash has exactly 32 set bits and distances are even: k = 8 and k = 9
+select the same pairs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import combinations
+from math import comb
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+DEFAULT_K = 8
+MAX_K = 32  # beyond ~16 distinct pHashes merge (see the table above); beyond 32 no index helps
+MAX_TABLE_BITS = 24  # widest band given a dense offset table (2^24 int64 = 128 MiB)
+PROBE_CHUNK = 1 << 20  # (rows x flip masks) probed at once
+CANDIDATE_CHUNK = 1 << 17  # candidate pairs verified at once (cache-sized blocks)
+_WIDE = 12  # buckets up to this many rows are verified as dense blocks; wider ones row by row
+
+# Relative costs per element, measured on the reference machine: sorting one row per band, one
+# offset-table entry built, one probe into the table, one candidate expanded and verified.
+_SORT_COST, _TABLE_COST, _PROBE_COST, _CANDIDATE_COST = 20.0, 2.0, 1.0, 1.5
+
+
+@dataclass(frozen=True)
+class Band:
+    """Bits [shift, shift + bits) of the hash, searched within ``radius`` flipped bits."""
+
+    shift: int
+    bits: int
+    radius: int
+
+
+def band_layout(k: int, n: int) -> tuple[Band, ...]:
+    """The cheapest exact band layout for radius ``k`` over ``n`` distinct uniform hashes.
+
+    Tries m = 1..k+1 near-equal contiguous bands and every split of k + 1 into m radii + 1 (the
+    pigeonhole condition sum(t_i + 1) = k + 1), wider bands taking larger radii; bands searched
+    with a radius > 0 must fit a dense table (<= MAX_TABLE_BITS).
+    """
+    best: tuple[float, tuple[Band, ...]] | None = None
+    for m in range(1, k + 2):
+        widths = [64 // m + (i < 64 % m) for i in range(m)]  # widest first
+        for parts in _partitions(k + 1, m):
+            radii = [p - 1 for p in parts]  # non-increasing, like widths
+            if any(t > 0 and b > MAX_TABLE_BITS for b, t in zip(widths, radii)):
+                continue
+            cost = sum(_band_cost(b, t, n) for b, t in zip(widths, radii))
+            if best is None or cost < best[0]:
+                shifts = np.cumsum([0, *widths[:-1]])
+                best = (cost, tuple(Band(int(s), b, t) for s, b, t in zip(shifts, widths, radii)))
+    assert best is not None  # m = k + 1 bands with radius 0 always qualifies
+    return best[1]
+
+
+def _partitions(total: int, parts: int, largest: int | None = None) -> Iterator[list[int]]:
+    """Non-increasing lists of ``parts`` positive integers summing to ``total``."""
+    largest = total if largest is None else largest
+    if parts == 1:
+        if 1 <= total <= largest:
+            yield [total]
+        return
+    for first in range(min(largest, total - parts + 1), 0, -1):
+        for rest in _partitions(total - first, parts - 1, first):
+            yield [first, *rest]
+
+
+def _band_cost(bits: int, radius: int, n: int) -> float:
+    """Estimated work for one band on ``n`` uniform hashes (relative units)."""
+    ball = sum(comb(bits, i) for i in range(radius + 1))
+    probes = n * (ball - 1) / 2  # each unordered bucket pair probed from one side
+    candidates = n * n / 2 * ball / 2.0**bits
+    table = 2.0**bits if radius else 0.0
+    return _SORT_COST * n + _TABLE_COST * table + _PROBE_COST * probes + _CANDIDATE_COST * candidates
+
+
+def near_pairs(hashes: np.ndarray, k: int = DEFAULT_K, workers: int | None = None) -> np.ndarray:
+    """Row pairs (i < j), shape (M, 2) int64, whose hashes differ in at most ``k`` bits.
+
+    Exact for pairs of *different* hash values: every such pair within ``k`` is returned once,
+    between the first rows holding each value. Rows with an *identical* hash are returned as a
+    star around the first row with that value (g equal hashes give g - 1 pairs, not g(g-1)/2).
+    So every returned pair is a true near pair, and the graph has exactly the connected components
+    of the all-pairs graph; rows are sorted by (i, j). ``workers`` threads share the candidate
+    verification (default: the CPUs this process may use).
+    """
+    hashes = np.asarray(hashes)
+    if hashes.ndim != 1 or hashes.dtype.kind not in "iu" or hashes.dtype.itemsize != 8:
+        raise ValueError(f"hashes must be a 1-d array of 64-bit integers, got {hashes.dtype} {hashes.shape}")
+    if not 0 <= k <= MAX_K:
+        raise ValueError(f"k must be in [0, {MAX_K}], got {k}")
+    values, first, inverse = np.unique(hashes.view(np.uint64), return_index=True, return_inverse=True)
+    rows = np.arange(len(hashes), dtype=np.int64)
+    star = np.stack([first[inverse], rows], axis=1)[first[inverse] != rows]
+    codes = distinct_near_pairs(values, k, workers)  # a * n + b over distinct values, a < b
+    a, b = first[codes // max(len(values), 1)], first[codes % max(len(values), 1)]
+    near = np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)
+    pairs = np.concatenate([star, near]).astype(np.int64, copy=False)
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+
+
+def distinct_near_pairs(values: np.ndarray, k: int, workers: int | None = None) -> np.ndarray:
+    """Pairs a < b of *distinct* uint64 ``values`` within ``k`` bits, encoded as a * len(values) + b.
+
+    The multi-index search itself; ``near_pairs`` adds the collapse of identical hashes.
+    """
+    n = len(values)
+    if k == 0 or n < 2:
+        return np.empty(0, np.int64)
+    workers = workers or len(os.sched_getaffinity(0))
+    found = []
+    with ThreadPoolExecutor(workers) as pool:
+        for band in band_layout(k, n):
+            index = _BandIndex(values, band, k)
+            found += pool.map(lambda task: task(), index.tasks())
+    return np.unique(np.concatenate(found))
+
+
+class _BandIndex:
+    """Rows sorted by one band's value, run-length encoded into buckets, plus a dense count/offset
+    table over all 2^bits band values when the band is probed with flips."""
+
+    def __init__(self, values: np.ndarray, band: Band, k: int) -> None:
+        self.n, self.k, self.band = len(values), k, band
+        band_values = ((values >> np.uint64(band.shift)) & np.uint64((1 << band.bits) - 1)).astype(np.int64)
+        self.order = np.argsort(band_values, kind="stable")
+        self.sorted_hash = values[self.order]
+        sorted_band = band_values[self.order]
+        self.start = np.flatnonzero(np.diff(sorted_band, prepend=-1))  # first sorted row of each bucket
+        self.size = np.diff(np.append(self.start, self.n))
+        self.value = sorted_band[self.start]
+        if band.radius:
+            counts = np.bincount(band_values, minlength=1 << band.bits)
+            self.offsets = np.concatenate([[0], np.cumsum(counts)])
+            self.counts = counts.astype(np.int32)  # half the bytes for the hot gather
+
+    def tasks(self) -> list[Callable[[], np.ndarray]]:
+        """Independent units of work, each returning verified pair codes."""
+        shared = np.flatnonzero(self.size > 1)
+        out = [lambda b=shared[s : s + PROBE_CHUNK]: self._same_bucket(b) for s in range(0, len(shared), PROBE_CHUNK)]
+        for top in range(self.band.bits if self.band.radius else 0):
+            # Bucket pair (u, u ^ f) is probed from u only, where f's top set bit is clear in u.
+            masks = _flip_masks(top, self.band.radius)
+            buckets = np.flatnonzero((self.value >> top) & 1 == 0)
+            step = max(1, PROBE_CHUNK // len(masks))
+            out += [lambda b=buckets[s : s + step], m=masks: self._flipped(b, m) for s in range(0, len(buckets), step)]
+        return out
+
+    def _same_bucket(self, buckets: np.ndarray) -> np.ndarray:
+        """Pairs within each of ``buckets`` (indices into start/size)."""
+        start, size = self.start[buckets], self.size[buckets]
+        return self._verify(start, size, start, size, same=True)
+
+    def _flipped(self, buckets: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """Pairs between each of ``buckets`` (value u) and bucket u ^ f, for each flip mask f."""
+        w = (self.value[buckets, None] ^ masks[None, :]).ravel()
+        count = self.counts[w]
+        hit = np.flatnonzero(count)
+        u = buckets[hit // len(masks)]
+        return self._verify(self.start[u], self.size[u], self.offsets[w[hit]], count[hit].astype(np.int64), same=False)
+
+    def _verify(self, su: np.ndarray, a: np.ndarray, sw: np.ndarray, b: np.ndarray, same: bool) -> np.ndarray:
+        """Codes of pairs within k bits among sorted rows [su, su + a) x [sw, sw + b), per bucket pair.
+
+        Bucket pairs are grouped by their sizes (a, b) and verified as dense a x b blocks, so no
+        candidate needs an index of its own; pairs with a bucket wider than _WIDE go row by row.
+        ``same``: su == sw are the same bucket, and only its pairs p < q count.
+        """
+        wide = (a > _WIDE) | (b > _WIDE)
+        out = [self._verify_rows(su[wide], a[wide], sw[wide], b[wide], same)]
+        su, a, sw, b = su[~wide], a[~wide], sw[~wide], b[~wide]
+        kind = (a * (_WIDE + 1) + b).astype(np.uint16)
+        by = np.argsort(kind, kind="stable")  # radix sort on 16-bit keys
+        for group in np.split(by, np.flatnonzero(np.diff(kind[by])) + 1):
+            if not len(group):
+                continue
+            ca, cb = divmod(int(kind[group[0]]), _WIDE + 1)
+            for s in range(0, len(group), max(1, CANDIDATE_CHUNK // (ca * cb))):
+                g = group[s : s + CANDIDATE_CHUNK // (ca * cb) or 1]
+                p = su[g, None] + np.arange(ca)
+                q = sw[g, None] + np.arange(cb)
+                close = np.bitwise_count(self.sorted_hash[p][:, :, None] ^ self.sorted_hash[q][:, None, :]) <= self.k
+                r, i, j = np.nonzero(close)
+                p, q = p[r, i], q[r, j]
+                out.append(self._codes(p[p < q], q[p < q]) if same else self._codes(p, q))
+        return np.concatenate(out)
+
+    def _verify_rows(self, su: np.ndarray, a: np.ndarray, sw: np.ndarray, b: np.ndarray, same: bool) -> np.ndarray:
+        """``_verify`` for wide buckets: each row p of [su, su + a) against its own run of rows."""
+        p = np.repeat(su - np.cumsum(a) + a, a) + np.arange(a.sum())
+        start = p + 1 if same else np.repeat(sw, a)
+        count = np.repeat(su + a, a) - p - 1 if same else np.repeat(b, a)
+        ends = np.cumsum(count)
+        out = [np.empty(0, np.int64)]
+        for lo, hi in _chunks(ends, CANDIDATE_CHUNK):
+            c, base = count[lo:hi], ends[lo] - count[lo]
+            # q runs over start[r] .. start[r] + count[r] - 1 for every r, concatenated
+            q = np.arange(base, ends[hi - 1]) + np.repeat(start[lo:hi] - (ends[lo:hi] - c), c)
+            diff = np.repeat(self.sorted_hash[p[lo:hi]], c) ^ self.sorted_hash[q]
+            hit = np.flatnonzero(np.bitwise_count(diff) <= self.k)
+            out.append(self._codes(p[lo:hi][np.searchsorted(ends[lo:hi] - base, hit, side="right")], q[hit]))
+        return np.concatenate(out)
+
+    def _codes(self, p: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """Pair codes i * n + j (i < j, indices of the distinct values) for sorted rows p, q."""
+        i, j = self.order[p], self.order[q]
+        return np.minimum(i, j) * self.n + np.maximum(i, j)
+
+
+def _flip_masks(top: int, radius: int) -> np.ndarray:
+    """Every mask of 1..radius set bits whose highest set bit is ``top``."""
+    low = [sum(1 << i for i in c) for r in range(radius) for c in combinations(range(top), r)]
+    return np.array(low, dtype=np.int64) | (1 << top)
+
+
+def _chunks(ends: np.ndarray, size: int) -> Iterator[tuple[int, int]]:
+    """Index ranges [a, b) of ``ends`` (a cumulative sum) holding about ``size`` items each."""
+    a = 0
+    while a < len(ends):
+        base = ends[a - 1] if a else 0
+        b = max(a + 1, int(np.searchsorted(ends, base + size, side="right")))
+        yield a, b
+        a = b
+
+
+def components(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Connected-component label (0..C-1) per row of an n-row graph given by ``pairs``.
+
+    Singletons get their own label. Works on ``near_pairs`` output: its star/representative form
+    has the components of the full near-pair graph.
+    """
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1].astype(np.int64)
+
+
+def representatives(labels: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """For each row, the row of its component with the smallest ``rank`` (the one to keep).
+
+    ``rank`` orders rows by preference (lower is kept; no ties). Kept rows map to themselves, so
+    ``representatives(...) != arange(n)`` marks the rows to reject as near duplicates.
+    """
+    labels, rank = np.asarray(labels), np.asarray(rank)
+    order = np.lexsort((rank, labels))  # by label, best rank first
+    first = order[np.flatnonzero(np.diff(labels[order], prepend=labels[order][:1] - 1))]
+    best = np.empty(labels.max() + 1 if len(labels) else 0, np.int64)
+    best[labels[first]] = first
+    return best[labels]
