@@ -189,7 +189,7 @@ class _BandIndex:
         if band.radius:
             counts = np.bincount(band_values, minlength=1 << band.bits)
             self.offsets = np.concatenate([[0], np.cumsum(counts)])
-            self.counts = counts.astype(np.int32)  # half the bytes for the hot gather
+            self.occupied = counts > 0  # 1 byte per bucket: the hot gather stays in cache
 
     def tasks(self) -> list[Callable[[], np.ndarray]]:
         """Independent units of work, each returning verified pair codes."""
@@ -210,11 +210,11 @@ class _BandIndex:
 
     def _flipped(self, buckets: np.ndarray, masks: np.ndarray) -> np.ndarray:
         """Pairs between each of ``buckets`` (value u) and bucket u ^ f, for each flip mask f."""
-        w = (self.value[buckets, None] ^ masks[None, :]).ravel()
-        count = self.counts[w]
-        hit = np.flatnonzero(count)
-        u = buckets[hit // len(masks)]
-        return self._verify(self.start[u], self.size[u], self.offsets[w[hit]], count[hit].astype(np.int64), same=False)
+        w = (masks[:, None] ^ self.value[buckets]).ravel()  # mask-major: w walks memory in runs
+        hit = np.flatnonzero(np.take(self.occupied, w))
+        u, w = buckets[hit % len(buckets)], w[hit]
+        start = self.offsets[w]
+        return self._verify(self.start[u], self.size[u], start, self.offsets[w + 1] - start, same=False)
 
     def _verify(self, su: np.ndarray, a: np.ndarray, sw: np.ndarray, b: np.ndarray, same: bool) -> np.ndarray:
         """Codes of pairs within k bits among sorted rows [su, su + a) x [sw, sw + b), per bucket pair.
@@ -223,22 +223,23 @@ class _BandIndex:
         candidate needs an index of its own; pairs with a bucket wider than _WIDE go row by row.
         ``same``: su == sw are the same bucket, and only its pairs p < q count.
         """
-        wide = (a > _WIDE) | (b > _WIDE)
-        out = [self._verify_rows(su[wide], a[wide], sw[wide], b[wide], same)]
-        su, a, sw, b = su[~wide], a[~wide], sw[~wide], b[~wide]
-        kind = (a * (_WIDE + 1) + b).astype(np.uint16)
+        kind = np.where((a > _WIDE) | (b > _WIDE), 0, a * (_WIDE + 1) + b).astype(np.uint16)
         by = np.argsort(kind, kind="stable")  # radix sort on 16-bit keys
-        for group in np.split(by, np.flatnonzero(np.diff(kind[by])) + 1):
-            if not len(group):
+        kind, su, a, sw, b = kind[by], su[by], a[by], sw[by], b[by]
+        cuts = np.flatnonzero(np.diff(kind, prepend=-1, append=-1))
+        out = [np.empty(0, np.int64)]
+        for lo, hi in zip(cuts[:-1], cuts[1:]):
+            ca, cb = divmod(int(kind[lo]), _WIDE + 1)
+            if ca == 0:  # the wide ones
+                out.append(self._verify_rows(su[lo:hi], a[lo:hi], sw[lo:hi], b[lo:hi], same))
                 continue
-            ca, cb = divmod(int(kind[group[0]]), _WIDE + 1)
-            for s in range(0, len(group), max(1, CANDIDATE_CHUNK // (ca * cb))):
-                g = group[s : s + CANDIDATE_CHUNK // (ca * cb) or 1]
-                p = su[g, None] + np.arange(ca)
-                q = sw[g, None] + np.arange(cb)
-                close = np.bitwise_count(self.sorted_hash[p][:, :, None] ^ self.sorted_hash[q][:, None, :]) <= self.k
-                r, i, j = np.nonzero(close)
-                p, q = p[r, i], q[r, j]
+            step = max(1, CANDIDATE_CHUNK // (ca * cb))
+            for s in range(lo, hi, step):
+                p = su[s : min(s + step, hi)] + np.arange(ca)[:, None]  # (ca, pairs): long inner loops
+                q = sw[s : min(s + step, hi)] + np.arange(cb)[:, None]
+                diff = self.sorted_hash[p][:, None, :] ^ self.sorted_hash[q][None, :, :]
+                i, j, r = np.unravel_index(np.flatnonzero(np.bitwise_count(diff) <= self.k), diff.shape)
+                p, q = p[i, r], q[j, r]
                 out.append(self._codes(p[p < q], q[p < q]) if same else self._codes(p, q))
         return np.concatenate(out)
 
