@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
 from curate.decide.base import DecideDB, Policy, PolicyConfig
+from curate.decide.neardup import DEFAULT_K  # pHash bits; the measurement behind it is there
 
 ORDER = re.compile(r"^(?P<col>[a-z_][a-z0-9_]*) (?P<dir>asc|desc)$")
-DEFAULT_K = 6  # pHash bits; the measurement behind it is in curate/decide/neardup.py
 
 
 class DedupConfig(PolicyConfig):

@@ -57,10 +57,10 @@ select the same pairs.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import combinations
+from itertools import combinations, pairwise
 from math import comb
 
 import numpy as np
@@ -74,9 +74,10 @@ PROBE_CHUNK = 1 << 20  # (rows x flip masks) probed at once
 CANDIDATE_CHUNK = 1 << 17  # candidate pairs verified at once (cache-sized blocks)
 _WIDE = 12  # buckets up to this many rows are verified as dense blocks; wider ones row by row
 
-# Relative costs per element, measured on the reference machine: sorting one row per band, one
-# offset-table entry built, one probe into the table, one candidate expanded and verified.
-_SORT_COST, _TABLE_COST, _PROBE_COST, _CANDIDATE_COST = 20.0, 2.0, 1.0, 1.5
+# Relative costs per element, measured on the reference machine (2-core AMD EPYC): sorting one
+# row per band, building one offset-table entry, one probe into it, one occupied bucket pair
+# found, one candidate pair verified.
+_SORT_COST, _TABLE_COST, _PROBE_COST, _PAIR_COST, _CANDIDATE_COST = 20.0, 0.5, 1.0, 3.0, 0.7
 
 
 @dataclass(frozen=True)
@@ -100,12 +101,12 @@ def band_layout(k: int, n: int) -> tuple[Band, ...]:
         widths = [64 // m + (i < 64 % m) for i in range(m)]  # widest first
         for parts in _partitions(k + 1, m):
             radii = [p - 1 for p in parts]  # non-increasing, like widths
-            if any(t > 0 and b > MAX_TABLE_BITS for b, t in zip(widths, radii)):
+            if any(t > 0 and b > MAX_TABLE_BITS for b, t in zip(widths, radii, strict=True)):
                 continue
-            cost = sum(_band_cost(b, t, n) for b, t in zip(widths, radii))
+            cost = sum(_band_cost(b, t, n) for b, t in zip(widths, radii, strict=True))
             if best is None or cost < best[0]:
                 shifts = np.cumsum([0, *widths[:-1]])
-                best = (cost, tuple(Band(int(s), b, t) for s, b, t in zip(shifts, widths, radii)))
+                best = (cost, tuple(Band(int(s), b, t) for s, b, t in zip(shifts, widths, radii, strict=True)))
     assert best is not None  # m = k + 1 bands with radius 0 always qualifies
     return best[1]
 
@@ -125,10 +126,18 @@ def _partitions(total: int, parts: int, largest: int | None = None) -> Iterator[
 def _band_cost(bits: int, radius: int, n: int) -> float:
     """Estimated work for one band on ``n`` uniform hashes (relative units)."""
     ball = sum(comb(bits, i) for i in range(radius + 1))
-    probes = n * (ball - 1) / 2  # each unordered bucket pair probed from one side
+    fill = n / 2.0**bits  # mean rows per bucket
+    occupied = 1.0 - np.exp(-fill)  # fraction of buckets with a row (Poisson)
+    probes = 2.0**bits * occupied * (ball - 1) / 2  # each unordered bucket pair probed once
     candidates = n * n / 2 * ball / 2.0**bits
     table = 2.0**bits if radius else 0.0
-    return _SORT_COST * n + _TABLE_COST * table + _PROBE_COST * probes + _CANDIDATE_COST * candidates
+    return (
+        _SORT_COST * n
+        + _TABLE_COST * table
+        + _PROBE_COST * probes
+        + _PAIR_COST * probes * occupied
+        + _CANDIDATE_COST * candidates
+    )
 
 
 def near_pairs(hashes: np.ndarray, k: int = DEFAULT_K, workers: int | None = None) -> np.ndarray:
@@ -156,21 +165,36 @@ def near_pairs(hashes: np.ndarray, k: int = DEFAULT_K, workers: int | None = Non
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
 
 
-def distinct_near_pairs(values: np.ndarray, k: int, workers: int | None = None) -> np.ndarray:
+def distinct_near_pairs(
+    values: np.ndarray, k: int, workers: int | None = None, layout: Sequence[Band] | None = None
+) -> np.ndarray:
     """Pairs a < b of *distinct* uint64 ``values`` within ``k`` bits, encoded as a * len(values) + b.
 
     The multi-index search itself; ``near_pairs`` adds the collapse of identical hashes.
+    ``layout`` overrides ``band_layout(k, n)`` (tests use it to cover every code path on small n).
     """
     n = len(values)
     if k == 0 or n < 2:
         return np.empty(0, np.int64)
+    layout = band_layout(k, n) if layout is None else tuple(layout)
+    _check_layout(layout, k)
     workers = workers or len(os.sched_getaffinity(0))
-    found = []
+    found = [np.empty(0, np.int64)]
     with ThreadPoolExecutor(workers) as pool:
-        for band in band_layout(k, n):
+        for band in layout:  # one band's index in memory at a time
             index = _BandIndex(values, band, k)
             found += pool.map(lambda task: task(), index.tasks())
     return np.unique(np.concatenate(found))
+
+
+def _check_layout(layout: Sequence[Band], k: int) -> None:
+    """Bands must tile bits 0..63 and satisfy the pigeonhole condition, or pairs would be missed."""
+    bits = sorted((b.shift, b.shift + b.bits) for b in layout)
+    tiled = bits[0][0] == 0 and bits[-1][1] == 64 and all(x[1] == y[0] for x, y in pairwise(bits))
+    if not tiled or sum(b.radius + 1 for b in layout) < k + 1:
+        raise ValueError(f"band layout {layout} does not tile 64 bits with sum(radius + 1) >= {k + 1}")
+    if any(b.radius and b.bits > MAX_TABLE_BITS for b in layout):
+        raise ValueError(f"bands searched with flips must be <= {MAX_TABLE_BITS} bits: {layout}")
 
 
 class _BandIndex:
@@ -228,7 +252,7 @@ class _BandIndex:
         kind, su, a, sw, b = kind[by], su[by], a[by], sw[by], b[by]
         cuts = np.flatnonzero(np.diff(kind, prepend=-1, append=-1))
         out = [np.empty(0, np.int64)]
-        for lo, hi in zip(cuts[:-1], cuts[1:]):
+        for lo, hi in pairwise(cuts):
             ca, cb = divmod(int(kind[lo]), _WIDE + 1)
             if ca == 0:  # the wide ones
                 out.append(self._verify_rows(su[lo:hi], a[lo:hi], sw[lo:hi], b[lo:hi], same))
