@@ -38,6 +38,9 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/acquire.py --repeats 3
 	$(BIN)/python benchmarks/annotate.py
+	$(BIN)/python benchmarks/train_clip.py
+	$(BIN)/python benchmarks/clipscore.py
+	$(BIN)/python benchmarks/dedup.py
 
 clean:
 	rm -rf demo-run .pytest_cache test-artifacts

@@ -185,14 +185,16 @@ class Decontaminate(Policy):
         rows = db.con.sql(
             "SELECT v.key, s.phash FROM verdict v JOIN samples s USING (key) WHERE v.reason IS NULL AND s.phash IS NOT NULL"
         ).to_arrow_table()
-        both = np.concatenate([eval_hashes, rows.column("phash").to_numpy().astype(np.uint64)])
-        pairs = near_pairs(both, self.config.k)
+        pool_hashes = rows.column("phash").to_numpy().astype(np.uint64)
+        pairs = near_pairs(np.concatenate([eval_hashes, pool_hashes]), self.config.k)
         n_eval = len(eval_hashes)
         cross = pairs[(pairs[:, 0] < n_eval) & (pairs[:, 1] >= n_eval)]
-        pool, first = np.unique(cross[:, 1] - n_eval, return_index=True)
-        hits = pa.table(
-            {"key": rows.column("key").take(pa.array(pool)), "dup_of": [f"eval:{ids[cross[i, 0]]}" for i in first]}
-        )
+        # near_pairs links identical hashes as a star around their first row: extend each hit to
+        # every pool row with the same hash, so no second copy of a contaminated image survives
+        hit_hash = dict(zip(pool_hashes[cross[:, 1] - n_eval].tolist(), cross[:, 0].tolist(), strict=True))
+        pool = np.flatnonzero(np.isin(pool_hashes, np.fromiter(hit_hash, np.uint64, len(hit_hash))))
+        matches = [f"eval:{ids[hit_hash[int(h)]]}" for h in pool_hashes[pool]]
+        hits = pa.table({"key": rows.column("key").take(pa.array(pool)), "dup_of": matches})
         db.reject_keys(hits, "eval_contaminated", self.name)
 
 

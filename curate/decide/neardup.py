@@ -1,57 +1,70 @@
 """Global near-duplicate search over 64-bit perceptual hashes (pHash): exact Hamming-radius self-join.
 
 ``near_pairs`` finds every pair of rows whose hashes differ in at most ``k`` bits, without an
-all-pairs pass; ``components`` and ``representatives`` turn those pairs into the row to keep for
-each group. A decide policy calls the three in turn.
+all-pairs pass; ``components`` and ``representatives`` turn those pairs into the row to keep in
+each group. A decide policy calls the three in turn. Pure numpy/scipy: no Ray, no DuckDB.
 
-Algorithm (multi-index hashing; Norouzi, Punjani and Fleet, "Fast Search in Hamming Space with
-Multi-Index Hashing", CVPR 2012, with per-band radii as in Qin et al.'s "GPH", ICDE 2018):
+Algorithm: multi-index hashing (Norouzi, Punjani and Fleet, "Fast Search in Hamming Space with
+Multi-Index Hashing", CVPR 2012), with a radius per band as in Qin et al.'s GPH (ICDE 2018).
 
-1. Identical hashes are collapsed to one representative (their first row): a group of g equal
-   hashes costs g - 1 "star" pairs, not g^2 / 2.
-2. The 64 bits are cut into m contiguous bands with radii t_1..t_m, where sum(t_i + 1) = k + 1.
+1. Identical hashes are collapsed to their first row: a group of g equal hashes costs g - 1
+   "star" pairs, not g(g - 1) / 2.
+2. The 64 bits are cut into m contiguous bands with radii t_1..t_m, sum(t_i + 1) = k + 1.
    Pigeonhole: if two hashes differ in at most k bits, some band i differs in at most t_i bits
-   (otherwise the differences would add up to at least sum(t_i + 1) = k + 1). With every t_i = 0
-   this is Norouzi's "m > k bands, one agrees exactly"; with equal t_i it is their floor(k / m).
-3. Per band, rows are sorted by band value and a dense offset table (2^bits entries) is built.
-   Candidates are rows in the same bucket, plus, for every flip mask f with 1..t_i bits, rows in
-   buckets u and u ^ f (each unordered bucket pair visited once). All of it is vectorised numpy:
-   a probe is one gather into the offset table; candidate runs are expanded with ``np.repeat``.
-4. Every candidate is verified with ``np.bitwise_count(a ^ b) <= k``, so the result is exact:
-   no false pairs (verification) and no missed pairs (pigeonhole). Pairs found in several bands
-   are deduplicated at the end.
+   (otherwise the differences would add up to at least sum(t_i + 1) = k + 1). All t_i = 0 is
+   Norouzi's "m > k substrings, one matches exactly"; equal t_i is their radius floor(k / m).
+3. Per band, rows are sorted by band value (runs of equal values are buckets), and a dense
+   occupancy/offset table over all 2^bits values is built. Candidates: pairs inside a bucket,
+   and for every flip mask f of 1..t_i bits, pairs across buckets u and u ^ f — each unordered
+   bucket pair probed once, from the side where f's top bit is clear. Probes are vectorised
+   gathers; bucket pairs are grouped by their sizes (a, b) and verified as dense a x b blocks.
+4. Every candidate is verified with ``np.bitwise_count(x ^ y) <= k``: no false pairs (the check),
+   no missed pairs (the pigeonhole). Pairs found through several bands are deduplicated.
 
-The band layout is chosen from k and the number of distinct hashes n by a cost model for uniform
-hashes (probes ~ n * |flip masks|, candidates ~ n^2 / 2 * |ball| / 2^bits); for the default
-k = 8 it is three bands of 21, 21 and 22 bits with radius 2 each at any n >= 1e5.
+The layout is chosen from k and the number n of distinct hashes by a cost model for uniform
+hashes (``band_layout``). For k = 8: four 16-bit bands with radii (2, 1, 1, 1) around 1e5 hashes;
+from ~5e5 up, three bands of 22, 21, 21 bits with radius 2 each.
 
-Cost: probes grow linearly in n, candidates quadratically (n^2 * 2.8e-4 / 2 for k = 8) — the
-price of exactness at a radius this large: 64-bit hashes at k = 8 leave no band both selective
-enough and cheap enough to enumerate. Measured on 2 cores (``benchmarks/dedup.py``): see
-benchmarks/results/dedup.json.
+Cost and scaling: probes grow linearly in n, candidates as n^2 / 2 * |ball| / 2^bits (~1.4e-4 n^2
+for k = 8: each hash is checked against ~2.8e-4 n others). That is the price of exactness at
+this radius: no 64-bit band layout is both selective and cheap to enumerate for k = 8. Measured with
+``benchmarks/dedup.py`` (2-core AMD EPYC, 2 threads; uniform hashes, 1 % planted pairs, recall
+1.0 at every size; three runs on this shared VM varied by up to 25 %: 1e6 took 5.1-6.4 s, 1e7
+57-66 s):
 
-Memory (n distinct hashes): the collapse holds ~40 bytes per row; each band ~32 bytes per row plus
-a 2^bits offset table (32 MiB at 22 bits); bands are processed one at a time; candidates are
-expanded in chunks of 2^21 per worker thread (~100 MiB). 1e7 hashes peak at about 1.5 GiB.
+    hashes     seconds  s/million  peak RSS   naive pairwise pass (2 threads)
+    1e5           0.37       3.7    173 MiB   9.6 s, extrapolated from 2,000 rows: 26x slower
+    1e6           5.6        5.6    387 MiB
+    1e7          66.4        6.6    1.4 GiB
 
-Choosing k (measured with ``benchmarks/dedup.py --calibrate``: 1,000 generated 1/f-noise scenes
-with shapes, 256-640 px, JPEG q90; ``imagehash.phash``; copies of the first 200):
+Beyond ~1e7 the quadratic term takes over (1e8: ~1.4e12 candidates, hours): dedup within a
+coarser key first, or lower k (k = 6 has ~3.5x fewer candidates: 1e6 in 1.9 s; k = 10: 9.9 s).
+Real pHashes are less uniform than these, so buckets are fuller; the block verification absorbs
+moderate skew, and buckets wider than _WIDE rows are verified row by row.
 
-    Hamming distance to the original     median  p90  p99  max  caught at k=8
-    JPEG re-encode, quality 30                0    2    2    2     100 %
-    resize to half                            0    0    2    2     100 %
-    resize to double                          0    0    2    2     100 %
-    crop 2 % per side                         4    6   10   10    97.5 %
-    crop 5 % per side                        10   14   18   22      38 %
-    small text overlay (corner, h/20 px)      2    4    8    8     100 %
-    brightness +10 %                          2    4    6    8     100 %
-    distinct images (499,500 pairs)          32    -    -    -   min 14; 0.1 % quantile 18
+Memory: about 100 bytes per distinct hash (the collapse ~40, one band index ~40 at a time, the
+2^bits offset table: 32 MiB at 22 bits) plus per-thread chunks of PROBE_CHUNK probes and
+CANDIDATE_CHUNK candidates (~30 MiB each). 1e7 hashes add ~1.0 GiB; 1e8 would need ~10 GiB.
 
-k = 8 (the default) catches re-encodes, resizes, overlays and brightness changes and nearly all 2 %
-crops, with a margin of 6 bits to the closest distinct pair seen; 5 % crops are mostly NOT caught
-(that would need k ~ 16, inside the distinct-image tail). phash thresholds 64 DCT coefficients at
-their median, so almost every hash has exactly 32 set bits and distances are even: k = 8 and k = 9
-select the same pairs.
+Choosing k (``benchmarks/dedup.py --calibrate``): 1,000 generated images (1/f colour noise, a
+gradient and flat shapes; 256-640 px; JPEG q90), ``imagehash.phash``; the first 200 copied each way.
+
+    pHash distance to the original       median  p90  p99  max   caught at k=6   k=8   k=10
+    JPEG re-encode, quality 30                0    2    2    4           100 %  100 %  100 %
+    resize to half                            0    0    2    2           100 %  100 %  100 %
+    resize to double                          0    0    2    2           100 %  100 %  100 %
+    crop 2 % per side                         4    6   10   10          90.5 %   97 %  100 %
+    crop 5 % per side                        10   14   20   22            19 % 37.5 % 64.5 %
+    small text overlay (corner, h/20 px)      2    4    8    8          98.5 %  100 %  100 %
+    brightness +10 %                          2    4    8    8            99 %  100 %  100 %
+    distinct images, 499,500 pairs: median 32, 1 % quantile 22, 0.1 % 18, 0.01 % 16, min 14;
+    pairs within 12 bits: 0
+
+k = 8 (DEFAULT_K) catches every re-encode, resize, overlay and brightness copy and 97 % of the 2 %
+crops, 6 bits short of the closest distinct pair (no false merges in 499,500 pairs). NOT caught at
+k = 8: most 5 % crops (62.5 % missed; catching them needs k ~ 16-22, inside the distinct-image tail)
+and 3 % of 2 % crops. phash thresholds 64 DCT coefficients at their median, so (nearly) every hash
+has exactly 32 set bits and every distance is even: k = 8 and k = 9 select the same pairs.
 """
 
 from __future__ import annotations
@@ -70,7 +83,7 @@ from scipy.sparse.csgraph import connected_components
 DEFAULT_K = 8
 MAX_K = 32  # beyond ~16 distinct pHashes merge (see the table above); beyond 32 no index helps
 MAX_TABLE_BITS = 24  # widest band given a dense offset table (2^24 int64 = 128 MiB)
-PROBE_CHUNK = 1 << 20  # (rows x flip masks) probed at once
+PROBE_CHUNK = 1 << 20  # (buckets x flip masks) probed at once
 CANDIDATE_CHUNK = 1 << 17  # candidate pairs verified at once (cache-sized blocks)
 _WIDE = 12  # buckets up to this many rows are verified as dense blocks; wider ones row by row
 
@@ -143,7 +156,7 @@ def _band_cost(bits: int, radius: int, n: int) -> float:
 def near_pairs(hashes: np.ndarray, k: int = DEFAULT_K, workers: int | None = None) -> np.ndarray:
     """Row pairs (i < j), shape (M, 2) int64, whose hashes differ in at most ``k`` bits.
 
-    Exact for pairs of *different* hash values: every such pair within ``k`` is returned once,
+    ``hashes``: uint64 (int64 is read as the same 64 bits), any length. Exact for pairs of *different* hash values: every such pair within ``k`` is returned once,
     between the first rows holding each value. Rows with an *identical* hash are returned as a
     star around the first row with that value (g equal hashes give g - 1 pairs, not g(g-1)/2).
     So every returned pair is a true near pair, and the graph has exactly the connected components
@@ -178,13 +191,18 @@ def distinct_near_pairs(
         return np.empty(0, np.int64)
     layout = band_layout(k, n) if layout is None else tuple(layout)
     _check_layout(layout, k)
-    workers = workers or len(os.sched_getaffinity(0))
+    workers = workers or _cpus()
     found = [np.empty(0, np.int64)]
     with ThreadPoolExecutor(workers) as pool:
         for band in layout:  # one band's index in memory at a time
             index = _BandIndex(values, band, k)
             found += pool.map(lambda task: task(), index.tasks())
     return np.unique(np.concatenate(found))
+
+
+def _cpus() -> int:
+    """CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _check_layout(layout: Sequence[Band], k: int) -> None:
@@ -198,8 +216,8 @@ def _check_layout(layout: Sequence[Band], k: int) -> None:
 
 
 class _BandIndex:
-    """Rows sorted by one band's value, run-length encoded into buckets, plus a dense count/offset
-    table over all 2^bits band values when the band is probed with flips."""
+    """Rows sorted by one band's value, run-length encoded into buckets, plus a dense occupancy and
+    offset table over all 2^bits band values when the band is probed with flips."""
 
     def __init__(self, values: np.ndarray, band: Band, k: int) -> None:
         self.n, self.k, self.band = len(values), k, band
@@ -312,14 +330,16 @@ def components(n: int, pairs: np.ndarray) -> np.ndarray:
     has the components of the full near-pair graph.
     """
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    weight = np.ones(len(pairs), np.int32)  # repeated pairs add up: a narrow type could wrap to 0
+    graph = coo_matrix((weight, (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     return connected_components(graph, directed=False)[1].astype(np.int64)
 
 
 def representatives(labels: np.ndarray, rank: np.ndarray) -> np.ndarray:
     """For each row, the row of its component with the smallest ``rank`` (the one to keep).
 
-    ``rank`` orders rows by preference (lower is kept; no ties). Kept rows map to themselves, so
+    ``labels``: non-negative component ids (from ``components``). ``rank`` orders rows by
+    preference (lower is kept; no ties). Kept rows map to themselves, so
     ``representatives(...) != arange(n)`` marks the rows to reject as near duplicates.
     """
     labels, rank = np.asarray(labels), np.asarray(rank)
