@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -84,33 +86,20 @@ def train_clip(cfg: ClipTrainConfig, data: str, output: str | Path, resume: str 
     if rank == 0:
         output.mkdir(parents=True, exist_ok=True)
         (output / "train_config.json").write_text(cfg.model_dump_json(indent=2))
-    loss_fn = _loss(rank, world)
-    scheduler = _cosine_lr(optimizer, cfg.lr, cfg.warmup_steps, total_steps)
-    train_model = _wrap(model, cfg, device, world)
+    state = _State(
+        model=model,
+        train_model=_wrap(model, cfg, device, world),
+        optimizer=optimizer,
+        scheduler=_cosine_lr(optimizer, cfg.lr, cfg.warmup_steps, total_steps),
+        loss_fn=_loss(rank, world),
+        device=device,
+        rank=rank,
+        world=world,
+    )
     pipeline = train_pipeline(
-        shards,
-        bundle.preprocess_train,
-        bundle.tokenizer,
-        cfg.batch_size,
-        cfg.shuffle_buffer,
-        cfg.seed + start_step,
+        shards, bundle.preprocess_train, bundle.tokenizer, cfg.batch_size, cfg.shuffle_buffer, cfg.seed + start_step
     )
-    batches = iter(train_loader(pipeline, cfg.data_workers))
-    last = _loop(
-        train_model,
-        model,
-        batches,
-        optimizer,
-        scheduler,
-        loss_fn,
-        cfg,
-        output,
-        start_step,
-        total_steps,
-        device,
-        rank,
-        world,
-    )
+    last = _loop(state, iter(train_loader(pipeline, cfg.data_workers)), cfg, output, start_step, total_steps)
     if rank == 0:
         _save(model, optimizer, cfg, output, total_steps)
         name = Path(cfg.model).stem if cfg.model.endswith(".json") else cfg.model
@@ -118,48 +107,48 @@ def train_clip(cfg: ClipTrainConfig, data: str, output: str | Path, resume: str 
     return {"steps": total_steps, "start_step": start_step, "output": str(output), **last}
 
 
-def _loop(
-    train_model,
-    model,
-    batches,
-    optimizer,
-    scheduler,
-    loss_fn,
-    cfg,
-    output,
-    step,
-    total,
-    device,
-    rank,
-    world,
-):
+@dataclass
+class _State:
+    """What the loop works on: the model (and its DDP/compiled wrapper), optimiser, loss, place."""
+
+    model: torch.nn.Module
+    train_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Callable[[int], float]
+    loss_fn: torch.nn.Module
+    device: torch.device
+    rank: int
+    world: int
+
+
+def _loop(state: _State, batches, cfg: ClipTrainConfig, output: Path, step: int, total: int) -> dict:
     """The training loop: batch → loss → step, with logging and checkpoints."""
-    log = (output / "log.jsonl").open("a") if rank == 0 else None
-    bar = tqdm(total=total, initial=step, desc="train clip", disable=rank != 0, mininterval=2.0)
-    autocast = _autocast(cfg.precision, device)
+    log = (output / "log.jsonl").open("a") if state.rank == 0 else None
+    bar = tqdm(total=total, initial=step, desc="train clip", disable=state.rank != 0, mininterval=2.0)
+    autocast = _autocast(cfg.precision, state.device)
     tick, seen, last = time.perf_counter(), 0, {}
     while step < total:
         images, texts = next(batches)
-        images, texts = images.to(device, non_blocking=True), texts.to(device, non_blocking=True)
-        scheduler(step)
+        images, texts = images.to(state.device, non_blocking=True), texts.to(state.device, non_blocking=True)
+        state.scheduler(step)
         with autocast:
-            out = train_model(images, texts)
-            loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
-        optimizer.zero_grad(set_to_none=True)
+            out = state.train_model(images, texts)
+            loss = state.loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+            torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
+        state.optimizer.step()
         with torch.no_grad():  # CLIP's clamp: temperature at most 100
-            model.logit_scale.clamp_(0, math.log(100))
-        step, seen = step + 1, seen + len(images) * world
+            state.model.logit_scale.clamp_(0, math.log(100))
+        step, seen = step + 1, seen + len(images) * state.world
         if step % cfg.log_every == 0 or step == total:
             now = time.perf_counter()
             last = {
                 "step": step,
                 "loss": loss.item(),
-                "lr": optimizer.param_groups[0]["lr"],
-                "logit_scale": model.logit_scale.exp().item(),
+                "lr": state.optimizer.param_groups[0]["lr"],
+                "logit_scale": state.model.logit_scale.exp().item(),
                 "samples_per_s": seen / (now - tick),
             }
             tick, seen = now, 0
@@ -167,8 +156,8 @@ def _loop(
                 log.write(json.dumps(last) + "\n")
                 log.flush()
             bar.set_postfix(loss=f"{last['loss']:.3f}", sps=f"{last['samples_per_s']:.0f}")
-        if rank == 0 and step % cfg.save_every == 0 and step < total:
-            _save(model, optimizer, cfg, output, step)
+        if state.rank == 0 and step % cfg.save_every == 0 and step < total:
+            _save(state.model, state.optimizer, cfg, output, step)
         bar.update(1)
     bar.close()
     if log:
