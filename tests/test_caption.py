@@ -187,6 +187,7 @@ def test_columns_and_types():
         "caption_words": pa.int32(),
         "caption_unique_ratio": pa.float32(),
         "caption_boilerplate": pa.string(),
+        "caption_hash": pa.uint64(),
     }
     assert CaptionSignals.Config is CaptionConfig
     assert CaptionSignals.name == "caption" and CaptionSignals.reads == ("caption",)

@@ -201,3 +201,32 @@ def test_decontamination_removes_pool_copies_of_evaluation_images(dedup_run):
     assert rows["/s15.jpg"]["reason"] == "eval_contaminated" and rows["/s15.jpg"]["dup_of"] == "eval:benchmark-1.jpg"
     contaminated = sorted(p for p, r in rows.items() if r["reason"] == "eval_contaminated")
     assert contaminated == ["/s15-mirror.jpg", "/s15.jpg"]  # identical copies go together
+
+
+def test_decontaminate_from_evaluation_shards(tmp_path):
+    """An evaluation set given as WebDataset shards: a pool image within k bits is removed."""
+    import tarfile
+
+    from curate.signals.image import perceptual_hashes
+
+    eval_image = scene(3)
+    shards = tmp_path / "eval-shards"
+    shards.mkdir()
+    with tarfile.open(shards / "00000.tar", "w") as tar:
+        for name, data in (("bench-7.jpg", jpeg(eval_image)), ("bench-7.txt", b"a benchmark image")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    near = perceptual_hashes(Image.open(io.BytesIO(jpeg(eval_image.resize((160, 120)), 40))), False)["phash"]
+    far = perceptual_hashes(scene(4), False)["phash"]
+    write_run(tmp_path, base_columns(2) | {"phash": pa.array([near, far], pa.uint64())})
+    got = run_decide(tmp_path, [{"policy": "decontaminate", "eval_shards": str(shards)}])
+    assert got == {"0000": ("eval_contaminated", "eval:bench-7"), "0001": (None, None)}
+
+
+def test_caption_hash_matches_captions_equal_up_to_case_and_spacing():
+    from curate.signals.caption import CaptionSignals
+
+    out = CaptionSignals()(pa.table({"caption": ["A Red  Car", "a red car", "a blue car"]}))
+    hashes = out.column("caption_hash").to_pylist()
+    assert hashes[0] == hashes[1] != hashes[2]

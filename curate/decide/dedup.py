@@ -167,6 +167,7 @@ class DecontaminateConfig(PolicyConfig):
         None, description="Parquet of the evaluation set's hashes: a uint64 `phash` column (+ optional `id`)."
     )
     eval_images: str | None = Field(None, description="A folder of evaluation images (hashed here).")
+    eval_shards: str | None = Field(None, description="Evaluation WebDataset shards: a folder, glob or {a..b} pattern.")
     k: int = Field(DEFAULT_K, ge=0, le=32, description="pHash bits within which a pool image matches.")
 
 
@@ -181,7 +182,8 @@ class Decontaminate(Policy):
     def apply(self, db: DecideDB) -> None:
         from curate.decide.neardup import near_pairs
 
-        ids, eval_hashes = eval_set_hashes(self.config.eval_hashes, self.config.eval_images)
+        c = self.config
+        ids, eval_hashes = eval_set_hashes(c.eval_hashes, c.eval_images, c.eval_shards)
         rows = db.con.sql(
             "SELECT v.key, s.phash FROM verdict v JOIN samples s USING (key) WHERE v.reason IS NULL AND s.phash IS NOT NULL"
         ).to_arrow_table()
@@ -198,8 +200,10 @@ class Decontaminate(Policy):
         db.reject_keys(hits, "eval_contaminated", self.name)
 
 
-def eval_set_hashes(hashes_file: str | None, images_dir: str | None) -> tuple[list[str], np.ndarray]:
-    """Identifiers and uint64 pHashes of an evaluation set, from a Parquet of hashes or a folder."""
+def eval_set_hashes(
+    hashes_file: str | None, images_dir: str | None, shards: str | None = None
+) -> tuple[list[str], np.ndarray]:
+    """Identifiers and uint64 pHashes of an evaluation set: a Parquet of hashes, a folder, or shards."""
     if hashes_file:
         table = pq.read_table(hashes_file)
         ids = table.column("id").to_pylist() if "id" in table.column_names else list(map(str, range(len(table))))
@@ -216,4 +220,10 @@ def eval_set_hashes(hashes_file: str | None, images_dir: str | None) -> tuple[li
                 im.load()
                 hashes.append(perceptual_hashes(im, False)["phash"])
         return [p.name for p in paths], np.array(hashes, dtype=np.uint64)
-    raise ValueError("decontaminate needs eval_hashes (Parquet) or eval_images (a folder)")
+    if shards:
+        from curate.signals.image import perceptual_hashes
+        from curate.train.data import expand_shards, iter_pairs
+
+        pairs = [(key, perceptual_hashes(image, False)["phash"]) for key, image, _ in iter_pairs(expand_shards(shards))]
+        return [key for key, _ in pairs], np.array([h for _, h in pairs], dtype=np.uint64)
+    raise ValueError("decontaminate needs eval_hashes (Parquet), eval_images (a folder) or eval_shards")

@@ -7,6 +7,7 @@ Everything else is computed on ``caption_norm``.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import re
 import string
@@ -303,6 +304,7 @@ class CaptionSignals(Stage):
         "caption_words": pa.int32(),
         "caption_unique_ratio": pa.float32(),
         "caption_boilerplate": pa.string(),
+        "caption_hash": pa.uint64(),
     }
 
     def process(self, batch: pa.Table) -> pa.Table:
@@ -316,6 +318,7 @@ class CaptionSignals(Stage):
             "caption_words": words,
             "caption_unique_ratio": pa.array(ratio, pa.float32()),
             "caption_boilerplate": pa.array(kind, pa.string()),
+            "caption_hash": pa.array([caption_hash(text) for text in norm], pa.uint64()),
         }
         for name, array in columns.items():
             if name in batch.column_names:
@@ -323,3 +326,9 @@ class CaptionSignals(Stage):
             else:
                 batch = batch.append_column(name, array)
         return batch
+
+
+def caption_hash(norm: str) -> int:
+    """64-bit hash of the normalised caption, case-folded: equal texts up to case and spacing collide
+    (e.g. ``exact_dedup`` with ``by: [caption_hash]`` finds repeated alt texts)."""
+    return int.from_bytes(hashlib.blake2b(norm.casefold().encode(), digest_size=8).digest(), "big")
