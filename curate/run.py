@@ -107,9 +107,9 @@ def stage_inputs(recipe: Recipe, input_path: str | Path, run_dir: Path, manifest
     """Write ``RUN/input/urls.parquet`` (keys assigned) or check that a resumed run has the same input."""
     inputs = prepare_inputs(read_url_list(input_path), recipe.input, recipe.acquire.samples_per_shard, str(input_path))
     layout = ShardLayout(len(inputs), recipe.acquire.samples_per_shard)
-    print_ = fingerprint(inputs)
+    digest = fingerprint(inputs)
     previous = manifest.data.get("input_fingerprint")
-    if previous and previous != print_:
+    if previous and previous != digest:
         raise InputError(
             f"{run_dir} was made from a different URL list or acquire.samples_per_shard. "
             f"Use a new --output, or delete {run_dir} to start over."
@@ -119,7 +119,7 @@ def stage_inputs(recipe: Recipe, input_path: str | Path, run_dir: Path, manifest
         target.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(inputs, f"{target}.tmp")
         Path(f"{target}.tmp").replace(target)
-    manifest.data.update(input_fingerprint=print_, input_rows=len(inputs))
+    manifest.data.update(input_fingerprint=digest, input_rows=len(inputs))
     manifest.save()
     return layout
 
