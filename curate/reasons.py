@@ -30,6 +30,9 @@ REASONS: dict[str, str] = {
     "a kept sample; dup_of names it.",
     "eval_contaminated": "A near-duplicate of an image in the evaluation set given to the "
     "decontaminate policy; dup_of is 'eval:' + that image's id.",
+    "no_concept": "The caption matches no concept of the balancing vocabulary (MetaCLIP drops them).",
+    "balanced_out": "Sampled out by concept balancing: every concept the caption matches is a head "
+    "concept above the cap t, and none selected the row (MetaCLIP's rule).",
     "dup_exact": "Same bytes (sha256) as a kept sample, or the same values of the exact_dedup "
     "policy's `by` columns; dup_of names the kept key.",
 }

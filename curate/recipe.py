@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from curate.acquire import AcquireConfig
+from curate.decide.balance import Balance
 from curate.decide.base import Policy
 from curate.decide.dedup import Decontaminate, ExactDedup, NearDedup, SemanticDedup
 from curate.decide.thresholds import (
@@ -51,6 +52,7 @@ POLICIES: dict[str, type[Policy]] = {
         NearDedup,
         SemanticDedup,
         Decontaminate,
+        Balance,
     )
 }
 """Decide policies by the name recipes use."""

@@ -177,8 +177,13 @@ def decide_and_emit(recipe: Recipe, run_dir: Path, manifest: Manifest) -> RunRes
     """Decide keep/reject for every sample, then write the curated shards and the funnel."""
     samples = f"{run_dir}/samples/*.parquet"
     with manifest.step("decide") as record:
+        record["policies"] = {}  # what policies chose, e.g. balance's cap t
         record["rejected"] = decide(
-            samples, recipe.decide, run_dir / "decisions" / "decisions.parquet", run_dir / "embeddings"
+            samples,
+            recipe.decide,
+            run_dir / "decisions" / "decisions.parquet",
+            run_dir / "embeddings",
+            record["policies"],
         )
     with manifest.step("emit") as record:
         record.update(emit(recipe, run_dir))

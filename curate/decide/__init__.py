@@ -13,7 +13,11 @@ DECISION_COLUMNS = ("key", "url", "caption", "keep", "reason", "stage", "dup_of"
 
 
 def decide(
-    samples_glob: str, policies: list[Policy], out_file: Path, embeddings_dir: Path | None = None
+    samples_glob: str,
+    policies: list[Policy],
+    out_file: Path,
+    embeddings_dir: Path | None = None,
+    info: dict | None = None,
 ) -> dict[str, int]:
     """Apply ``policies`` (after :class:`Availability`) and write the decisions Parquet.
 
@@ -29,6 +33,8 @@ def decide(
         db = DecideDB(con, embeddings_dir)
         for policy in [Availability(), *policies]:
             policy.apply(db)
+        if info is not None:
+            info.update(db.info)
         out_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = out_file.with_name(out_file.name + ".tmp")
         con.execute(

@@ -28,6 +28,7 @@ class DecideDB:
     def __init__(self, con: duckdb.DuckDBPyConnection, embeddings_dir: Path | None = None) -> None:
         self.con = con
         self.embeddings_dir = embeddings_dir  # RUN/embeddings, read with pyarrow (float16 lists)
+        self.info: dict = {}  # what policies chose (e.g. balance's cap), recorded in the manifest
 
     def reject_where(self, predicate: str, reason: str, stage: str) -> None:
         """Reject still-kept rows whose samples row satisfies the SQL ``predicate``."""

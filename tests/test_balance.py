@@ -1,0 +1,100 @@
+"""MetaCLIP concept balancing on a constructed head-heavy pool (no Ray): counts, seeds, tails."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curate.decide import decide
+from curate.decide.balance import Balance
+
+N_CONCEPTS = 60
+ZIPF = [round(6000 / (rank + 1)) for rank in range(N_CONCEPTS)]  # 6000, 3000, 2000, ... 100
+
+
+def pool(tmp_path, extra: list[list[int]] = ()) -> str:
+    """One row per (concept, occurrence): concept c appears in exactly ZIPF[c] rows, plus ``extra``."""
+    ids = [[c] for c, count in enumerate(ZIPF) for _ in range(count)] + list(extra)
+    rng = np.random.default_rng(7)
+    ids = [ids[i] for i in rng.permutation(len(ids))]
+    n = len(ids)
+    table = pa.table(
+        {
+            "key": [f"{i:07d}" for i in range(n)],
+            "url": ["u"] * n,
+            "caption": ["c"] * n,
+            "status": ["success"] * n,
+            "width": [100] * n,
+            "decode_error": pa.nulls(n, pa.string()),
+            "concept_ids": pa.array(ids, pa.list_(pa.int32())),
+        }
+    )
+    pq.write_table(table, tmp_path / "samples.parquet")
+    return str(tmp_path / "samples.parquet")
+
+
+def balance(tmp_path, samples: str, info: dict | None = None, **config) -> list[dict]:
+    out = tmp_path / f"decisions-{len(list(tmp_path.iterdir()))}.parquet"
+    decide(samples, [Balance(Balance.Config(**config))], out, info=info)
+    ids = pq.read_table(samples).select(["key", "concept_ids"]).to_pylist()
+    decisions = {r["key"]: r for r in pq.read_table(out).to_pylist()}
+    return [{**row, **decisions[row["key"]]} for row in ids]
+
+
+def kept_per_concept(rows: list[dict]) -> Counter:
+    return Counter(c for r in rows if r["keep"] for c in r["concept_ids"])
+
+
+def test_each_concept_ends_near_min_count_t(tmp_path):
+    t = 400
+    rows = balance(tmp_path, pool(tmp_path), t=t, seed=0)
+    kept = kept_per_concept(rows)
+    for concept, count in enumerate(ZIPF):
+        if count <= t:
+            assert kept[concept] == count  # tail concepts are never dropped
+        else:  # Binomial(count, t / count): within 4 standard deviations of t
+            assert abs(kept[concept] - t) <= 4 * np.sqrt(t * (1 - t / count)), (concept, kept[concept])
+    assert {r["reason"] for r in rows if not r["keep"]} == {"balanced_out"}
+
+
+def test_the_same_seed_gives_the_same_result_and_another_seed_differs(tmp_path):
+    samples = pool(tmp_path)
+    first = [r["keep"] for r in balance(tmp_path, samples, t=300, seed=1)]
+    again = [r["keep"] for r in balance(tmp_path, samples, t=300, seed=1)]
+    other = [r["keep"] for r in balance(tmp_path, samples, t=300, seed=2)]
+    assert first == again and first != other
+
+
+def test_a_row_with_any_tail_concept_is_always_kept(tmp_path):
+    mixed = [[0, 59]] * 50  # the largest head concept together with the rarest one
+    rows = balance(tmp_path, pool(tmp_path, mixed), t=150, seed=0)
+    assert all(r["keep"] for r in rows if r["concept_ids"] == [0, 59])
+
+
+def test_target_size_chooses_the_cap(tmp_path):
+    info: dict = {}
+    rows = balance(tmp_path, pool(tmp_path), info=info, target_size=8000, seed=0)
+    kept = sum(r["keep"] for r in rows)
+    assert abs(kept - 8000) <= 0.03 * 8000
+    t = info["balance"]["t"]
+    assert sum(min(c, t) for c in ZIPF) >= 8000 > sum(min(c, t - 1) for c in ZIPF)
+
+
+@pytest.mark.parametrize(("policy", "kept"), [("drop", False), ("keep", True)])
+def test_rows_matching_no_concept(tmp_path, policy, kept):
+    rows = balance(tmp_path, pool(tmp_path, [[]] * 20), t=10_000, no_match=policy)
+    unmatched = [r for r in rows if not r["concept_ids"]]
+    assert len(unmatched) == 20 and all(r["keep"] is kept for r in unmatched)
+    if not kept:
+        assert {r["reason"] for r in unmatched} == {"no_concept"}
+
+
+def test_exactly_one_of_t_or_target_size():
+    with pytest.raises(ValueError, match="exactly one of t"):
+        Balance.Config()
+    with pytest.raises(ValueError, match="exactly one of t"):
+        Balance.Config(t=5, target_size=9)
