@@ -66,10 +66,17 @@ def stats(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     sql: Annotated[str | None, typer.Argument(help="SQL over views samples, decisions, kept.")] = None,
     format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    concepts: Annotated[bool, typer.Option("--concepts", help="Concept counts before/after balancing.")] = False,
 ) -> None:
     """Query a run with DuckDB; with no SQL, print the funnel."""
-    from curate.report.stats import connect, funnel
+    from curate.report.stats import concept_summary, connect, funnel
 
+    if concepts:
+        summary = concept_summary(run_dir)
+        rows = [(h["concept"], h["before"], h["after"]) for h in summary.pop("head")]
+        rows += [(name, v["before"], v["after"]) for name, v in summary.items()]
+        print_rows(["concept (head) / summary", "before", "after"], rows, format)
+        return
     if sql is None:
         print_funnel(funnel(run_dir))
         return

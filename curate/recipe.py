@@ -31,12 +31,15 @@ from curate.emit.shards import EmitConfig
 from curate.raw import BASE_COLUMNS
 from curate.signals.caption import CaptionSignals
 from curate.signals.clip import ClipScore
+from curate.signals.concepts import ConceptMatch
 from curate.signals.hashes import Hashes
 from curate.signals.image import ImageSignals
 from curate.signals.language import LanguageID
 from curate.stage import Stage
 
-STAGES: dict[str, type[Stage]] = {s.name: s for s in (ImageSignals, Hashes, CaptionSignals, LanguageID, ClipScore)}
+STAGES: dict[str, type[Stage]] = {
+    s.name: s for s in (ImageSignals, Hashes, CaptionSignals, LanguageID, ClipScore, ConceptMatch)
+}
 """Annotate stages by the name recipes use."""
 
 POLICIES: dict[str, type[Policy]] = {

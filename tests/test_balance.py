@@ -98,3 +98,31 @@ def test_exactly_one_of_t_or_target_size():
         Balance.Config()
     with pytest.raises(ValueError, match="exactly one of t"):
         Balance.Config(t=5, target_size=9)
+
+
+def test_concept_summary_reports_counts_before_and_after(tmp_path):
+    from curate.report.stats import concept_summary
+
+    pool(tmp_path)
+    (tmp_path / "run" / "samples").mkdir(parents=True)
+    (tmp_path / "run" / "decisions").mkdir()
+    (tmp_path / "samples.parquet").rename(tmp_path / "run" / "samples" / "part.parquet")
+    decide(
+        str(tmp_path / "run" / "samples" / "*.parquet"),
+        [Balance(Balance.Config(t=400))],
+        tmp_path / "run" / "decisions" / "d.parquet",
+    )
+    summary = concept_summary(tmp_path / "run", top=3)
+    assert [h["before"] for h in summary["head"]] == ZIPF[:3]
+    assert all(abs(h["after"] - 400) < 100 for h in summary["head"])
+    assert summary["concepts"] == {"before": N_CONCEPTS, "after": N_CONCEPTS}  # no concept lost
+    assert summary["entropy_bits"]["after"] > summary["entropy_bits"]["before"]  # flatter
+
+
+def test_a_recipe_balances_only_after_the_concepts_stage():
+    from curate.recipe import RecipeError, build_recipe
+
+    recipe = build_recipe({"annotate": ["image", "concepts"], "decide": [{"policy": "balance", "t": 5}]})
+    assert [p.name for p in recipe.decide] == ["balance"]
+    with pytest.raises(RecipeError, match="Add '- stage: concepts'"):
+        build_recipe({"annotate": ["image"], "decide": [{"policy": "balance", "t": 5}]})

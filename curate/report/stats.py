@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import duckdb
@@ -38,3 +39,39 @@ def funnel(run_dir: str | Path) -> dict:
         con.close()
     steps = dict(zip(("input", "downloaded", "decoded", "kept"), row, strict=True))
     return {"steps": steps, "rejected": dict(reasons)}
+
+
+def concept_summary(run_dir: str | Path, top: int = 15, rare: int = 10) -> dict:
+    """Concept counts before balancing (rows that reached it) and after (kept rows).
+
+    Returns the ``top`` head concepts with both counts, the number of distinct concepts, the
+    entropy (bits) of the concept distribution, and how many concepts have at most ``rare`` rows.
+    """
+    con = connect(run_dir)
+    try:
+        counts = con.execute(
+            """WITH reached AS (
+                   SELECT s.concept_ids, d.keep FROM samples s JOIN decisions d USING (key)
+                   WHERE d.keep OR d.reason IN ('balanced_out', 'no_concept'))
+               SELECT concept, count(*) AS before, count(*) FILTER (WHERE keep) AS after
+               FROM (SELECT unnest(concept_ids) AS concept, keep FROM reached)
+               GROUP BY concept ORDER BY before DESC, concept"""
+        ).fetchall()
+    finally:
+        con.close()
+    before = [b for _, b, _ in counts]
+    after = [a for _, _, a in counts if a]
+    return {
+        "head": [{"concept": c, "before": b, "after": a} for c, b, a in counts[:top]],
+        "concepts": {"before": len(before), "after": len(after)},
+        "entropy_bits": {"before": _entropy(before), "after": _entropy(after)},
+        f"concepts_with_at_most_{rare}_rows": {
+            "before": sum(1 for b in before if b <= rare),
+            "after": sum(1 for a in after if a <= rare),
+        },
+    }
+
+
+def _entropy(counts: list[int]) -> float:
+    total = sum(counts)
+    return -sum(c / total * math.log2(c / total) for c in counts if c) if total else 0.0
