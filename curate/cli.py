@@ -67,6 +67,7 @@ def stats(
     sql: Annotated[str | None, typer.Argument(help="SQL over views samples, decisions, kept.")] = None,
     format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
     concepts: Annotated[bool, typer.Option("--concepts", help="Concept counts before/after balancing.")] = False,
+    plot: Annotated[Path | None, typer.Option("--plot", help="With --concepts: write the long-tail PNG here.")] = None,
 ) -> None:
     """Query a run with DuckDB; with no SQL, print the funnel."""
     from curate.report.stats import concept_summary, connect, funnel
@@ -76,6 +77,10 @@ def stats(
         rows = [(h["concept"], h["before"], h["after"]) for h in summary.pop("head")]
         rows += [(name, v["before"], v["after"]) for name, v in summary.items()]
         print_rows(["concept (head) / summary", "before", "after"], rows, format)
+        if plot:
+            from curate.report.plots import concept_long_tail
+
+            console.print(f"long-tail plot: {concept_long_tail(run_dir, plot)}")
         return
     if sql is None:
         print_funnel(funnel(run_dir))
@@ -139,6 +144,24 @@ def train_clip(
     else:
         summary = train(cfg, data, output, resume)
     print_rows(["metric", "value"], sorted(summary.items()), "table")
+
+
+concepts_app = typer.Typer(no_args_is_help=True, help="Concept vocabularies for balancing.")
+app.add_typer(concepts_app, name="concepts")
+
+
+@concepts_app.command("build")
+def concepts_build(
+    vocabulary: Annotated[
+        str | None,
+        typer.Option("--vocabulary", help="Text (one per line) or Parquet (`concept`); default WordNet/timm."),
+    ] = None,
+) -> None:
+    """Build the vocabulary's matching automaton once and cache it (stages then load it in ~0.2 s)."""
+    from curate.concepts import cache_dir, cached_automaton
+
+    _, entries = cached_automaton(vocabulary)
+    console.print(f"{len(entries):,} concepts compiled; cache: {cache_dir()}")
 
 
 @app.command()

@@ -126,3 +126,19 @@ def test_a_recipe_balances_only_after_the_concepts_stage():
     assert [p.name for p in recipe.decide] == ["balance"]
     with pytest.raises(RecipeError, match="Add '- stage: concepts'"):
         build_recipe({"annotate": ["image"], "decide": [{"policy": "balance", "t": 5}]})
+
+
+def test_long_tail_plot_is_a_readable_png(tmp_path):
+    from PIL import Image
+
+    from curate.report.plots import concept_long_tail
+
+    pool(tmp_path)
+    run = tmp_path / "run"
+    (run / "samples").mkdir(parents=True)
+    (tmp_path / "samples.parquet").rename(run / "samples" / "part.parquet")
+    decide(str(run / "samples" / "*.parquet"), [Balance(Balance.Config(t=400))], run / "decisions" / "d.parquet")
+    png = concept_long_tail(run, run / "report" / "concepts.png")
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > 300
+        assert len(set(im.convert("L").getdata())) > 10  # lines were drawn, not a blank canvas
