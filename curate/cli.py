@@ -158,10 +158,11 @@ def concepts_build(
     ] = None,
 ) -> None:
     """Build the vocabulary's matching automaton once and cache it (stages then load it in ~0.2 s)."""
-    from curate.concepts import cache_dir, cached_automaton
+    from curate.concepts import cached_automaton
+    from curate.io import cache_dir
 
     _, entries = cached_automaton(vocabulary)
-    console.print(f"{len(entries):,} concepts compiled; cache: {cache_dir()}")
+    console.print(f"{len(entries):,} concepts compiled; cache: {cache_dir('concepts')}")
 
 
 @app.command()

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import ahocorasick
+
+from curate.io import AtomicFile, cache_dir
 
 WORDNET_NOUNS = Path("/usr/share/wordnet/index.noun")
 """WordNet 3.0 noun index from Debian's ``wordnet-base`` package: the default, when installed."""
@@ -111,11 +111,6 @@ def build_automaton(entries: list[str]) -> ahocorasick.Automaton:
     return automaton
 
 
-def cache_dir() -> Path:
-    """``$CURATE_CACHE/concepts`` or ``~/.cache/curate/concepts``."""
-    return Path(os.environ.get("CURATE_CACHE", "~/.cache/curate")).expanduser() / "concepts"
-
-
 def vocabulary_hash(entries: list[str]) -> str:
     return hashlib.sha256("\n".join(entries).encode("utf-8")).hexdigest()[:20]
 
@@ -126,21 +121,14 @@ def cached_automaton(source: str | None = None) -> tuple[ahocorasick.Automaton, 
     key = vocabulary_hash(entries)
     if key in _MEMO:
         return _MEMO[key], entries
-    path = cache_dir() / f"{key}.pkl"
+    path = cache_dir("concepts") / f"{key}.pkl"
     if path.exists():
         with path.open("rb") as f:
             automaton = pickle.load(f)
     else:
         automaton = build_automaton(entries)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump(automaton, f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, path)  # atomic: concurrent workers never read a half-written file
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with AtomicFile(str(path)) as f:  # concurrent workers never read a half-written file
+            pickle.dump(automaton, f, protocol=pickle.HIGHEST_PROTOCOL)
     _MEMO[key] = automaton
     return automaton, entries
 

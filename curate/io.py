@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import fsspec
@@ -31,6 +32,11 @@ class AtomicFile:
             self.fs.mv(self._tmp, self._final)
         else:
             self.fs.rm(self._tmp)
+
+
+def cache_dir(kind: str) -> Path:
+    """Where curate keeps what it builds or fetches once: ``$CURATE_CACHE/KIND`` (default ``~/.cache/curate``)."""
+    return Path(os.environ.get("CURATE_CACHE", "~/.cache/curate")).expanduser() / kind
 
 
 def write_json(path: str, obj: Any) -> None:

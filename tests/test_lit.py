@@ -226,7 +226,7 @@ def test_converted_weights_cached_once(bundle):
     state = load_file(path)
     assert len(state) == 245  # 247 package tensors minus the ImageNet classifier's two
     assert all(key.startswith("trunk.") for key in state)
-    assert not [p for p in os.listdir(os.path.dirname(path)) if p.endswith(".part")]
+    assert not [p for p in os.listdir(os.path.dirname(path)) if ".tmp-" in p]  # no temp file left behind
 
 
 def test_check_visual_loaded_catches_untouched_or_changed_trunk(bundle):

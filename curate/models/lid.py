@@ -8,13 +8,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import fasttext
+
+from curate.io import AtomicFile, cache_dir
 
 LID_URL = "https://dl.fbaipublicfiles.com/fasttext/supervised-models/lid.176.bin"
 """fastText's official full-size language-ID model (126 MB, 176 languages)."""
@@ -72,31 +73,19 @@ def bundled_lid_model() -> str | None:
     return None
 
 
-def cache_dir() -> Path:
-    """Where downloaded models live: ``$CURATE_CACHE/models`` or ``~/.cache/curate/models``."""
-    root = Path(os.environ.get("CURATE_CACHE", "~/.cache/curate")).expanduser()
-    return root / "models"
-
-
 def download_model(url: str, timeout_s: float = 60.0) -> str:
-    """Download ``url`` into :func:`cache_dir` once (temp name, then atomic rename); return the path."""
-    target = cache_dir() / (Path(urllib.parse.urlparse(url).path).name or "lid_model.bin")
+    """Download ``url`` into ``cache_dir("models")`` once (temp name, then atomic rename); return the path."""
+    target = cache_dir("models") / (Path(urllib.parse.urlparse(url).path).name or "lid_model.bin")
     if target.is_file():
         return str(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        with AtomicFile(str(target)) as out, urllib.request.urlopen(url, timeout=timeout_s) as resp:
             shutil.copyfileobj(resp, out)
-        os.replace(tmp, target)
     except urllib.error.URLError as err:
         raise RuntimeError(
             f"Could not download {url}: {err}. Download it by hand and set "
             "annotate.language.model_path to the local file."
         ) from err
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return str(target)
 
 

