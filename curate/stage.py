@@ -70,10 +70,10 @@ class Stage:
         return out
 
 
-def append_columns(batch: pa.Table, columns: dict[str, list], types: dict[str, pa.DataType]) -> pa.Table:
-    """Append (or replace) columns given as Python lists, typed by ``types``."""
+def append_columns(batch: pa.Table, columns: dict, types: dict[str, pa.DataType]) -> pa.Table:
+    """Append (or replace) columns given as Python sequences (typed by ``types``) or Arrow arrays."""
     for name, values in columns.items():
-        array = pa.array(values, type=types[name])
+        array = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, type=types[name])
         if name in batch.column_names:
             batch = batch.set_column(batch.column_names.index(name), name, array)
         else:

@@ -16,7 +16,7 @@ import ftfy
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.stage import Stage, StageConfig
+from curate.stage import Stage, StageConfig, append_columns
 
 # --- normalisation -------------------------------------------------------------------------
 
@@ -313,19 +313,14 @@ class CaptionSignals(Stage):
         rows = [caption_signals(text) for text in captions.to_pylist()]
         norm, ratio, kind = zip(*rows, strict=True) if rows else ((), (), ())
         columns = {
-            "caption_norm": pa.array(norm, pa.string()),
+            "caption_norm": norm,
             "caption_chars": chars,
             "caption_words": words,
-            "caption_unique_ratio": pa.array(ratio, pa.float32()),
-            "caption_boilerplate": pa.array(kind, pa.string()),
-            "caption_hash": pa.array([caption_hash(text) for text in norm], pa.uint64()),
+            "caption_unique_ratio": ratio,
+            "caption_boilerplate": kind,
+            "caption_hash": [caption_hash(text) for text in norm],
         }
-        for name, array in columns.items():
-            if name in batch.column_names:
-                batch = batch.set_column(batch.column_names.index(name), name, array)
-            else:
-                batch = batch.append_column(name, array)
-        return batch
+        return append_columns(batch, columns, self.writes)
 
 
 def caption_hash(norm: str) -> int:
