@@ -142,13 +142,25 @@ def load_clip(model: str, pretrained: str | None = None, device: str = "cpu", pr
     return ClipBundle(model_obj, train_tf, val_tf, open_clip.get_tokenizer(name), _model_id(model, pretrained))
 
 
-def _resolve(model: str, pretrained: str | None, open_clip) -> tuple[str, dict]:
+def model_folder(model: str) -> Path | None:
+    """``model`` as a folder written by ``curate train clip`` (open_clip ``local-dir``), else None."""
     path = Path(model)
-    if path.is_dir() and (path / "open_clip_config.json").is_file():
+    return path if path.is_dir() and (path / "open_clip_config.json").is_file() else None
+
+
+def registered_name(model: str, open_clip) -> str:
+    """The open_clip name of ``model``: a JSON config file is registered first (its stem)."""
+    path = Path(model)
+    return register_config(path, open_clip) if path.suffix == ".json" and path.is_file() else model
+
+
+def _resolve(model: str, pretrained: str | None, open_clip) -> tuple[str, dict]:
+    folder = model_folder(model)
+    if folder is not None:
         if pretrained:
             raise ValueError(f"{model} is a model folder with its own weights; drop pretrained={pretrained!r}")
-        return f"local-dir:{path}", {}
-    name = register_config(path, open_clip) if path.suffix == ".json" and path.is_file() else model
+        return f"local-dir:{folder}", {}
+    name = registered_name(model, open_clip)
     kwargs: dict[str, Any] = {"pretrained": pretrained}
     cfg = _preprocess.get(name, {})
     if "mean" in cfg:
@@ -187,13 +199,13 @@ def preprocess_spec(model: str, pretrained: str | None = None) -> dict:
     from open_clip.transform import PreprocessCfg
 
     spec = asdict(PreprocessCfg())
-    path = Path(model)
-    if path.is_dir() and (path / "open_clip_config.json").is_file():
-        saved = json.loads((path / "open_clip_config.json").read_text())
+    folder = model_folder(model)
+    if folder is not None:
+        saved = json.loads((folder / "open_clip_config.json").read_text())
         spec.update(saved.get("preprocess_cfg", {}))
         spec.setdefault("size", saved["model_cfg"]["vision_cfg"]["image_size"])
         return spec
-    name = register_config(path, open_clip) if path.suffix == ".json" and path.is_file() else model
+    name = registered_name(model, open_clip)
     spec["size"] = model_config(name)["vision_cfg"]["image_size"]
     if pretrained:
         tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
