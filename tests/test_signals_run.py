@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from test_stages import png_header_only  # a PNG that declares a size it does not have
 
 from curate import reasons
 from curate.decide.thresholds import Availability
@@ -84,24 +85,13 @@ def special_images() -> dict[str, bytes]:
         "animated.gif": gif.getvalue(),
         "rotated.jpg": encode(rotated, "JPEG", exif=exif),
         "one.png": encode(Image.new("RGB", (1, 1), (255, 0, 0)), "PNG"),
-        "bomb.png": bomb_png(20000, 20000),
+        "bomb.png": png_header_only(20000, 20000),
         "truncated.jpg": encode(photo(2), "JPEG")[:600],
         "vector.svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100"><circle r="40"/></svg>',
         "flat.png": encode(Image.new("RGB", (100, 100), (0, 0, 255)), "PNG"),  # a few hundred bytes
         "large.jpg": encode(photo(3, (800, 600)), "JPEG"),
         "wide.jpg": encode(photo(4, (900, 100)), "JPEG"),
     }
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(64))) + chunk(b"IEND", b"")
 
 
 def planted(base: str) -> list[tuple[str, str, str | None]]:
