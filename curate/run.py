@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import runtime
 from curate.acquire import ShardLayout, complete_shards, download_shard
 from curate.decide import decide
+from curate.emit.parquet import write_parquet
 from curate.emit.shards import plan_shards, write_shard
 from curate.io import write_json
 from curate.manifest import Manifest, versions
@@ -56,8 +58,8 @@ def run_pipeline(
     manifest.data["input"] = str(input_path)
     preflight(recipe)
     with runtime.session(address):
-        layout = stage_inputs(recipe, input_path, run_dir, manifest)
-        acquire(recipe, layout, run_dir, manifest)
+        layout, inputs = stage_inputs(recipe, input_path, run_dir, manifest)
+        acquire(recipe, layout, inputs, run_dir, manifest)
         if until == "acquire":
             return RunResult(run_dir, {}, manifest.data)
         annotate(recipe, run_dir, manifest)
@@ -103,7 +105,9 @@ def check_writable(run_dir: Path) -> None:
         raise InputError(f"{run_dir}: output directory is not writable ({err}). Choose another --output.") from None
 
 
-def stage_inputs(recipe: Recipe, input_path: str | Path, run_dir: Path, manifest: Manifest) -> ShardLayout:
+def stage_inputs(
+    recipe: Recipe, input_path: str | Path, run_dir: Path, manifest: Manifest
+) -> tuple[ShardLayout, pa.Table]:
     """Write ``RUN/input/urls.parquet`` (keys assigned) or check that a resumed run has the same input."""
     inputs = prepare_inputs(read_url_list(input_path), recipe.input, recipe.acquire.samples_per_shard, str(input_path))
     layout = ShardLayout(len(inputs), recipe.acquire.samples_per_shard)
@@ -116,23 +120,21 @@ def stage_inputs(recipe: Recipe, input_path: str | Path, run_dir: Path, manifest
         )
     target = run_dir / "input" / "urls.parquet"
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(inputs, f"{target}.tmp")
-        Path(f"{target}.tmp").replace(target)
+        write_parquet(str(target), inputs)
     manifest.data.update(input_fingerprint=digest, input_rows=len(inputs))
     manifest.save()
-    return layout
+    return layout, inputs
 
 
-def acquire(recipe: Recipe, layout: ShardLayout, run_dir: Path, manifest: Manifest) -> None:
+def acquire(recipe: Recipe, layout: ShardLayout, inputs: pa.Table, run_dir: Path, manifest: Manifest) -> None:
     """Download every shard not yet complete in ``RUN/raw/``."""
     raw = run_dir / "raw"
     raw.mkdir(exist_ok=True)
     for leftover in raw.glob(".*-*"):  # temp folders of shards a killed run never finished
         shutil.rmtree(leftover, ignore_errors=True)
     names = [layout.shard_name(i) for i in range(layout.n_shards)]
-    todo = [i for i, name in enumerate(names) if name not in complete_shards(raw)]
-    inputs = pq.read_table(run_dir / "input" / "urls.parquet")
+    done = complete_shards(raw)
+    todo = [i for i, name in enumerate(names) if name not in done]
     extra = list(recipe.input.save_additional_columns)
     with manifest.step("acquire", shards=len(names), shards_downloaded=len(todo)) as record:
         calls = [(i, download_rows(inputs, layout, i, extra), str(raw), layout, recipe.acquire) for i in todo]
