@@ -34,12 +34,18 @@ class Stage:
     """True for stages that load a model: they run in an actor pool, set up once per actor."""
     has_prepare: ClassVar[bool] = False
     """True when ``prepare`` does CPU work (decode, resize) that runs as tasks before the actors."""
+    transient: ClassVar[tuple[str, ...]] = ()
+    """Attributes that ``setup``/``prepare`` load (models, automata): never pickled with the stage."""
     embedding_columns: ClassVar[tuple[str, ...]] = ()
     """Written columns that go to ``RUN/embeddings/`` (keyed by ``key``) instead of ``samples/``."""
 
     def __init__(self, config: StageConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
         self._ready = False
+
+    def __getstate__(self) -> dict:
+        """Ray pickles a stage to ship it to workers: its config goes, what ``setup`` loaded does not."""
+        return {**self.__dict__, **dict.fromkeys(self.transient), "_ready": False}
 
     def check(self) -> None:
         """Fail fast, in the driver, before any work: e.g. a model that cannot be found or fetched."""

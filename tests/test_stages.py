@@ -87,3 +87,16 @@ def test_caption_counts_handle_null_and_whitespace():
         (0, 0),
         (10, 2),
     ]
+
+
+def test_a_pickled_stage_ships_its_config_not_what_setup_loaded():
+    """Ray pickles stages for its workers: loaded models stay behind and setup runs again there."""
+    import pickle
+
+    from curate.signals.language import LanguageID
+
+    stage = LanguageID()
+    stage.ensure_setup()
+    shipped = pickle.loads(pickle.dumps(stage))  # a loaded fastText model itself cannot be pickled
+    assert shipped._identifier is None and not shipped._ready and shipped.config == stage.config
+    assert shipped(pa.table({"caption": ["a dog running on the beach"]})).column("lang").to_pylist() == ["en"]

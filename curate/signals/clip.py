@@ -48,14 +48,12 @@ class ClipScore(Stage):
     embedding_columns = ("clip_image_emb", "clip_text_emb")
     uses_actors = True
     has_prepare = True
+    transient = ("_geometric", "_bundle", "_norm")
 
     def __init__(self, config: ClipConfig | None = None) -> None:
         super().__init__(config)
         self.reads = ("image", self.config.text_column)
         self._geometric = self._bundle = self._norm = self._device = self._hw = None
-
-    def __getstate__(self) -> dict:  # Ray ships the stage to workers; models stay behind
-        return {**self.__dict__, "_geometric": None, "_bundle": None, "_norm": None, "_ready": False}
 
     @property
     def model_id(self) -> str:

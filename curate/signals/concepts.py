@@ -31,15 +31,12 @@ class ConceptMatch(Stage):
     reads = ("caption",)
     writes = {"concept_ids": pa.list_(pa.int32()), "concept_count": pa.int32()}
     uses_actors = False  # the cached automaton loads in well under a second; tasks let Ray fuse
+    transient = ("_automaton",)  # a (large) automaton is loaded per worker, never pickled
 
     def __init__(self, config: ConceptsConfig | None = None) -> None:
         super().__init__(config)
         self.reads = (self.config.column,)  # the configured column, shadowing the class default
         self._automaton = None
-
-    def __getstate__(self) -> dict:
-        # Ray pickles the stage for its tasks; ship the config, not a (large) automaton.
-        return {**self.__dict__, "_automaton": None, "_ready": False}
 
     def check(self) -> None:
         load_vocabulary(self.config.vocabulary)

@@ -31,15 +31,12 @@ class LanguageID(Stage):
     reads = ("caption",)
     writes = {"lang": pa.string(), "lang_score": pa.float32()}
     uses_actors = False  # lid.176.ftz is < 1 MB (loads in ~15 ms per task); tasks let Ray fuse
+    transient = ("_identifier",)  # a loaded fastText model cannot be pickled
 
     def __init__(self, config: LanguageConfig | None = None) -> None:
         super().__init__(config)
         self.reads = (self.config.column,)  # the configured column, shadowing the class default
         self._identifier: LanguageIdentifier | None = None
-
-    def __getstate__(self) -> dict:
-        # Ray pickles the stage for its tasks; a loaded fastText model cannot be pickled.
-        return {**self.__dict__, "_identifier": None, "_ready": False}
 
     def check(self) -> None:
         resolve_lid_model(self.config.model_path)
