@@ -50,9 +50,7 @@ def read_shard(run_dir: str, shard: str, chunk_rows: int = 512) -> Iterator[pa.T
 
 
 def _input_rows(run_dir: str, shard: str) -> pa.Table:
-    dataset = pads.dataset(f"{run_dir}/input/urls.parquet")
-    table = dataset.to_table(filter=pc.field("raw_shard") == shard)
-    return table
+    return pads.dataset(f"{run_dir}/input/urls.parquet").to_table(filter=pc.field("raw_shard") == shard)
 
 
 def _tar_images(path: str) -> pa.Table:

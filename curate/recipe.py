@@ -7,7 +7,7 @@ that names the file, the place in it and the fix.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +94,6 @@ class Recipe:
     decide: list[Policy]
     emit: EmitConfig
     description: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved recipe (defaults filled in), as recorded in the manifest."""
