@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from curate.models.clip import open_clip_module
-from curate.train.clip import ClipTrainConfig, checkpoint_path, train_clip
+from curate.train.clip import ClipTrainConfig, train_clip
+from curate.train.common import checkpoint_path
 from curate.train.eval import evaluate_clip
 
 pytestmark = pytest.mark.slow

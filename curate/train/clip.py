@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from curate.models.clip import load_clip, save_model_folder
+from curate.train.common import autocast, cosine_lr, latest_checkpoint, pick_device, save_checkpoint
 from curate.train.data import dataset_size, expand_shards, train_loader, train_pipeline
 
 
@@ -73,7 +74,7 @@ class ClipTrainConfig(BaseModel):
 def train_clip(cfg: ClipTrainConfig, data: str, output: str | Path, resume: str | bool = False) -> dict:
     """Train in this process (or this rank of a torch.distributed group); returns a summary."""
     rank, world = _dist_info()
-    device = _device(cfg.device, rank)
+    device = pick_device(cfg.device, rank)
     torch.manual_seed(cfg.seed + rank)
     output = Path(output)
     shards = expand_shards(data)
@@ -90,7 +91,7 @@ def train_clip(cfg: ClipTrainConfig, data: str, output: str | Path, resume: str 
         model=model,
         train_model=_wrap(model, cfg, device, world),
         optimizer=optimizer,
-        scheduler=_cosine_lr(optimizer, cfg.lr, cfg.warmup_steps, total_steps),
+        scheduler=cosine_lr(optimizer, cfg.lr, cfg.warmup_steps, total_steps),
         loss_fn=_loss(rank, world),
         device=device,
         rank=rank,
@@ -125,13 +126,13 @@ def _loop(state: _State, batches, cfg: ClipTrainConfig, output: Path, step: int,
     """The training loop: batch → loss → step, with logging and checkpoints."""
     log = (output / "log.jsonl").open("a") if state.rank == 0 else None
     bar = tqdm(total=total, initial=step, desc="train clip", disable=state.rank != 0, mininterval=2.0)
-    autocast = _autocast(cfg.precision, state.device)
+    amp = autocast(cfg.precision, state.device)
     tick, seen, last = time.perf_counter(), 0, {}
     while step < total:
         images, texts = next(batches)
         images, texts = images.to(state.device, non_blocking=True), texts.to(state.device, non_blocking=True)
         state.scheduler(step)
-        with autocast:
+        with amp:
             out = state.train_model(images, texts)
             loss = state.loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
         state.optimizer.zero_grad(set_to_none=True)
@@ -169,12 +170,6 @@ def _dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def _device(name: str, rank: int) -> torch.device:
-    if name == "auto":
-        name = f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def _lock(model, cfg: ClipTrainConfig):
@@ -215,12 +210,6 @@ def _loss(rank: int, world: int):
     return ClipLoss(local_loss=False, gather_with_grad=world > 1, rank=rank, world_size=world)
 
 
-def _cosine_lr(optimizer, base_lr: float, warmup: int, steps: int):
-    from open_clip_train.scheduler import cosine_lr
-
-    return cosine_lr(optimizer, base_lr, warmup, steps)
-
-
 def _wrap(model, cfg: ClipTrainConfig, device: torch.device, world: int):
     model.train()
     if cfg.compile:
@@ -231,26 +220,7 @@ def _wrap(model, cfg: ClipTrainConfig, device: torch.device, world: int):
     return model
 
 
-def _autocast(precision: str, device: torch.device):
-    if precision == "fp32" or device.type != "cuda":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def checkpoint_path(output: Path, step: int) -> Path:
-    """Where the checkpoint of ``step`` lives."""
-    return output / "checkpoints" / f"step_{step:07d}.pt"
-
-
-def latest_checkpoint(output: Path) -> Path | None:
-    """The checkpoint with the highest step in ``output``, if any."""
-    found = sorted((output / "checkpoints").glob("step_*.pt"))
-    return found[-1] if found else None
-
-
 def _save(model, optimizer, cfg: ClipTrainConfig, output: Path, step: int) -> None:
-    path = checkpoint_path(output, step)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "step": step,
         "model": cfg.model,
@@ -258,8 +228,7 @@ def _save(model, optimizer, cfg: ClipTrainConfig, output: Path, step: int) -> No
         "state_dict": model.state_dict(),
         "optimizer": optimizer.state_dict(),
     }
-    torch.save(state, f"{path}.tmp")
-    Path(f"{path}.tmp").replace(path)
+    save_checkpoint(state, output, step)
 
 
 def _resume(model, optimizer, output: Path, resume: str | bool, device) -> int:
