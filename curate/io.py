@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -43,3 +44,13 @@ def write_json(path: str, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with AtomicFile(path) as f:
         f.write(json.dumps(obj, indent=2, sort_keys=False, default=str).encode())
+
+
+def replace_dir(new: Path, final: Path) -> None:
+    """Replace local directory ``final`` with ``new``; the old contents go only once ``new`` is in place."""
+    new.mkdir(parents=True, exist_ok=True)
+    old = final.with_name(f".{final.name}-old-{uuid.uuid4().hex[:6]}")
+    if final.exists():
+        final.rename(old)
+    new.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
