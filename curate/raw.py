@@ -8,6 +8,7 @@ img2dataset lost still comes out, with status ``missing``, so nothing is dropped
 from __future__ import annotations
 
 import tarfile
+from collections import defaultdict
 from collections.abc import Iterator
 
 import fsspec
@@ -80,3 +81,20 @@ def _fix_status(table: pa.Table) -> pa.Table:
     status = pc.if_else(table.column("fetchable"), status, pa.scalar("bad_url"))
     table = table.set_column(table.column_names.index("status"), "status", status)
     return table.drop_columns(["fetchable"])
+
+
+def read_images(rows: pa.Table, run_dir: str) -> dict[str, bytes]:
+    """Read each row's image bytes from its raw tar by offset, one open file per raw shard."""
+    by_shard: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
+    for key, shard, offset, size in zip(
+        *(rows.column(c).to_pylist() for c in ("key", "raw_shard", "image_offset", "image_size")),
+        strict=True,
+    ):
+        by_shard[shard].append((offset, size, key))
+    images: dict[str, bytes] = {}
+    for shard, spans in by_shard.items():
+        with fsspec.open(f"{run_dir}/raw/{shard}.tar", "rb") as f:
+            for offset, size, key in sorted(spans):
+                f.seek(offset)
+                images[key] = f.read(size)
+    return images

@@ -32,13 +32,14 @@ class WebDatasetWriter:
         self._tar.close()
         self._atomic.__exit__(exc_type, exc, tb)
 
-    def write(self, key: str, image: bytes, image_format: str | None, caption: str, meta: dict) -> None:
-        """Add one sample; ``image_format`` is Pillow's lower-case format name."""
+    def write(self, key: str, image: bytes, image_format: str | None, caption: str, meta: dict) -> bytes:
+        """Add one sample; ``image_format`` is Pillow's lower-case format name. Returns the JPEG written."""
         jpg = image if image_format == "jpeg" else to_jpeg(image, self.jpeg_quality)
         self._add(f"{key}.jpg", jpg)
         self._add(f"{key}.txt", (caption or "").encode())
         self._add(f"{key}.json", json.dumps(meta, default=str).encode())
         self.count += 1
+        return jpg
 
     def _add(self, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)

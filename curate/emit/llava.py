@@ -1,0 +1,128 @@
+"""LLaVA instruction-tuning export: ``RUN/llava/{pretrain,instruct}.json`` and ``images/``.
+
+Records follow LLaVA's format, ``{"id", "image", "conversations": [{"from", "value"}]}``, with
+``image`` relative to ``RUN/llava`` (LLaVA's ``--image_folder``):
+
+- ``pretrain.json`` (stage 1, feature alignment): ``<image>\\n`` + a describe-instruction drawn
+  from :data:`BRIEF` → the final caption.
+- ``instruct.json`` (stage 2): a conversation per image derived from its caption and metadata:
+  a detailed description first, then two of: does a caption fit (yes/no, half of them with
+  another image's caption), size in pixels, orientation, the original alt text (when the final
+  caption differs from it).
+
+Everything is drawn from a generator seeded by the sample key, so an export is reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+
+BRIEF = (
+    "Describe the image briefly.",
+    "Write a short caption for this picture.",
+    "What does this image show? Answer in one sentence.",
+    "Give a concise description of the image.",
+    "Summarize the content of this image.",
+    "Caption this image.",
+    "In a few words, what is in the picture?",
+    "Provide a one-line description of this image.",
+)
+"""Stage-1 instructions (the answer is always the caption)."""
+
+DETAILED = (
+    "Describe this image.",
+    "What can you see in this image?",
+    "Tell me what is shown in the picture.",
+    "Explain what this image depicts.",
+)
+"""First question of every stage-2 conversation."""
+
+
+def image_path(shard: str, key: str) -> str:
+    """Where a sample's image lives, relative to ``RUN/llava``."""
+    return f"images/{shard}/{key}.jpg"
+
+
+def rng_for(key: str, salt: str) -> random.Random:
+    """A generator seeded by the sample key (stable across runs and processes)."""
+    return random.Random(int.from_bytes(hashlib.blake2b(f"{salt}:{key}".encode(), digest_size=8).digest()))
+
+
+def pretrain_record(key: str, image: str, caption: str) -> dict:
+    """One stage-1 pair: a brief describe-instruction → the caption."""
+    instruction = rng_for(key, "brief").choice(BRIEF)
+    return _record(key, image, [(f"<image>\n{instruction}", caption)])
+
+
+def instruct_record(key: str, image: str, row: dict, other_caption: str | None) -> dict:
+    """One stage-2 conversation about ``row`` (final caption, caption_alt, width, height)."""
+    rng = rng_for(key, "instruct")
+    turns = [(f"<image>\n{rng.choice(DETAILED)}", row["caption"])]
+    makers = [m for m in QUESTIONS if _applicable(m, row)]
+    for make in rng.sample(makers, k=min(2, len(makers))):
+        turns.append(make(row, other_caption, rng))
+    return _record(key, image, turns)
+
+
+def _record(key: str, image: str, turns: list[tuple[str, str]]) -> dict:
+    conversations = []
+    for question, answer in turns:
+        conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+    return {"id": key, "image": image, "conversations": conversations}
+
+
+def _caption_fits(row: dict, other: str | None, rng: random.Random) -> tuple[str, str]:
+    if other and other != row["caption"] and rng.random() < 0.5:
+        return f'Does this caption fit the image: "{other}"? Answer yes or no.', "No."
+    return f'Does this caption fit the image: "{row["caption"]}"? Answer yes or no.', "Yes."
+
+
+def _size(row: dict, other: str | None, rng: random.Random) -> tuple[str, str]:
+    return "How large is this image in pixels?", f"It is {row['width']} pixels wide and {row['height']} pixels tall."
+
+
+def _orientation(row: dict, other: str | None, rng: random.Random) -> tuple[str, str]:
+    w, h = row["width"], row["height"]
+    shape = "square" if w == h else ("landscape: wider than tall" if w > h else "portrait: taller than wide")
+    return "Is this image landscape, portrait or square?", f"It is {shape}."
+
+
+def _alt_text(row: dict, other: str | None, rng: random.Random) -> tuple[str, str]:
+    return "What alt text did the web page give this image?", row["caption_alt"]
+
+
+def _applicable(make: Callable, row: dict) -> bool:
+    """Size questions need the image stage's width/height; the alt-text one a caption that changed."""
+    if make in (_size, _orientation):
+        return row.get("width") is not None and row.get("height") is not None
+    if make is _alt_text:
+        alt = row.get("caption_alt")
+        return bool(alt) and alt.strip() != (row.get("caption") or "").strip()
+    return True
+
+
+QUESTIONS: tuple[Callable[[dict, str | None, random.Random], tuple[str, str]], ...] = (
+    _caption_fits,
+    _size,
+    _orientation,
+    _alt_text,
+)
+"""Stage-2 follow-up question types: each returns (question, answer)."""
+
+
+def llava_records(rows: list[dict], shard: str) -> tuple[list[dict], list[dict]]:
+    """Stage-1 and stage-2 records for the kept rows of one emitted shard."""
+    captions = [r["caption"] for r in rows]
+    pretrain, instruct = [], []
+    for i, row in enumerate(rows):
+        key, image = row["key"], image_path(shard, row["key"])
+        other = (
+            captions[(i + 1 + rng_for(row["key"], "other").randrange(len(rows) - 1)) % len(rows)]
+            if len(rows) > 1
+            else None
+        )
+        pretrain.append(pretrain_record(key, image, row["caption"]))
+        instruct.append(instruct_record(key, image, row, other))
+    return pretrain, instruct
