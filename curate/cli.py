@@ -38,7 +38,9 @@ def run(
     output: Annotated[Path, typer.Option("--output", help="Run directory to create or resume.")],
     set: SetOpt = None,
     address: AddressOpt = None,
-    until: Annotated[str, typer.Option("--until", help="Stop after this step: acquire, annotate or emit.")] = "emit",
+    until: Annotated[
+        str, typer.Option("--until", help="Stop after this step: acquire, annotate, decide, enrich or emit.")
+    ] = "emit",
 ) -> None:
     """Acquire, annotate, decide and emit: the whole pipeline into one run directory."""
     from curate.run import run_pipeline
@@ -46,7 +48,10 @@ def run(
     result = run_pipeline(load_recipe(recipe, set), input, output, address, until)
     if result.funnel:
         print_funnel(result.funnel)
-    console.print(f"outputs: {output}/shards (WebDataset), {output}/metadata (Parquet), {output}/manifest.json")
+    console.print(
+        f"outputs: {output}/shards (WebDataset), {output}/metadata (Parquet), {output}/report/report.html, "
+        f"{output}/manifest.json"
+    )
 
 
 @app.command()
@@ -64,30 +69,120 @@ def decide(
 @app.command()
 def stats(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
-    sql: Annotated[str | None, typer.Argument(help="SQL over views samples, decisions, kept.")] = None,
+    sql: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="RUN_OR_SQL",
+            help="More run directories to compare, then optional SQL over views samples, decisions, kept "
+            "(the last argument, when it is not a directory).",
+        ),
+    ] = None,
     format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
     concepts: Annotated[bool, typer.Option("--concepts", help="Concept counts before/after balancing.")] = False,
     plot: Annotated[Path | None, typer.Option("--plot", help="With --concepts: write the long-tail PNG here.")] = None,
+    funnel: Annotated[bool, typer.Option("--funnel", help="Rows per step and rejected rows per reason.")] = False,
+    languages: Annotated[bool, typer.Option("--languages", help="Rows and kept rows per caption language.")] = False,
+    duplicates: Annotated[bool, typer.Option("--duplicates", help="Duplicate clusters by reason and size.")] = False,
+    scores: Annotated[bool, typer.Option("--scores", help="CLIP score distribution and thresholds.")] = False,
 ) -> None:
-    """Query a run with DuckDB; with no SQL, print the funnel."""
-    from curate.report.stats import concept_summary, connect, funnel
+    """Query runs with DuckDB: canned queries or SQL; with neither, print the funnel.
 
-    if concepts:
-        summary = concept_summary(run_dir)
-        rows = [(h["concept"], h["before"], h["after"]) for h in summary.pop("head")]
-        rows += [(name, v["before"], v["after"]) for name, v in summary.items()]
-        print_rows(["concept (head) / summary", "before", "after"], rows, format)
-        if plot:
-            from curate.report.plots import concept_long_tail
+    Several runs print side by side (a column per run) for canned queries, and stacked with a
+    `run` column for SQL: `curate stats RUN_A RUN_B --languages`.
+    """
+    from curate.report.stats import funnel as run_funnel
 
-            console.print(f"long-tail plot: {concept_long_tail(run_dir, plot)}")
-        return
-    if sql is None:
-        print_funnel(funnel(run_dir))
-        return
-    relation = connect(run_dir).sql(sql)
-    rows = relation.fetchall()
-    print_rows(relation.columns, rows, format)
+    runs, sql_text = _runs_and_sql(run_dir, sql)
+    flags = {"funnel": funnel, "languages": languages, "concepts": concepts, "duplicates": duplicates, "scores": scores}
+    wanted = [name for name, on in flags.items() if on]
+    if plot and (not concepts or len(runs) > 1):
+        raise typer.BadParameter("--plot goes with --concepts and one run")
+    if not wanted and sql_text is None:
+        if len(runs) == 1:
+            print_funnel(run_funnel(run_dir))
+            return
+        wanted = ["funnel"]
+    for name in wanted:
+        _print_canned(name, runs, format)
+    if plot:
+        from curate.report.plots import concept_long_tail
+
+        console.print(f"long-tail plot: {concept_long_tail(run_dir, plot)}")
+    if sql_text is not None:
+        _print_sql(runs, sql_text, format)
+
+
+def _runs_and_sql(run_dir: Path, more: list[str] | str | None) -> tuple[list[Path], str | None]:
+    """Split `stats` arguments into run directories and SQL (the last one, when it is not a directory)."""
+    more = [more] if isinstance(more, str) else list(more or [])  # a str from Python callers
+    sql = None
+    if more and not Path(more[-1]).is_dir() and any(c.isspace() for c in more[-1]):
+        sql = more.pop()
+    runs = [Path(run_dir), *map(Path, more)]
+    for run in runs:
+        if not run.is_dir():
+            raise typer.BadParameter(f"{run}: not a run directory (SQL, if any, goes last)")
+    return runs, sql
+
+
+def _print_canned(name: str, runs: list[Path], fmt: str) -> None:
+    """Print canned query ``name`` for one run, or side by side for several."""
+    from curate.report.stats import CANNED, NotInRun, compare
+
+    try:
+        result, notes = (CANNED[name](runs[0]), []) if len(runs) == 1 else compare(runs, CANNED[name])
+    except NotInRun as err:
+        console.print(f"--{name}: {runs[0]}: {err}" if len(runs) == 1 else f"--{name}: {err}", markup=False)
+        raise typer.Exit(1) from None
+    for note in notes:
+        console.print(f"--{name}: {note}", markup=False)
+    if fmt == "table":
+        console.print(f"[bold]{name}[/bold]")
+    print_rows(result.columns, result.rows, fmt)
+
+
+def _print_sql(runs: list[Path], sql: str, fmt: str) -> None:
+    """Run SQL on each run; with several runs, rows are stacked with a leading `run` column."""
+    from contextlib import closing
+
+    from curate.report.stats import connect, run_labels
+
+    columns, rows = [], []
+    for label, run in zip(run_labels(runs), runs, strict=True):
+        with closing(connect(run)) as con:
+            relation = con.sql(sql)
+            columns, found = relation.columns, relation.fetchall()
+        rows += found if len(runs) == 1 else [(label, *row) for row in found]
+    print_rows(columns if len(runs) == 1 else ["run", *columns], rows, fmt)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Write RUN/report/report.html (self-contained, opens offline) and its PNG plots."""
+    from curate.report.html import write_report
+
+    _require_manifest(run_dir)
+    console.print(f"report: {write_report(run_dir)}")
+
+
+@app.command()
+def status(run_dir: Annotated[Path, typer.Argument(help="A run directory, running, interrupted or done.")]) -> None:
+    """Where a run stands: each step's status, start, seconds and counts, the funnel, and how to resume."""
+    from curate.report.status import step_order, step_rows, where_it_stands
+
+    _require_manifest(run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    rows = step_rows(manifest, step_order())
+    print_rows(rows.columns, rows.rows, "table")
+    if manifest.get("funnel"):
+        print_funnel(manifest["funnel"])
+    for line in where_it_stands(run_dir, manifest, step_order()):
+        typer.echo(line)
+
+
+def _require_manifest(run_dir: Path) -> None:
+    if not (run_dir / "manifest.json").is_file():
+        raise typer.BadParameter(f"{run_dir}: no manifest.json, so not a run directory (or the run never started)")
 
 
 @app.command()
@@ -108,6 +203,7 @@ def demo(
         result = run_pipeline(load_recipe("demo"), urls, output, address)
     print_funnel(result.funnel)
     console.print(f"curated shards: {output}/shards  metadata: {output}/metadata  manifest: {output}/manifest.json")
+    console.print(f"report: {output}/report/report.html  LLaVA export: {output}/llava")
     console.print(f'explore: curate stats {output} "SELECT reason, count(*) FROM decisions GROUP BY 1"')
 
 
@@ -144,6 +240,53 @@ def train_clip(
     else:
         summary = train(cfg, data, output, resume)
     print_rows(["metric", "value"], sorted(summary.items()), "table")
+
+
+@train_app.command("llava")
+def train_llava(
+    config: Annotated[Path, typer.Option("--config", help="Preset YAML, e.g. configs/train/llava-tiny.yaml.")],
+    data: Annotated[
+        Path, typer.Option("--data", help="RUN/llava (pretrain.json, instruct.json) or a LLaVA JSON file.")
+    ],
+    output: Annotated[Path, typer.Option("--output", help="Folder for stage1/, stage2/, checkpoints and logs.")],
+    stage: Annotated[str, typer.Option("--stage", help="1, 2 or all (1 then 2).")] = "all",
+    resume: Annotated[bool, typer.Option("--resume", help="Skip finished stages; continue from checkpoints.")] = False,
+    set: SetOpt = None,
+) -> None:
+    """LLaVA-style training: stage 1 aligns the projector, stage 2 tunes projector + LM (or LoRA)."""
+    import yaml
+
+    from curate.train.llava import LlavaTrainConfig
+    from curate.train.llava import train_llava as train
+
+    if stage not in ("1", "2", "all"):
+        raise typer.BadParameter(f"--stage {stage!r}: use 1, 2 or all")
+    overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in set or [])}
+    stages = (1, 2) if stage == "all" else (int(stage),)
+    summary = train(LlavaTrainConfig.from_yaml(config, overrides), data, output, stages, resume)
+    rows = [(f"{name}.{k}", v) for name, last in summary.items() for k, v in last.items()]
+    print_rows(["metric", "value"], rows, "table")
+
+
+@app.command()
+def caption(
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
+    model: Annotated[str, typer.Option("--model", help="`curate train llava` output, or a Hugging Face captioner.")],
+    prompt: Annotated[
+        str, typer.Option("--prompt", help="Instruction given with each image.")
+    ] = "Describe the image briefly.",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest caption in tokens.")] = 128,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per generate call.")] = 16,
+    format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+) -> None:
+    """Caption images with a trained checkpoint."""
+    from curate.models.captioner import caption_files
+
+    try:
+        rows = caption_files(images, model, prompt, max_new_tokens, batch_size)
+    except FileNotFoundError as err:
+        raise InputError(str(err)) from None
+    print_rows(["image", "caption"], rows, format)
 
 
 concepts_app = typer.Typer(no_args_is_help=True, help="Concept vocabularies for balancing.")

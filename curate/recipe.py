@@ -7,7 +7,7 @@ that names the file, the place in it and the fix.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from curate.decide.thresholds import (
 from curate.decide.thresholds import ClipScore as ClipScorePolicy
 from curate.decide.urls import UrlFilter
 from curate.emit.shards import EmitConfig
+from curate.enrich.recaption import Recaption
 from curate.raw import BASE_COLUMNS
 from curate.signals.caption import CaptionSignals
 from curate.signals.clip import ClipScore
@@ -41,6 +42,9 @@ STAGES: dict[str, type[Stage]] = {
     s.name: s for s in (ImageSignals, Hashes, CaptionSignals, LanguageID, ClipScore, ConceptMatch)
 }
 """Annotate stages by the name recipes use."""
+
+ENRICH_STAGES: dict[str, type[Stage]] = {s.name: s for s in (Recaption,)}
+"""Enrich stages (run after decide, on kept samples only) by the name recipes use."""
 
 POLICIES: dict[str, type[Policy]] = {
     p.name: p
@@ -63,7 +67,7 @@ POLICIES: dict[str, type[Policy]] = {
 PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
 """The bundled recipes (``pipelines/`` of the source checkout curate is installed from)."""
 
-SECTIONS = ("name", "description", "input", "acquire", "annotate", "decide", "emit")
+SECTIONS = ("name", "description", "input", "acquire", "annotate", "decide", "enrich", "emit")
 
 
 class RecipeError(ValueError):
@@ -93,7 +97,13 @@ class Recipe:
     annotate: list[Stage]
     decide: list[Policy]
     emit: EmitConfig
+    enrich: list[Stage] = field(default_factory=list)
     description: str = ""
+
+    @property
+    def caption_policy(self) -> str:
+        """Which caption emit trains on: the recaption stage's ``caption`` setting, else ``alt``."""
+        return next((s.config.caption for s in self.enrich if s.name == "recaption"), "alt")
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved recipe (defaults filled in), as recorded in the manifest."""
@@ -104,6 +114,7 @@ class Recipe:
             "acquire": self.acquire.model_dump(),
             "annotate": [{"stage": s.name, **s.config.model_dump()} for s in self.annotate],
             "decide": [{"policy": p.name, **p.config.model_dump()} for p in self.decide],
+            "enrich": [{"stage": s.name, **s.config.model_dump()} for s in self.enrich],
             "emit": self.emit.model_dump(),
         }
 
@@ -156,10 +167,24 @@ def build_recipe(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
         decide=[
             _entry(e, i, "decide", "policy", POLICIES, source) for i, e in enumerate(_list(data, "decide", source))
         ],
+        enrich=[
+            _entry(e, i, "enrich", "stage", ENRICH_STAGES, source) for i, e in enumerate(_list(data, "enrich", source))
+        ],
         emit=_config(EmitConfig, data.get("emit"), f"{source}: emit"),
     )
     check_columns(recipe)
+    recipe.enrich = [_default_selector(s, recipe.annotate) for s in recipe.enrich]
     return recipe
+
+
+def _default_selector(stage: Stage, annotate: list[Stage]) -> Stage:
+    """``recaption`` with ``caption: both`` selects with the annotate clip stage's model by default."""
+    clip = next((s for s in annotate if s.name == "clip"), None)
+    cfg = stage.config
+    if stage.name != "recaption" or cfg.caption != "both" or cfg.select_model or clip is None:
+        return stage
+    update = {"select_model": clip.config.model, "select_pretrained": clip.config.pretrained}
+    return type(stage)(cfg.model_copy(update=update))
 
 
 def check_columns(recipe: Recipe) -> None:
@@ -173,6 +198,12 @@ def check_columns(recipe: Recipe) -> None:
                 f"earlier stage writes. Move it after the stage that writes them."
             )
         available |= set(stage.writes)
+    for i, stage in enumerate(recipe.enrich):
+        missing = [c for c in stage.reads if c not in available and c != "image"]  # enrich re-reads the bytes
+        if missing:
+            raise RecipeError(
+                f"{recipe.source}: enrich[{i}] (stage {stage.name!r}) reads {missing}, which no annotate stage writes."
+            )
     writers = {c: s.name for s in STAGES.values() for c in s.writes}
     for i, policy in enumerate([Availability(), *recipe.decide]):
         missing = [c for c in policy.reads if c not in available]
@@ -202,10 +233,13 @@ def apply_override(data: dict[str, Any], item: str, source: Path | str = "<recip
 
 def _child(node: Any, part: str, path: list[str], root: dict, source: Path | str) -> Any:
     if isinstance(node, list):
-        tag = "stage" if path[0] == "annotate" else "policy"
+        tag = "policy" if path[0] == "decide" else "stage"
         for entry in node:
             if isinstance(entry, dict) and entry.get(tag) == part:
                 return entry
+        if path[0] == "enrich":  # enrich stages are unordered: --set may add one
+            node.append({tag: part})
+            return node[-1]
         names = [e.get(tag) for e in node if isinstance(e, dict)]
         raise RecipeError(
             f"--set {'.'.join(path)}: {source} has no {path[0]} entry {part!r} (entries: {names}). "
@@ -214,7 +248,7 @@ def _child(node: Any, part: str, path: list[str], root: dict, source: Path | str
     if not isinstance(node, dict):
         raise RecipeError(f"--set {'.'.join(path)}: {'.'.join(path[:-1])} is not a section")
     if node.get(part) is None:
-        node[part] = [] if (node is root and part in ("annotate", "decide")) else {}
+        node[part] = [] if (node is root and part in ("annotate", "decide", "enrich")) else {}
     return node[part]
 
 

@@ -22,9 +22,11 @@ from curate.acquire import ShardLayout, complete_shards, download_shard
 from curate.decide import decide
 from curate.emit.parquet import write_parquet
 from curate.emit.shards import plan_shards, write_shard
-from curate.io import write_json
+from curate.enrich.recaption import cache_key
+from curate.io import replace_dir, write_json
 from curate.manifest import Manifest, versions
 from curate.recipe import Recipe, RecipeError, build_recipe
+from curate.report.html import write_report
 from curate.report.stats import funnel
 from curate.urls import InputError, download_rows, fingerprint, prepare_inputs, read_url_list
 
@@ -38,7 +40,7 @@ class RunResult:
     manifest: dict
 
 
-STEPS = ("acquire", "annotate", "decide", "emit")
+STEPS = ("acquire", "annotate", "decide", "enrich", "emit")
 
 
 def run_pipeline(
@@ -65,7 +67,7 @@ def run_pipeline(
         annotate(recipe, run_dir, manifest)
         if until == "annotate":
             return RunResult(run_dir, {}, manifest.data)
-        return decide_and_emit(recipe, run_dir, manifest)
+        return decide_and_emit(recipe, run_dir, manifest, until)
 
 
 def redecide(run_dir: str | Path, overrides: list[str] | None = None, address: str | None = None) -> RunResult:
@@ -87,11 +89,12 @@ def redecide(run_dir: str | Path, overrides: list[str] | None = None, address: s
 
 def preflight(recipe: Recipe) -> None:
     """Every stage's models resolve and their weights are at hand, before anything is downloaded."""
-    for i, stage in enumerate(recipe.annotate):
-        try:
-            stage.check()
-        except (OSError, RuntimeError, ValueError) as err:
-            raise RecipeError(f"{recipe.source}: annotate[{i}] (stage {stage.name!r}): {err}") from None
+    for section, stages in (("annotate", recipe.annotate), ("enrich", recipe.enrich)):
+        for i, stage in enumerate(stages):
+            try:
+                stage.check()
+            except (OSError, RuntimeError, ValueError) as err:
+                raise RecipeError(f"{recipe.source}: {section}[{i}] (stage {stage.name!r}): {err}") from None
 
 
 def check_writable(run_dir: Path) -> None:
@@ -155,9 +158,9 @@ def annotate(recipe: Recipe, run_dir: Path, manifest: Manifest) -> None:
         runtime.annotate(str(run_dir), shards, recipe.annotate, str(tmp / "all"))
         embedding_columns = [c for s in recipe.annotate for c in s.embedding_columns]
         split_embeddings(tmp / "all", tmp / "samples", tmp / "embeddings", embedding_columns)
-        _swap(tmp / "samples", run_dir / "samples")
+        replace_dir(tmp / "samples", run_dir / "samples")
         if embedding_columns:
-            _swap(tmp / "embeddings", run_dir / "embeddings")
+            replace_dir(tmp / "embeddings", run_dir / "embeddings")
         shutil.rmtree(tmp, ignore_errors=True)
         record["rows"] = pq.ParquetDataset(run_dir / "samples").read(columns=["key"]).num_rows
         record["models"] = {s.name: s.model_id for s in recipe.annotate if hasattr(s, "model_id")}
@@ -175,8 +178,8 @@ def split_embeddings(source: Path, samples: Path, embeddings: Path, columns: lis
             pq.write_table(table.select(["key", *present]), embeddings / path.name)
 
 
-def decide_and_emit(recipe: Recipe, run_dir: Path, manifest: Manifest) -> RunResult:
-    """Decide keep/reject for every sample, then write the curated shards and the funnel."""
+def decide_and_emit(recipe: Recipe, run_dir: Path, manifest: Manifest, until: str = "emit") -> RunResult:
+    """Decide keep/reject for every sample, enrich the kept ones, write the curated shards and the funnel."""
     samples = f"{run_dir}/samples/*.parquet"
     with manifest.step("decide") as record:
         record["policies"] = {}  # what policies chose, e.g. balance's cap t
@@ -187,40 +190,96 @@ def decide_and_emit(recipe: Recipe, run_dir: Path, manifest: Manifest) -> RunRes
             run_dir / "embeddings",
             record["policies"],
         )
-    with manifest.step("emit") as record:
-        record.update(emit(recipe, run_dir))
+    if until != "decide":
+        enrich(recipe, run_dir, manifest)
+    if until not in ("decide", "enrich"):
+        with manifest.step("emit") as record:
+            record.update(emit(recipe, run_dir))
     result = funnel(run_dir)
     manifest.data["funnel"] = result
     manifest.save()
+    write_report(run_dir)
     return RunResult(run_dir, result, manifest.data)
+
+
+def enrich(recipe: Recipe, run_dir: Path, manifest: Manifest) -> None:
+    """Run the enrich stages on kept samples that have no stored result for the same settings.
+
+    Results are kept in ``RUN/enrich/{stage}.parquet`` by key, so re-deciding captions only the
+    samples newly kept; a change of model or prompt (:data:`CACHE_FIELDS`) starts over.
+    """
+    if not recipe.enrich:
+        return
+    with manifest.step("enrich") as record:
+        for stage in recipe.enrich:
+            record[stage.name] = _enrich_stage(stage, run_dir)
+
+
+def _enrich_stage(stage, run_dir: Path) -> dict:
+    settings = cache_key(stage)
+    store, meta = run_dir / "enrich" / f"{stage.name}.parquet", run_dir / "enrich" / f"{stage.name}.json"
+    fresh = not (store.is_file() and meta.is_file() and json.loads(meta.read_text()) == settings)
+    done = pa.table({"key": pa.array([], pa.string())}) if fresh else pq.read_table(store)
+    con = duckdb.connect()
+    con.register("done", done.select(["key"]))
+    optional = (
+        ", s.caption_norm"
+        if "caption_norm" in pq.read_schema(next((run_dir / "samples").glob("*.parquet"))).names
+        else ""
+    )
+    todo = con.sql(
+        f"""SELECT s.key, s.raw_shard, s.image_offset, s.image_size, s.caption{optional}
+            FROM read_parquet('{run_dir}/samples/*.parquet') s
+            JOIN read_parquet('{run_dir}/decisions/*.parquet') d USING (key)
+            WHERE d.keep AND s.key NOT IN (SELECT key FROM done) ORDER BY s.raw_shard, s.image_offset"""
+    ).to_arrow_table()
+    if len(todo):
+        tmp = run_dir / ".tmp" / f"enrich-{uuid.uuid4().hex[:8]}"
+        runtime.enrich(str(run_dir), todo, stage, str(tmp))
+        new = pq.ParquetDataset(tmp).read().select(done.column_names if not fresh else ["key", *stage.writes])
+        done = new if fresh else pa.concat_tables([done, new.cast(done.schema)])
+        write_parquet(str(store), done.sort_by("key"))
+        shutil.rmtree(tmp, ignore_errors=True)
+    write_json(str(meta), settings)
+    return {"model": stage.model_id, "processed": len(todo), "reused": len(done) - len(todo)}
 
 
 def emit(recipe: Recipe, run_dir: Path) -> dict:
     """Write ``shards/`` (tars + sizes.json) and ``metadata/`` for the kept rows, replacing old ones."""
+    captions = run_dir / "enrich" / "recaption.parquet"
+    joined = any(s.name == "recaption" for s in recipe.enrich) and captions.is_file()
     kept = duckdb.sql(
-        f"""SELECT s.* FROM read_parquet('{run_dir}/samples/*.parquet') s
-            JOIN read_parquet('{run_dir}/decisions/*.parquet') d USING (key) WHERE d.keep"""
+        f"""SELECT s.*{", e.* EXCLUDE (key)" if joined else ""}
+            FROM read_parquet('{run_dir}/samples/*.parquet') s
+            JOIN read_parquet('{run_dir}/decisions/*.parquet') d USING (key)
+            {f"LEFT JOIN read_parquet('{captions}') e USING (key)" if joined else ""}
+            WHERE d.keep"""
     ).to_arrow_table()
     plans = plan_shards(kept, recipe.emit)
     digits = max(5, len(str(len(plans))))
     names = [f"{i:0{digits}d}" for i in range(len(plans))]
     tmp = run_dir / ".tmp" / f"emit-{uuid.uuid4().hex[:8]}"
-    calls = [(plan, str(run_dir), str(tmp), name, recipe.emit) for plan, name in zip(plans, names, strict=True)]
-    counts = [n for n, _ in runtime.run_tasks(write_shard, calls, "emit")]
+    calls = [
+        (plan, str(run_dir), str(tmp), name, recipe.emit, recipe.caption_policy)
+        for plan, name in zip(plans, names, strict=True)
+    ]
+    results = [result for result, _ in runtime.run_tasks(write_shard, calls, "emit")]
+    counts = [n for n, _ in results]
     sizes = {f"{name}.tar": n for name, n in zip(names, counts, strict=True)}
     write_json(f"{tmp}/shards/sizes.json", sizes)
     (tmp / "metadata").mkdir(parents=True, exist_ok=True)
-    for part in ("shards", "metadata"):
-        _swap(tmp / part, run_dir / part)
+    parts = ["shards", "metadata"]
+    if recipe.emit.llava:
+        for kind, file in (("pretrain", "pretrain.json"), ("instruct", "instruct.json")):
+            write_json(f"{tmp}/llava/{file}", [r for _, records in results for r in records[kind]])
+        parts.append("llava")
+    elif (run_dir / "llava").exists():
+        shutil.rmtree(run_dir / "llava")  # an export from an earlier emit would no longer match
+    for part in parts:
+        replace_dir(tmp / part, run_dir / part)
     shutil.rmtree(tmp, ignore_errors=True)
-    return {"shards": len(names), "samples": sum(counts)}
-
-
-def _swap(new: Path, final: Path) -> None:
-    """Replace directory ``final`` with ``new`` (old contents removed only once ``new`` is complete)."""
-    new.mkdir(parents=True, exist_ok=True)
-    old = final.with_name(f".{final.name}-old-{uuid.uuid4().hex[:6]}")
-    if final.exists():
-        final.rename(old)
-    new.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    return {
+        "shards": len(names),
+        "samples": sum(counts),
+        **({"llava_records": sum(counts)} if recipe.emit.llava else {}),
+    }

@@ -18,7 +18,7 @@ import pyarrow as pa
 import ray
 from tqdm.auto import tqdm
 
-from curate.raw import read_shard
+from curate.raw import read_images, read_shard
 from curate.stage import Stage
 
 
@@ -139,6 +139,21 @@ def annotate(run_dir: str, shards: Sequence[str], stages: Sequence[Stage], out_d
     for stage in stages:
         ds = apply_stage(ds, stage)
     ds = ds.drop_columns(["image"])
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    ds.write_parquet(out_dir)
+
+
+def _attach_images(batch: pa.Table, run_dir: str) -> pa.Table:
+    images = read_images(batch, run_dir)
+    return batch.append_column("image", pa.array([images.get(k) for k in batch.column("key").to_pylist()], pa.binary()))
+
+
+def enrich(run_dir: str, rows: pa.Table, stage: Stage, out_dir: str) -> None:
+    """Run ``stage`` on ``rows`` (kept samples) with their image bytes re-read from ``raw/``; write
+    ``key`` and the stage's columns to ``out_dir``."""
+    ds = ray.data.from_arrow(rows).repartition(max(1, len(rows) // stage.config.batch_size))
+    ds = ds.map_batches(_attach_images, fn_kwargs={"run_dir": run_dir}, batch_format="pyarrow", batch_size=None)
+    ds = apply_stage(ds, stage).select_columns(["key", *stage.writes])
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     ds.write_parquet(out_dir)
 

@@ -193,6 +193,24 @@ def duplicates(ctx: Context) -> Section | None:
     return Section("duplicates", "Duplicates", ctx.figure(png, "Clusters by size.") + table(result))
 
 
+def captions(ctx: Context) -> Section | None:
+    """With recaption: how many kept samples train on each caption, and examples side by side."""
+    if "caption_source" not in stats.columns(ctx.con, "kept"):
+        return None
+    scored = "clip_score_synthetic" in stats.columns(ctx.con, "kept")
+    scores = (
+        ", round(clip_score_alt, 3) AS alt_score, round(clip_score_synthetic, 3) AS synthetic_score" if scored else ""
+    )
+    counts = ctx.con.sql("SELECT caption_source, count(*) FROM kept GROUP BY 1 ORDER BY 1").fetchall()
+    examples = ctx.con.sql(
+        f"SELECT key, caption_source AS used, caption_alt, caption_synthetic{scores} FROM kept ORDER BY key LIMIT 12"
+    )
+    summary = ", ".join(f"{source}: {n}" for source, n in counts)
+    body = f"<p>Caption trained on, per kept sample: {escape(summary)}.</p>"
+    body += table(stats.Rows(examples.columns, examples.fetchall()))
+    return Section("captions", "Captions: alt text and synthetic", body)
+
+
 def kept_samples(ctx: Context) -> Section | None:
     """A grid of kept samples."""
     if not ctx.decided:
@@ -226,6 +244,7 @@ SECTIONS: tuple[Callable[[Context], Section | None], ...] = (
     languages,
     concepts,
     duplicates,
+    captions,
     kept_samples,
     rejected_samples,
 )

@@ -1,0 +1,1 @@
+"""Enrich: work done only on the samples decide kept (synthetic captions)."""
