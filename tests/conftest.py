@@ -67,3 +67,41 @@ def lit_model(curated_shards, tmp_path_factory) -> Path:
     cfg = ClipTrainConfig.from_yaml("configs/train/lit-offline.yaml", overrides)
     train_clip(cfg, f"{curated_shards}/{{00000..00001}}.tar", output)
     return output
+
+
+LLAVA_TINY_TEST = {
+    "stage1.steps": 40,
+    "stage1.batch_size": 8,
+    "stage1.lr": 3.0e-3,
+    "stage2.steps": 100,
+    "stage2.batch_size": 8,
+    "stage2.lr": 2.0e-3,
+    "log_every": 5,
+}
+"""llava-tiny, shortened for the tests: two stages on 24 records of the demo export."""
+
+
+def llava_subset(run_dir: Path, folder: Path, n: int = 24) -> Path:
+    """The first ``n`` records of RUN/llava's two files in ``folder``, images linked, not copied.
+    Conversations keep their first exchange (describe → caption): half the tokens to train on."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("pretrain.json", "instruct.json"):
+        records = json.loads((run_dir / "llava" / name).read_text())[:n]
+        records = [{**r, "conversations": r["conversations"][:2]} for r in records]
+        (folder / name).write_text(json.dumps(records))
+    (folder / "images").symlink_to(run_dir / "llava" / "images")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def llava_model(curated_shards, tmp_path_factory) -> Path:
+    """`curate train llava` (llava-tiny, both stages) overfit on 24 curated samples."""
+    from curate.train.llava import LlavaTrainConfig, train_llava
+
+    tmp = tmp_path_factory.mktemp("llava")
+    data = llava_subset(curated_shards.parent, tmp / "data")
+    cfg = LlavaTrainConfig.from_yaml("configs/train/llava-tiny.yaml", LLAVA_TINY_TEST)
+    train_llava(cfg, data, tmp / "model")
+    return tmp / "model"

@@ -1,0 +1,109 @@
+"""The recaption enrich stage: through Ray, on kept samples only; the caption policy picks as specified."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+from curate import runtime
+from curate.manifest import Manifest
+from curate.recipe import RecipeError, apply_override, build_recipe
+from curate.run import decide_and_emit
+
+
+def recaption_recipe(run_dir, **recaption) -> dict:
+    data = json.loads(json.dumps(Manifest(run_dir).data["recipe"]))
+    data["enrich"] = [{"stage": "recaption", "batch_size": 16, "max_new_tokens": 120, **recaption}]
+    return data
+
+
+def kept_keys(run_dir) -> set[str]:
+    decisions = pq.read_table(run_dir / "decisions").to_pylist()
+    return {d["key"] for d in decisions if d["keep"]}
+
+
+def metadata(run_dir) -> list[dict]:
+    return pq.ParquetDataset(run_dir / "metadata").read().to_pylist()
+
+
+@pytest.fixture(scope="module")
+def run_copy(curated_shards, tmp_path_factory):
+    target = tmp_path_factory.mktemp("recaption") / "run"
+    shutil.copytree(curated_shards.parent, target)
+    return target
+
+
+@pytest.mark.slow
+def test_recaption_runs_on_kept_samples_only_and_both_picks_the_higher_clip_score(run_copy, llava_model, lit_model):
+    data = recaption_recipe(run_copy, model=str(llava_model), caption="both", select_model=str(lit_model))
+    data["decide"].append({"policy": "caption_length", "min_words": 9})  # fewer kept rows than in the run
+    with runtime.session():
+        decide_and_emit(build_recipe(data), run_copy, Manifest(run_copy))
+    kept = kept_keys(run_copy)
+    stored = pq.read_table(run_copy / "enrich" / "recaption.parquet").to_pylist()
+    assert {r["key"] for r in stored} == kept and len(stored) == len(kept) < 300
+    assert all(r["caption_synthetic"] for r in stored)
+    rows = metadata(run_copy)
+    assert {r["key"] for r in rows} == kept
+    for row in rows:
+        better = row["clip_score_synthetic"] > row["clip_score_alt"]
+        assert row["caption"] == (row["caption_synthetic"] if better else row["caption_alt"])
+        assert row["caption_source"] == ("synthetic" if better else "alt")
+    assert {r["caption_source"] for r in rows} == {"alt", "synthetic"}, "the pool should need both choices"
+    manifest = Manifest(run_copy).data["steps"]["enrich"]
+    assert manifest["recaption"]["processed"] == len(kept)
+    report = (run_copy / "report" / "report.html").read_text()
+    assert 'id="captions"' in report and "synthetic_score" in report
+
+
+@pytest.mark.slow
+def test_policy_change_reuses_captions_and_synthetic_uses_them_everywhere(run_copy, llava_model, lit_model):
+    """Same captioner settings: switching to `synthetic` and keeping more rows captions only the new rows."""
+    before = {
+        r["key"]: r["caption_synthetic"] for r in pq.read_table(run_copy / "enrich" / "recaption.parquet").to_pylist()
+    }
+    data = recaption_recipe(run_copy, model=str(llava_model), caption="synthetic", select_model=str(lit_model))
+    with runtime.session():
+        decide_and_emit(build_recipe(data), run_copy, Manifest(run_copy))
+    kept = kept_keys(run_copy)
+    record = Manifest(run_copy).data["steps"]["enrich"]["recaption"]
+    assert record["processed"] == len(kept - set(before)) > 0
+    assert record["reused"] == len(before)
+    stored = {
+        r["key"]: r["caption_synthetic"] for r in pq.read_table(run_copy / "enrich" / "recaption.parquet").to_pylist()
+    }
+    assert all(stored[k] == v for k, v in before.items())
+    for row in metadata(run_copy):
+        assert row["caption"] == row["caption_synthetic"] and row["caption_source"] == "synthetic"
+        assert row["caption_alt"]  # the alt text is kept next to it
+    pretrain = json.loads((run_copy / "llava" / "pretrain.json").read_text())
+    assert all(r["conversations"][1]["value"] == stored[r["id"]] for r in pretrain)
+
+
+def test_both_selects_with_the_annotate_clip_model_by_default(tmp_path):
+    data = {
+        "annotate": ["image", "caption", {"stage": "clip", "model": "clip-tiny"}],
+        "enrich": [{"stage": "recaption", "model": str(tmp_path), "caption": "both"}],
+    }
+    stage = build_recipe(data).enrich[0]
+    assert stage.config.select_model == "clip-tiny"
+    data["enrich"][0]["caption"] = "synthetic"
+    assert build_recipe(data).enrich[0].config.select_model is None
+
+
+def test_unknown_enrich_stage_or_parameter_is_a_recipe_error(tmp_path):
+    with pytest.raises(RecipeError, match=r"unknown stage 'recaptoin'.*did you mean 'recaption'"):
+        build_recipe({"enrich": [{"stage": "recaptoin", "model": "x"}]})
+    with pytest.raises(RecipeError, match="unknown parameter 'promt'"):
+        build_recipe({"enrich": [{"stage": "recaption", "model": "x", "promt": "hi"}]})
+
+
+def test_set_adds_an_enrich_stage(tmp_path):
+    data = {"annotate": ["image", "caption"]}
+    apply_override(data, f"enrich.recaption.model={tmp_path}")
+    apply_override(data, "enrich.recaption.caption=alt")
+    stage = build_recipe(data).enrich[0]
+    assert (stage.name, stage.config.model, stage.config.caption) == ("recaption", str(tmp_path), "alt")
