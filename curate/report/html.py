@@ -195,9 +195,10 @@ def duplicates(ctx: Context) -> Section | None:
 
 def captions(ctx: Context) -> Section | None:
     """With recaption: how many kept samples train on each caption, and examples side by side."""
-    if "caption_source" not in stats.columns(ctx.con, "kept"):
+    kept = stats.columns(ctx.con, "kept")
+    if "caption_synthetic" not in kept:
         return None
-    scored = "clip_score_synthetic" in stats.columns(ctx.con, "kept")
+    scored = "clip_score_synthetic" in kept
     scores = (
         ", round(clip_score_alt, 3) AS alt_score, round(clip_score_synthetic, 3) AS synthetic_score" if scored else ""
     )
