@@ -289,6 +289,46 @@ def caption(
     print_rows(["image", "caption"], rows, format)
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="Measure what recipes are worth.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("quality", context_settings={"allow_extra_args": True})
+def bench_quality(
+    ctx: typer.Context,
+    pool: Annotated[Path, typer.Option("--pool", help="URL list every recipe curates (Parquet, CSV, JSONL).")],
+    recipes: Annotated[list[str], typer.Option("--recipes", help="Recipes to compare: --recipes A.yaml B.yaml ...")],
+    eval: Annotated[Path, typer.Option("--eval", help="Eval spec YAML: data (held-out shards), zero_shot (task).")],
+    output: Annotated[Path, typer.Option("--output", help="Folder for one run + model per recipe and the results.")],
+    train: Annotated[Path, typer.Option("--train", help="CLIP preset trained on each output.")] = Path(
+        "configs/train/clip-tiny.yaml"
+    ),
+    samples: Annotated[
+        int, typer.Option("--samples", help="Samples seen in training, equal for every recipe.")
+    ] = 19_200,
+    address: AddressOpt = None,
+) -> None:
+    """Curate one pool with each recipe and with no filter, train the same CLIP on each, evaluate."""
+    from curate.bench import bench_quality as run_bench
+
+    names = [*recipes, *ctx.args]  # `--recipes A B C`: the names after the first arrive as extra arguments
+    rows = run_bench(pool, names, eval, output, train, samples, address)
+    columns = ["recipe", "kept", "kept fraction", "zero-shot top-1", "retrieval R@1", "train s"]
+    table = [
+        (
+            r.recipe,
+            r.kept,
+            f"{r.kept_fraction:.3f}",
+            "-" if r.zero_shot_top1 is None else f"{r.zero_shot_top1:.3f}",
+            f"{r.retrieval_r1:.3f}",
+            r.train_seconds,
+        )
+        for r in rows
+    ]
+    print_rows(columns, table, "table")
+    console.print(f"results: {output}/quality.json, {output}/quality.png")
+
+
 concepts_app = typer.Typer(no_args_is_help=True, help="Concept vocabularies for balancing.")
 app.add_typer(concepts_app, name="concepts")
 
