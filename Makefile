@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_clip.py
 	$(BIN)/python benchmarks/clipscore.py
 	$(BIN)/python benchmarks/dedup.py
+	$(BIN)/python benchmarks/recaption.py
 
 clean:
 	rm -rf demo-run .pytest_cache test-artifacts
