@@ -1,0 +1,322 @@
+"""Benchmark: precision and recall of curate's rejection reasons against planted noise with ground truth.
+
+Claim checked: on a noisy pool of real image-text pairs (``benchmarks/quality_corpus.py``: Noto
+Color Emoji and OpenMoji glyphs with their names, composed onto backgrounds), each planted noise
+kind is rejected with its reason at precision and recall >= 0.9 for mismatched captions
+(``low_clip_score``), non-English captions (``wrong_language``) and near-duplicates (``dup_near``).
+
+What runs:
+1. the pool (``--n`` rows of Noto and OpenMoji glyphs, every row's truth kept) and a seed set of
+   trusted pairs drawn by other artists (Twemoji, Fluent Emoji Flat) are built into ``--cache``
+   (once; reused after);
+2. the CLIP filter: ``lit-offline`` with projections trained on the seed set
+   (``benchmarks/quality_clip.py``, ``--steps``), its ``min_score`` calibrated on the seed set's
+   held-out glyphs to reject ``--max-clean-loss`` of the true pairs (the pool is never looked at);
+3. ``benchmarks/quality_recipe.yaml`` through :func:`curate.run.run_pipeline` on the pool served
+   on 127.0.0.1 (acquire, annotate, decide, emit: the real thing);
+4. ``RUN/decisions`` joined with the truth by URL. For a kind K whose expected reason is R:
+   recall = rows of K rejected with R / rows of K; precision = rows rejected with R whose expected
+   reason is R / rows rejected with R (kinds sharing R, e.g. corrupt and html, share it). Also
+   the recall of "rejected for any reason" and the clean rows' false-rejection rate.
+
+Run from the repository root (needs ``pip install emoji cairosvg``, Debian's
+``fonts-noto-color-emoji`` and npm; see ``benchmarks/quality_setup.sh``)::
+
+    .venv/bin/python benchmarks/filter_quality.py                  # 3,000 rows
+    .venv/bin/python benchmarks/filter_quality.py --n 600 --keep-run /tmp/quality-run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quality_clip import auc, calibrate, train_filter_model, validation_scores
+from quality_corpus import NOISE, build_quality_corpus, build_seed_set, noise_counts, write_truth
+from quality_sources import SEED_SOURCES, SOURCES, default_cache, load_catalogue
+
+RECIPE = Path(__file__).resolve().parent / "quality_recipe.yaml"
+GOAL_KINDS = ("mismatched", "non_english", "dup_near")
+GOAL = 0.9
+
+
+def run_recipe(objects: dict, rows: list, model_dir: Path, min_score: float, run_dir: Path) -> Path:
+    """Serve the pool on loopback and run the quality recipe into ``run_dir``; returns the URL list."""
+    from curate.demo.server import LoopbackServer
+    from curate.recipe import load_recipe
+    from curate.run import run_pipeline
+
+    overrides = [f"annotate.clip.model={model_dir}", f"decide.clip_score.min_score={min_score:.6f}"]
+    recipe = load_recipe(RECIPE, overrides)
+    with LoopbackServer(objects) as server:
+        urls = write_truth(rows, server.base_url, run_dir.parent / f"{run_dir.name}-urls.parquet")
+        run_pipeline(recipe, urls, run_dir)
+    return urls
+
+
+def joined(run_dir: Path, urls: Path) -> list[dict]:
+    """Truth rows with the run's decision (keep, reason, dup_of) and signals (clip_score, phash, lang)."""
+    truth = pq.read_table(urls).to_pylist()
+    decisions = {d["url"]: d for d in pq.read_table(run_dir / "decisions").to_pylist()}
+    samples = {
+        s["url"]: s
+        for s in pq.read_table(
+            run_dir / "samples", columns=["url", "clip_score", "phash", "lang", "lang_score"]
+        ).to_pylist()
+    }
+    if len(decisions) != len(truth):
+        raise RuntimeError(f"{len(decisions)} decisions for {len(truth)} input rows")
+    return [{**t, **{k: decisions[t["url"]][k] for k in ("key", "keep", "reason")},
+             "dup_of_run": decisions[t["url"]]["dup_of"], **samples.get(t["url"], {})} for t in truth]  # fmt: skip
+
+
+def kind_table(rows: list[dict]) -> list[dict]:
+    """Per noise kind: rows, expected reason, precision and recall of that reason, recall of any rejection."""
+    by_reason = Counter(r["reason"] for r in rows if r["reason"])
+    right = Counter(r["reason"] for r in rows if r["reason"] and r["reason"] == r["expected_reason"])
+    out = []
+    for kind in NOISE:
+        mine = [r for r in rows if r["defect"] == kind]
+        reason = NOISE[kind][1]
+        hit = sum(r["reason"] == reason for r in mine)
+        misses = Counter(_outcome(r) for r in mine if r["reason"] != reason)
+        missed_details = Counter(r["detail"] for r in mine if r["reason"] != reason)
+        out.append(
+            {
+                "kind": kind,
+                "rows": len(mine),
+                "reason": reason,
+                "precision": right[reason] / by_reason[reason] if by_reason[reason] else None,
+                "recall": hit / len(mine) if mine else None,
+                "recall_any": sum(not r["keep"] for r in mine) / len(mine) if mine else None,
+                "misses": dict(misses.most_common()),
+                "missed_details": dict(missed_details.most_common(12)),
+            }
+        )
+    return out
+
+
+def _share(rows: list[dict], predicate) -> float | None:
+    return sum(map(predicate, rows)) / len(rows) if rows else None
+
+
+def _outcome(row: dict) -> str:
+    return "kept" if row["keep"] else row["reason"]
+
+
+def clean_summary(rows: list[dict]) -> dict:
+    """The clean rows' false rejections, by reason; originals rejected in favour of their own copy."""
+    clean = [r for r in rows if r["defect"] is None]
+    rejected = Counter(r["reason"] for r in clean if not r["keep"])
+    copy_keys = {r["key"] for r in rows if r["dup_of"]}
+    swapped = sum(1 for r in clean if r["dup_of_run"] in copy_keys)
+    return {
+        "rows": len(clean),
+        "false_rejection_rate": sum(rejected.values()) / len(clean),
+        "by_reason": dict(rejected.most_common()),
+        "originals_rejected_for_their_copy": swapped,
+    }
+
+
+def language_diagnostics(rows: list[dict]) -> dict:
+    """Clean rows called non-English, by caption template; and what rejecting non-English only at
+    fastText scores >= t would give (precision, recall of non_english rows), from the stored signals."""
+    clean = [r for r in rows if r["defect"] is None and r["lang"] is not None]
+    by_template = Counter(r["detail"] for r in clean if r["lang"] != "en")
+    totals = Counter(r["detail"] for r in clean)
+    scored = [r for r in rows if r["lang"] is not None and r["reason"] in (None, "wrong_language", "low_clip_score",
+              "dup_exact", "dup_near")]  # fmt: skip
+    what_if = {}
+    for t in (0.0, 0.3, 0.5, 0.7, 0.9):
+        hit = [r for r in scored if r["lang"] != "en" and r["lang_score"] >= t]
+        right = sum(r["defect"] == "non_english" for r in hit)
+        n_kind = sum(r["defect"] == "non_english" for r in scored)
+        what_if[str(t)] = {"precision": right / len(hit) if hit else None, "recall": right / n_kind if n_kind else None}
+    return {
+        "clean_not_en_by_template": {
+            t: f"{by_template[t]}/{totals[t]}" for t in sorted(totals, key=lambda t: -by_template[t])
+        },
+        "reject_only_confident_non_english": what_if,
+    }
+
+
+def clip_diagnostics(
+    rows: list[dict], matched_val: np.ndarray, shuffled_val: np.ndarray, min_score: float, seen: set[str]
+) -> dict:
+    """Separability of the CLIP score: on the seed set's held-out pairs, on the pool, and the recall of
+    mismatched captions on images of emoji the seed set has (in another style) or has not."""
+    clean = np.array([r["clip_score"] for r in rows if r["defect"] is None and r["clip_score"] is not None])
+    mism = np.array([r["clip_score"] for r in rows if r["defect"] == "mismatched" and r["clip_score"] is not None])
+    recall = {}
+    for label, want in (("seen", True), ("unseen", False)):
+        mine = [r for r in rows if r["defect"] == "mismatched" and (r["concept"] in seen) == want]
+        recall[label] = {"rows": len(mine), "recall": _share(mine, lambda r: r["reason"] == "low_clip_score")}
+    return {
+        "mismatched_recall_by_emoji_in_seed_set": recall,
+        "min_score": min_score,
+        "validation_pairs": len(matched_val),
+        "validation_auc": auc(matched_val, shuffled_val),
+        "validation_mismatch_recall": float((shuffled_val < min_score).mean()),
+        "pool_auc_clean_vs_mismatched": auc(clean, mism) if len(clean) and len(mism) else None,
+        "pool_clean_below_min_score": float((clean < min_score).mean()) if len(clean) else None,
+        "pool_mismatched_below_min_score": float((mism < min_score).mean()) if len(mism) else None,
+    }
+
+
+def phash_diagnostics(rows: list[dict], k: int = 8) -> dict:
+    """pHash distances: each near copy to its original, and the closest pairs of distinct images."""
+    from curate.decide.neardup import near_pairs
+
+    by_url = {r["url"]: r for r in rows}
+    copy_d = [
+        _bits(r["phash"], by_url[r["dup_of"]]["phash"])
+        for r in rows
+        if r["defect"] == "dup_near" and r["phash"] is not None and by_url[r["dup_of"]]["phash"] is not None
+    ]
+    distinct = [r for r in rows if r["phash"] is not None and r["defect"] not in ("dup_exact", "dup_near")]
+    hashes = np.array([r["phash"] for r in distinct], np.uint64)
+    pairs = near_pairs(hashes, k)
+    return {
+        "near_copy_distance": _quantiles(copy_d),
+        "near_copies_within_k": float(np.mean(np.array(copy_d) <= k)) if copy_d else None,
+        "distinct_images": len(distinct),
+        "distinct_pairs_within_k": len(pairs),
+        "distinct_pairs_within_k_examples": [
+            [distinct[i]["caption"], distinct[j]["caption"], _bits(distinct[i]["phash"], distinct[j]["phash"])]
+            for i, j in pairs[:8].tolist()
+        ],
+    }
+
+
+def _bits(a: int, b: int) -> int:
+    return int(a ^ b).bit_count()
+
+
+def _quantiles(values: list[int]) -> dict:
+    if not values:
+        return {}
+    q = np.quantile(values, [0.5, 0.9, 0.99, 1.0])
+    return {"median": float(q[0]), "p90": float(q[1]), "p99": float(q[2]), "max": float(q[3])}
+
+
+def print_tables(result: dict) -> None:
+    """The per-kind table, the clean rows, and the CLIP and pHash diagnostics (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"filter quality: {result['n']} rows, seed {result['seed']} ({result['wall_s']:.0f} s)")
+    for col in ("noise kind", "rows", "expected reason", "precision", "recall", "recall (any)", "misses"):
+        table.add_column(col, justify="left" if col in ("noise kind", "expected reason", "misses") else "right")
+    for k in result["kinds"]:
+        misses = ", ".join(f"{v} {r}" for r, v in list(k["misses"].items())[:3])
+        goal = " *" if k["kind"] in GOAL_KINDS else ""
+        table.add_row(k["kind"] + goal, str(k["rows"]), k["reason"], _f(k["precision"]), _f(k["recall"]),
+                      _f(k["recall_any"]), misses)  # fmt: skip
+    c = result["clean"]
+    reasons = ", ".join(f"{v} {r}" for r, v in c["by_reason"].items())
+    table.add_row("clean", str(c["rows"]), "(kept)", "", "", f"{c['false_rejection_rate']:.3f} rejected", reasons)
+    console.print(table)
+    console.print(f"* goal: precision and recall >= {GOAL}")
+    clip, ph = result["clip"], result["phash"]
+    console.print(
+        f"CLIP filter: min_score {clip['min_score']:.4f} (rejects {result['max_clean_loss']:.0%} of "
+        f"{clip['validation_pairs']} held-out true pairs); AUC true vs shuffled: validation "
+        f"{clip['validation_auc']:.3f}, pool {_f(clip['pool_auc_clean_vs_mismatched'])}"
+    )
+    console.print(
+        f"pHash (k = 8): near copy to original {ph['near_copy_distance']}; "
+        f"{ph['distinct_pairs_within_k']} pairs of distinct images within k among {ph['distinct_images']:,}"
+    )
+    what_if = ", ".join(
+        f"t={t}: P {_f(v['precision'])} R {_f(v['recall'])}"
+        for t, v in result["language"]["reject_only_confident_non_english"].items()
+    )
+    console.print(f"wrong_language if only fastText scores >= t were rejected: {what_if}")
+    seen = result["clip"]["mismatched_recall_by_emoji_in_seed_set"]
+    console.print(
+        "low_clip_score recall on mismatched rows whose emoji the seed set has / has not: "
+        + ", ".join(f"{k} {_f(v['recall'])} ({v['rows']} rows)" for k, v in seen.items())
+    )
+    for k in result["kinds"]:
+        if k["missed_details"] and k["kind"] in ("boilerplate", "non_english", "dup_near"):
+            console.print(f"{k['kind']} missed: {k['missed_details']}")
+
+
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--n", type=int, default=3000, help="rows in the pool")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=1000, help="projection training steps (batch 256)")
+    parser.add_argument("--max-clean-loss", type=float, default=0.02, help="share of true pairs min_score rejects")
+    parser.add_argument("--cache", type=Path, default=default_cache(), help="corpus, seed set and model cache")
+    parser.add_argument("--keep-run", type=Path, help="run directory to write and keep (default: a temp dir)")
+    parser.add_argument("--out", default="benchmarks/results/filter_quality.json")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    start = time.perf_counter()
+    timings = {}
+    objects, rows = build_quality_corpus(args.cache, args.n, args.seed)
+    seed_set = build_seed_set(args.cache, args.seed)
+    seen = {p.concept for p in load_catalogue(SEED_SOURCES, args.cache)}
+    timings["corpus_s"] = time.perf_counter() - start
+    model_dir = train_filter_model(seed_set, args.cache / f"filter-{seed_set.train.parent.name}", args.steps)
+    matched, shuffled = validation_scores(model_dir, seed_set, args.seed)
+    min_score = calibrate(matched, args.max_clean_loss)
+    timings["filter_model_s"] = time.perf_counter() - start - timings["corpus_s"]
+    print(
+        f"pool {len(rows):,} rows {dict(noise_counts(args.n))}; seed set {seed_set.n_train:,} + {seed_set.n_val} pairs"
+    )
+    print(f"CLIP filter {model_dir}: min_score {min_score:.4f}")
+    tmp = None if args.keep_run else Path(tempfile.mkdtemp(prefix="quality-run-"))
+    run_dir = args.keep_run or tmp / "run"
+    try:
+        t = time.perf_counter()
+        urls = run_recipe(objects, rows, model_dir, min_score, run_dir)
+        timings["pipeline_s"] = time.perf_counter() - t
+        data = joined(run_dir, urls)
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    result = {
+        "n": len(rows),
+        "seed": args.seed,
+        "sources": list(SOURCES),
+        "seed_set": {"sources": list(SEED_SOURCES), "train_pairs": seed_set.n_train, "val_pairs": seed_set.n_val},
+        "steps": args.steps,
+        "max_clean_loss": args.max_clean_loss,
+        "kinds": kind_table(data),
+        "clean": clean_summary(data),
+        "clip": clip_diagnostics(data, matched, shuffled, min_score, seen),
+        "language": language_diagnostics(data),
+        "phash": phash_diagnostics(data),
+        "timings": {k: round(v, 1) for k, v in timings.items()},
+        "wall_s": round(time.perf_counter() - start, 1),
+        "cores": len(os.sched_getaffinity(0)),
+    }
+    print_tables(result)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
