@@ -236,7 +236,7 @@ def _enrich_stage(stage, run_dir: Path) -> dict:
     if len(todo):
         tmp = run_dir / ".tmp" / f"enrich-{uuid.uuid4().hex[:8]}"
         runtime.enrich(str(run_dir), todo, stage, str(tmp))
-        new = pq.ParquetDataset(tmp).read().select(done.column_names if not fresh else ["key", *stage.writes])
+        new = pq.ParquetDataset(tmp).read().select(["key", *stage.writes])
         done = new if fresh else pa.concat_tables([done, new.cast(done.schema)])
         write_parquet(str(store), done.sort_by("key"))
         shutil.rmtree(tmp, ignore_errors=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -186,9 +185,3 @@ def test_unknown_captioner_fails_fast_with_the_fix(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="curate train llava"):
         check_captioner(str(tmp_path / "no-such-model"))
-
-
-def jpeg(color: str) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (40, 40), color).save(buf, format="JPEG")
-    return buf.getvalue()

@@ -58,15 +58,14 @@ class LMSpec(BaseModel):
 class Llava(nn.Module):
     """Image tower (frozen) + projector + causal LM; image placeholder tokens take the image features."""
 
-    def __init__(self, clip, lm, tokenizer, preprocess, vision_source: str, num_image_tokens: int) -> None:
+    def __init__(self, clip, lm, tokenizer, preprocess, vision_source: str) -> None:
         super().__init__()
         self.clip, self.lm, self.tokenizer, self.preprocess = clip, lm, tokenizer, preprocess
         self.vision_source = vision_source
-        self.num_image_tokens = num_image_tokens
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.clip.requires_grad_(False)
         self.clip.eval()
-        width = vision_tokens(clip.visual, _probe(preprocess)).shape[-1]
+        _, self.num_image_tokens, width = vision_tokens(clip.visual, _probe(preprocess)).shape
         hidden = lm.get_input_embeddings().embedding_dim
         self.projector = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, hidden))
 
@@ -201,8 +200,7 @@ def build_llava(vision: str, vision_pretrained: str | None, lm: LMSpec | dict, d
     language.config.pad_token_id = tokenizer.pad_token_id
     language.config.eos_token_id = tokenizer.eos_token_id
     bundle = load_clip(vision, vision_pretrained)
-    n = vision_tokens(bundle.model.visual, _probe(bundle.preprocess_val)).shape[1]
-    return Llava(bundle.model, language, tokenizer, bundle.preprocess_val, vision, n).to(device)
+    return Llava(bundle.model, language, tokenizer, bundle.preprocess_val, vision).to(device)
 
 
 def save_llava(model: Llava, folder: str | Path) -> Path:
@@ -249,13 +247,10 @@ def load_llava(path: str | Path, device: str = "cpu") -> Llava:
     from curate.models.clip import load_clip
 
     folder = resolve_checkpoint(path)
-    meta = json.loads((folder / "llava.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(folder / "lm")
     tokenizer.padding_side = "left"
     language = AutoModelForCausalLM.from_pretrained(folder / "lm")
     bundle = load_clip(str(folder / "vision"))
-    model = Llava(
-        bundle.model, language, tokenizer, bundle.preprocess_val, str(folder / "vision"), meta["num_image_tokens"]
-    )
+    model = Llava(bundle.model, language, tokenizer, bundle.preprocess_val, str(folder / "vision"))
     model.projector.load_state_dict(load_file(str(folder / "projector.safetensors")))
     return model.to(device).eval()
