@@ -69,6 +69,8 @@ BOILERPLATE = [
     ("Photo", "stock"),
     ("[Picture]", "stock"),
     ("Click here!", "stock"),
+    ("Stock photo", "stock"),
+    ("royalty-free stock photo", "stock"),
     ("click to enlarge", "stock"),
     ("No Image Available", "stock"),
     ("Loading...", "stock"),

@@ -84,3 +84,33 @@ def test_thresholds_change_without_touching_signals(tmp_path):
     decide(samples, strict.decide, tmp_path / "d.parquet")
     kept = pq.read_table(tmp_path / "d.parquet").filter(pa.compute.field("keep")).column("key").to_pylist()
     assert kept == ["006"]  # the only decodable image whose smaller side is >= 250
+
+
+def test_language_policy_scores(tmp_path):
+    """min_lang_score applies to kept languages; min_other_score decides how sure an unlisted one must be."""
+    langs = [("en", 0.95), ("en", 0.30), ("de", 0.92), ("de", 0.35), (None, None)]
+    table = pa.table(
+        {
+            "key": [f"{i:03d}" for i in range(len(langs))],
+            "url": [f"http://h/{i}" for i in range(len(langs))],
+            "caption": ["c"] * len(langs),
+            "status": ["success"] * len(langs),
+            "width": [300] * len(langs),
+            "height": [300] * len(langs),
+            "decode_error": pa.nulls(len(langs), pa.string()),
+            "lang": [lang for lang, _ in langs],
+            "lang_score": pa.array([score for _, score in langs], pa.float32()),
+        }
+    )
+    pq.write_table(table, tmp_path / "samples.parquet")
+
+    def kept(**config) -> list[str]:
+        recipe = build_recipe({"annotate": ["image", "language"], "decide": [{"policy": "language", **config}]})
+        decide(str(tmp_path / "samples.parquet"), recipe.decide, tmp_path / "d.parquet")
+        return pq.read_table(tmp_path / "d.parquet").filter(pa.compute.field("keep")).column("key").to_pylist()
+
+    assert kept() == ["000", "001"]
+    assert kept(min_lang_score=0.5) == ["000"]
+    assert kept(min_other_score=0.5) == ["000", "001", "003"]
+    assert kept(min_lang_score=0.5, min_other_score=0.5) == ["000", "003"]
+    assert kept(languages=["de"], min_other_score=0.99) == ["000", "001", "002", "003"]

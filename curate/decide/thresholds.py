@@ -96,10 +96,21 @@ class LanguageConfig(PolicyConfig):
         default_factory=lambda: ["en"], min_length=1, description="fastText language codes to keep."
     )
     min_lang_score: float = Field(0.0, ge=0.0, le=1.0, description="Reject when fastText is less sure.")
+    min_other_score: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Reject an unlisted language only when fastText gives it at least this score; below, keep "
+        "the row (fastText misreads short captions: 0.5 keeps most short English alt text). 0 rejects all.",
+    )
 
 
 class Language(Policy):
-    """Keep captions in the listed languages (fastText top-1), optionally above a score."""
+    """Keep captions in the listed languages (fastText top-1), optionally above a score.
+
+    ``min_lang_score`` is how sure fastText must be of a listed language; ``min_other_score`` how sure
+    of an unlisted one before the row is rejected (a guess below it is given the benefit of the doubt).
+    """
 
     name = "language"
     Config = LanguageConfig
@@ -107,9 +118,12 @@ class Language(Policy):
     reasons = ("wrong_language",)
 
     def apply(self, db: DecideDB) -> None:
-        codes = ", ".join(f"'{code}'" for code in self.config.languages)  # validated: [a-z]{2,3}
+        c = self.config
+        codes = ", ".join(f"'{code}'" for code in c.languages)  # validated: [a-z]{2,3}
+        listed = f"s.lang IN ({codes})"
         db.reject_where(
-            f"s.lang IS NULL OR s.lang NOT IN ({codes}) OR s.lang_score < {float(self.config.min_lang_score)}",
+            f"s.lang IS NULL OR ({listed} AND s.lang_score < {float(c.min_lang_score)})"
+            f" OR (NOT {listed} AND s.lang_score >= {float(c.min_other_score)})",
             "wrong_language",
             self.name,
         )

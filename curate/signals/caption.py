@@ -110,6 +110,13 @@ STOCK_ALT_TEXTS = frozenset(
         *"test advertisement ad sponsored pixel shim enlarge zoom download".split(),
         # phrases
         "untitled image",
+        "stock photo",
+        "stock photos",
+        "stock image",
+        "stock images",
+        "stock photography",
+        "stock picture",
+        *(f"{free} {what}" for free in ("royalty free", "royalty-free") for what in ("image", "photo", "stock photo")),
         "click here",
         "click to enlarge",
         "click to zoom",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import pyarrow as pa
@@ -91,8 +92,16 @@ def measure_image(
                 im.load()
                 row.update(perceptual_hashes(im, with_dhash))
     except Exception as err:  # a per-row error is data, not a crash: it becomes decode_error
-        row["decode_error"] = f"{type(err).__name__}: {err}"[:300]
+        row["decode_error"] = _error_text(err)
     return row
+
+
+_BUFFER_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+
+
+def _error_text(err: Exception) -> str:
+    """``Type: message`` without Pillow's ``<_io.BytesIO object at 0x…>`` (it differs per run)."""
+    return _BUFFER_REPR.sub("the downloaded bytes", f"{type(err).__name__}: {err}")[:300]
 
 
 def _header(im: Image.Image, original: tuple | None) -> dict:
