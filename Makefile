@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench bench-quality clean
 
 install: $(STAMP)
 
@@ -42,6 +42,13 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/clipscore.py
 	$(BIN)/python benchmarks/dedup.py
 	$(BIN)/python benchmarks/recaption.py
+
+# The quality corpus (apt + npm + the bench extra), then filter precision/recall per noise kind and
+# the closed loop (a CLIP trained on each recipe's output). ~15 min the first time, then ~10 min.
+bench-quality: $(STAMP)
+	bash benchmarks/quality_setup.sh
+	$(BIN)/python benchmarks/filter_quality.py
+	$(BIN)/python benchmarks/closed_loop.py
 
 clean:
 	rm -rf demo-run .pytest_cache test-artifacts

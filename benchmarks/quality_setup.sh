@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what benchmarks/quality_corpus.py needs, when missing:
 #   - Debian: fonts-noto-color-emoji (the Noto glyphs), libcairo2 (for cairosvg), npm (as root);
-#   - PyPI into .venv: emoji (CLDR names and translations), cairosvg (SVG rasteriser);
+#   - PyPI into .venv: pyproject's `bench` extra (emoji: CLDR names and translations; cairosvg);
 #   - npm, unpacked into the cache (never into the repository): openmoji, @iconify-json/twemoji,
 #     @iconify-json/fluent-emoji-flat.
 # The cache is $CURATE_QUALITY_CACHE or ~/.cache/curate/quality-corpus.
@@ -23,7 +23,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-"$PY" -c "import emoji, cairosvg" 2>/dev/null || "$PY" -m pip install -q emoji cairosvg
+"$PY" -c "import emoji, cairosvg" 2>/dev/null || "$PY" -m pip install -q -c constraints.txt -e '.[bench]'  # pyproject's bench extra
 
 # npm packages and the glyph catalogues (idempotent; prints what it fetches)
 "$PY" - <<'EOF'

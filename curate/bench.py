@@ -108,6 +108,23 @@ def _one(name: str, recipe: Recipe, pool, run_dir: Path, spec: dict, preset, sam
     return QualityRow(name, kept, total, kept / total, top1, r1, round(seconds, 1))
 
 
+def quality_table(rows: list[QualityRow]) -> tuple[list[str], list[tuple]]:
+    """(column names, one tuple per recipe) for printing."""
+    columns = ["recipe", "kept", "kept fraction", "zero-shot top-1", "retrieval R@1", "train s"]
+    table = [
+        (
+            r.recipe,
+            r.kept,
+            f"{r.kept_fraction:.3f}",
+            "-" if r.zero_shot_top1 is None else f"{r.zero_shot_top1:.3f}",
+            f"{r.retrieval_r1:.3f}",
+            r.train_seconds,
+        )
+        for r in rows
+    ]
+    return columns, table
+
+
 def _plot(rows: list[QualityRow], path: Path) -> Path:
     """Grouped bars: zero-shot top-1 and retrieval R@1 per recipe."""
     from curate.report.plots import bar_chart

@@ -310,21 +310,11 @@ def bench_quality(
 ) -> None:
     """Curate one pool with each recipe and with no filter, train the same CLIP on each, evaluate."""
     from curate.bench import bench_quality as run_bench
+    from curate.bench import quality_table
 
     names = [*recipes, *ctx.args]  # `--recipes A B C`: the names after the first arrive as extra arguments
     rows = run_bench(pool, names, eval, output, train, samples, address)
-    columns = ["recipe", "kept", "kept fraction", "zero-shot top-1", "retrieval R@1", "train s"]
-    table = [
-        (
-            r.recipe,
-            r.kept,
-            f"{r.kept_fraction:.3f}",
-            "-" if r.zero_shot_top1 is None else f"{r.zero_shot_top1:.3f}",
-            f"{r.retrieval_r1:.3f}",
-            r.train_seconds,
-        )
-        for r in rows
-    ]
+    columns, table = quality_table(rows)
     print_rows(columns, table, "table")
     console.print(f"results: {output}/quality.json, {output}/quality.png")
 

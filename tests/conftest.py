@@ -63,7 +63,7 @@ def lit_model(curated_shards, tmp_path_factory) -> Path:
     from curate.train.clip import ClipTrainConfig, train_clip
 
     output = tmp_path_factory.mktemp("lit")
-    overrides = {"steps": 20, "batch_size": 32, "log_every": 5, "warmup_steps": 2}
+    overrides = {"steps": 100, "batch_size": 32, "log_every": 5, "warmup_steps": 2}
     cfg = ClipTrainConfig.from_yaml("configs/train/lit-offline.yaml", overrides)
     train_clip(cfg, f"{curated_shards}/{{00000..00001}}.tar", output)
     return output

@@ -109,4 +109,4 @@ def test_lit_offline_separates_matched_from_mismatched_pairs_it_never_saw(curate
     image, text, _ = embed_pairs(load_clip(str(lit_model)), held_out, 32, "cpu")
     assert len(image) >= 40
     assert matched_pair_auc(*untrained[:2]) < 0.65  # random projections: no better than chance
-    assert matched_pair_auc(image, text) > 0.8  # measured 0.95
+    assert matched_pair_auc(image, text) > 0.8  # measured 0.985 (100 steps on cached features)

@@ -18,6 +18,7 @@ features across ranks for the loss.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -29,10 +30,11 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from curate.models.clip import load_clip, save_model_folder
+from curate.train.cached import ProjectionHeads, cached_tower_features, feature_batches, one_cpu_thread
 from curate.train.common import autocast, cosine_lr, latest_checkpoint, pick_device, save_checkpoint
 from curate.train.data import dataset_size, expand_shards, train_loader, train_pipeline
 
@@ -46,6 +48,11 @@ class ClipTrainConfig(BaseModel):
     pretrained: str | None = Field(None, description="open_clip tag or checkpoint file to start from.")
     lock_image: bool = Field(False, description="Freeze the image tower (LiT); its projection trains.")
     lock_text: bool = Field(False, description="Freeze the text tower; its projection trains.")
+    cache_features: bool = Field(
+        False,
+        description="With both towers locked: compute each pair's tower features once (eval preprocessing) "
+        "and train the projections on them; milliseconds per step instead of two tower passes.",
+    )
     batch_size: int = Field(64, gt=1, description="Pairs per optimizer step and process.")
     steps: int | None = Field(None, gt=0, description="Optimizer steps (or give epochs).")
     epochs: float | None = Field(None, gt=0, description="Passes over the data, from sizes.json.")
@@ -63,6 +70,12 @@ class ClipTrainConfig(BaseModel):
     log_every: int = Field(10, gt=0, description="Log every N steps.")
     seed: int = Field(0, description="Seed of model init and data order.")
     device: str = Field("auto", description="cpu, cuda, cuda:N or auto.")
+
+    @model_validator(mode="after")
+    def _cache_needs_locked_towers(self) -> ClipTrainConfig:
+        if self.cache_features and not (self.lock_image and self.lock_text):
+            raise ValueError("cache_features needs lock_image: true and lock_text: true (only then are features fixed)")
+        return self
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> ClipTrainConfig:
@@ -87,9 +100,10 @@ def train_clip(cfg: ClipTrainConfig, data: str, output: str | Path, resume: str 
     if rank == 0:
         output.mkdir(parents=True, exist_ok=True)
         (output / "train_config.json").write_text(cfg.model_dump_json(indent=2))
+    trained, batches = _model_and_batches(bundle, cfg, shards, output, start_step, device, rank)
     state = _State(
         model=model,
-        train_model=_wrap(model, cfg, device, world),
+        train_model=_wrap(trained, cfg, device, world),
         optimizer=optimizer,
         scheduler=cosine_lr(optimizer, cfg.lr, cfg.warmup_steps, total_steps),
         loss_fn=_loss(rank, world),
@@ -97,15 +111,31 @@ def train_clip(cfg: ClipTrainConfig, data: str, output: str | Path, resume: str 
         rank=rank,
         world=world,
     )
-    pipeline = train_pipeline(
-        shards, bundle.preprocess_train, bundle.tokenizer, cfg.batch_size, cfg.shuffle_buffer, cfg.seed + start_step
-    )
-    last = _loop(state, iter(train_loader(pipeline, cfg.data_workers)), cfg, output, start_step, total_steps)
+    with one_cpu_thread(device) if cfg.cache_features else contextlib.nullcontext():
+        last = _loop(state, batches, cfg, output, start_step, total_steps)
     if rank == 0:
         _save(model, optimizer, cfg, output, total_steps)
         name = Path(cfg.model).stem if cfg.model.endswith(".json") else cfg.model
         save_model_folder(model, name, output, bundle.tokenizer)
     return {"steps": total_steps, "start_step": start_step, "output": str(output), **last}
+
+
+def _model_and_batches(bundle, cfg: ClipTrainConfig, shards, output: Path, start: int, device, rank: int):
+    """What trains and what it reads: the model on decoded pairs, or its projections on cached features.
+
+    Every rank computes the features of all shards (the cache is per process); each samples its own
+    batches, so the gathered global batch still holds ``world * batch_size`` pairs.
+    """
+    if not cfg.cache_features:
+        pipeline = train_pipeline(
+            shards, bundle.preprocess_train, bundle.tokenizer, cfg.batch_size, cfg.shuffle_buffer, cfg.seed + start
+        )
+        return bundle.model, iter(train_loader(pipeline, cfg.data_workers))
+    key = {"model": cfg.model, "pretrained": cfg.pretrained, "shards": shards}
+    path = output / ("features.pt" if rank == 0 else f"features-rank{rank}.pt")
+    image, text = cached_tower_features(bundle, shards, key, path, cfg.batch_size, cfg.data_workers, device)
+    seed = (cfg.seed + start) * 1000 + rank
+    return ProjectionHeads(bundle.model), feature_batches(image, text, cfg.batch_size, seed, device)
 
 
 @dataclass
