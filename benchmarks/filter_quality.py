@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality_clip import auc, calibrate, train_filter_model, validation_scores
+from quality_clip import FitSettings, auc, calibrate, train_filter_model, validation_scores
 from quality_corpus import NOISE, build_quality_corpus, build_seed_set, noise_counts, write_truth
 from quality_sources import SEED_SOURCES, SOURCES, default_cache, load_catalogue
 
@@ -356,7 +357,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--n", type=int, default=3000, help="rows in the pool")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=200, help="projection training steps (batch 256)")
+    parser.add_argument("--steps", type=int, default=FitSettings.steps, help="projection training steps")
     parser.add_argument("--max-clean-loss", type=float, default=0.02, help="share of true pairs min_score rejects")
     parser.add_argument(
         "--max-false-merge",
@@ -376,7 +377,8 @@ def main() -> None:
     seed_set = build_seed_set(args.cache, args.seed)
     seen = {p.concept for p in load_catalogue(SEED_SOURCES, args.cache)}  # emoji the filter saw drawn otherwise
     timings["corpus_s"] = time.perf_counter() - start
-    model_dir = train_filter_model(seed_set, args.cache / f"filter-seed{args.seed}", args.steps)
+    fit = FitSettings(steps=args.steps, seed=args.seed)
+    model_dir = train_filter_model(seed_set, args.cache / f"filter-seed{args.seed}", fit)
     val_artists = validation_scores(model_dir, seed_set.artists, args.seed)
     matched, shuffled = validation_scores(model_dir, seed_set.holdout, args.seed)
     min_score = calibrate(matched, args.max_clean_loss)
@@ -399,7 +401,7 @@ def main() -> None:
         "seed": args.seed,
         "sources": list(SOURCES),
         "seed_set": {"artists": list(SEED_SOURCES), **_seed_sizes(seed_set)},
-        "steps": args.steps,
+        "filter_training": asdict(fit),
         "max_clean_loss": args.max_clean_loss,
         "kinds": kind_table(data),
         "clean": clean_summary(data),

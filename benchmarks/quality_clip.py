@@ -1,13 +1,18 @@
 """The CLIP filter for the quality benchmark: ``lit-offline`` with projections trained on the seed set.
 
 ``lit-offline`` locks both pretrained towers (ImageNet EfficientNet-Lite0, all-MiniLM-L6-v2), so
-only the two linear projections and the temperature train (LiT). Their inputs, the towers'
-pooled features, never change: :func:`train_filter_model` computes them once per seed pair (eval
-preprocessing, as the clip stage scores) and trains the projections on the cached features with
-open_clip's ``ClipLoss`` and AdamW — seconds per thousand steps on a CPU instead of the ~2 s per
-step of a full forward pass (``curate train clip`` recomputes the frozen towers every step). The
-result is saved with :func:`curate.models.clip.save_model_folder`, the folder ``curate train clip``
-writes, so the recipe's clip stage loads it as ``model: FOLDER``.
+only the two linear projections train (LiT). Their inputs, the towers' pooled features, never
+change: :func:`train_filter_model` computes them once per seed pair (eval preprocessing, as the clip
+stage scores) and trains the projections on the cached features with open_clip's ``ClipLoss`` and
+AdamW, as ``curate train clip`` does with ``cache_features: true``; it is kept separate for the
+regularisation a seed set this small needs (feature dropout, a fixed temperature). The result is
+saved with :func:`curate.models.clip.save_model_folder`, the folder ``curate train clip`` writes, so
+the recipe's clip stage loads it as ``model: FOLDER``.
+
+The seed set is small (~5,600 pairs for 640k projection weights), so the projections overfit
+quickly: :class:`FitSettings` holds the settings that separated held-out pairs best (few steps,
+dropout on the cached features, a fixed temperature; measured, see the field comments). Longer
+training, bigger batches and MLP heads all scored worse on the held-out glyphs.
 
 :func:`calibrate` picks the ``clip_score`` threshold on validation pairs of the seed set (glyphs held
 out of training; filter_quality.py uses the part drawn from the pool's own sources, Noto and
@@ -23,6 +28,7 @@ import json
 import math
 import random
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,33 +87,38 @@ def _seed_pairs(part: SeedPart) -> tuple[list[bytes], list[str]]:
     return images, captions
 
 
-def train_filter_model(
-    seed_set: SeedSet,
-    out: Path,
-    steps: int = 200,
-    batch_size: int = 256,
-    lr: float = 1e-3,
-    weight_decay: float = 0.05,
-    seed: int = 0,
-) -> Path:
+@dataclass(frozen=True)
+class FitSettings:
+    """How :func:`train_filter_model` trains the projections on the cached tower features."""
+
+    steps: int = 400  # AdamW steps; held-out AUC 0.925 at 200, 0.935 at 400-800 (without dropout: 0.86 at 3,000)
+    batch_size: int = 256  # pairs per step (1,024 scored no better, at four times the cost)
+    lr: float = 1e-3  # peak learning rate (20 warmup steps, then cosine to 0)
+    weight_decay: float = 0.05  # AdamW's, on the projections
+    feature_dropout: float = 0.2  # dropout on both towers' features while training: regularises
+    logit_scale: float = 10.0  # fixed inverse temperature (learned, it climbs to 16-26 as the heads overfit)
+    seed: int = 0
+
+
+def train_filter_model(seed_set: SeedSet, out: Path, settings: FitSettings | None = None) -> Path:
     """Train lit-offline's projections on the seed set (cached tower features); returns the model folder.
 
     Reused when ``out`` already holds a model trained with the same settings.
     """
-    settings = {"seed_set": [str(p.train) for p in seed_set.parts], "steps": steps, "batch_size": batch_size,
-                "lr": lr, "weight_decay": weight_decay, "seed": seed}  # fmt: skip
+    settings = settings or FitSettings()
+    record = {"seed_set": [str(p.train) for p in seed_set.parts], **asdict(settings)}
     done = out / "filter_train.json"
-    if done.is_file() and json.loads(done.read_text()).get("settings") == settings:
+    if done.is_file() and json.loads(done.read_text()).get("settings") == record:
         return out
-    torch.manual_seed(seed)
+    torch.manual_seed(settings.seed)
     bundle = load_clip(MODEL)
     model = bundle.model
     lock_towers(model)
     features = [_cached_features(bundle, part) for part in seed_set.parts]
     img, txt = torch.cat([f[0] for f in features]), torch.cat([f[1] for f in features])
-    log = _fit(model, img, txt, steps, batch_size, lr, weight_decay, seed)
+    log = _fit(model, img, txt, settings)
     save_model_folder(model.eval(), MODEL, out, bundle.tokenizer)
-    done.write_text(json.dumps({"settings": settings, "log": log}, indent=1))
+    done.write_text(json.dumps({"settings": record, "log": log}, indent=1))
     return out
 
 
@@ -124,30 +135,29 @@ def _cached_features(bundle, part: SeedPart) -> tuple[torch.Tensor, torch.Tensor
     return img, txt
 
 
-def _fit(model, img: torch.Tensor, txt: torch.Tensor, steps: int, batch: int, lr: float, wd: float, seed: int) -> list:
-    """AdamW + warmup/cosine on the projections and temperature; open_clip's ClipLoss."""
+def _fit(model, img: torch.Tensor, txt: torch.Tensor, cfg: FitSettings) -> list:
+    """AdamW + warmup/cosine on the projections at a fixed temperature; open_clip's ClipLoss."""
     from open_clip.loss import ClipLoss
 
     head, proj = model.visual.head, model.text.proj
-    params = [*head.parameters(), *proj.parameters()]
-    opt = torch.optim.AdamW(
-        [{"params": params, "weight_decay": wd}, {"params": [model.logit_scale], "weight_decay": 0.0}], lr=lr
-    )
-    loss_fn, gen, log = ClipLoss(), torch.Generator().manual_seed(seed), []
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(cfg.logit_scale))
+    model.logit_scale.requires_grad_(False)
+    opt = torch.optim.AdamW([*head.parameters(), *proj.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn, gen, log = ClipLoss(), torch.Generator().manual_seed(cfg.seed), []
     head.train(), proj.train()
-    for step in range(steps):
+    for step in range(cfg.steps):
         for group in opt.param_groups:
-            group["lr"] = _lr(step, steps, lr)
-        idx = torch.randperm(len(img), generator=gen)[:batch]
-        a = torch.nn.functional.normalize(head(img[idx]), dim=-1)
-        b = torch.nn.functional.normalize(proj(txt[idx]), dim=-1)
-        loss = loss_fn(a, b, model.logit_scale.exp())
+            group["lr"] = _lr(step, cfg.steps, cfg.lr)
+        idx = torch.randperm(len(img), generator=gen)[: cfg.batch_size]
+        x, y = (torch.nn.functional.dropout(f[idx], cfg.feature_dropout) for f in (img, txt))
+        a = torch.nn.functional.normalize(head(x), dim=-1)
+        b = torch.nn.functional.normalize(proj(y), dim=-1)
+        loss = loss_fn(a, b, cfg.logit_scale)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        if (step + 1) % max(1, steps // 10) == 0:
+        if (step + 1) % max(1, cfg.steps // 10) == 0:
             log.append({"step": step + 1, "loss": round(loss.item(), 4)})
     return log
 

@@ -60,6 +60,7 @@ from curate.demo.corpus import WebObject
 CORPUS_VERSION = 1
 HOLDOUT = 0.25  # share of the Noto and OpenMoji glyphs kept out of the pool for the seed set
 VAL_FRACTION = {"artists": 0.15, "holdout": 0.3}  # share of each seed part's glyphs kept for validation
+ARTISTS_REVISION = 2  # in the artists seed part's folder name: r1 was captioned with older templates than the pool's
 MIN_SIDE, MAX_ASPECT = 200, 3.0  # the recipe's image_size policy (DataComp's basic filter)
 
 NOISE: dict[str, tuple[float, str]] = {
@@ -668,7 +669,7 @@ def build_seed_set(
     glyphs the pool leaves out; each part keeps ``VAL_FRACTION[part]`` of its glyphs for validation."""
     out_dir = Path(out_dir or default_cache())
     cache = Path(cache or out_dir)
-    artists = _seed_part(out_dir / f"seed-v{CORPUS_VERSION}-seed{seed}-{'-'.join(SEED_SOURCES)}-r1",
+    artists = _seed_part(out_dir / f"seed-v{CORPUS_VERSION}-seed{seed}-{'-'.join(SEED_SOURCES)}-r{ARTISTS_REVISION}",
                          lambda: load_catalogue(SEED_SOURCES, cache), seed, VAL_FRACTION["artists"], cache)  # fmt: skip
     held = _seed_part(out_dir / f"seed-v{CORPUS_VERSION}-seed{seed}-{'-'.join(SOURCES)}-holdout{holdout:g}",
                       lambda: split_glyphs(load_catalogue(SOURCES, cache), seed, holdout)[1], seed,
