@@ -22,12 +22,9 @@ OpenMoji, whose scores are distributed as the pool's are): the score below which
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import random
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,56 +32,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
 from quality_corpus import SeedPart, SeedSet
 
 from curate.models.clip import load_clip, save_model_folder
 from curate.models.lit import lock_towers
+from curate.train.cached import cached_tower_features
+from curate.train.data import expand_shards
 
 MODEL = "lit-offline"
-
-
-@contextlib.contextmanager
-def _without_projections(model) -> Iterator[None]:
-    """``encode_image``/``encode_text`` return the towers' pooled features while inside."""
-    head, proj = model.visual.head, model.text.proj
-    model.visual.head, model.text.proj = torch.nn.Identity(), torch.nn.Identity()
-    try:
-        yield
-    finally:
-        model.visual.head, model.text.proj = head, proj
-
-
-@torch.no_grad()
-def tower_features(
-    bundle, images: list[bytes], captions: list[str], batch: int = 64
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled image-tower and text-tower features (before the projections) of each pair."""
-    model = bundle.model.eval()
-    img, txt = [], []
-    with _without_projections(model):
-        for s in range(0, len(images), batch):
-            pixels = torch.stack([bundle.preprocess_val(_rgb(b)) for b in images[s : s + batch]])
-            img.append(model.encode_image(pixels))
-            txt.append(model.encode_text(bundle.tokenizer(captions[s : s + batch])))
-    return torch.cat(img), torch.cat(txt)
-
-
-def _rgb(body: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(body)) as im:
-        return im.convert("RGB")
-
-
-def _seed_pairs(part: SeedPart) -> tuple[list[bytes], list[str]]:
-    import webdataset as wds
-
-    from curate.train.data import expand_shards
-
-    images, captions = [], []
-    for sample in wds.WebDataset(expand_shards(str(part.train)), shardshuffle=False):
-        images.append(sample["jpg"])
-        captions.append(sample["txt"].decode())
-    return images, captions
 
 
 @dataclass(frozen=True)
@@ -123,16 +78,10 @@ def train_filter_model(seed_set: SeedSet, out: Path, settings: FitSettings | Non
 
 
 def _cached_features(bundle, part: SeedPart) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seed part's tower features, computed once and kept beside its shards."""
-    path = part.train.parent / f"{MODEL}-features.pt"
-    if path.is_file():
-        cached = torch.load(path)
-        return cached["img"], cached["txt"]
-    images, captions = _seed_pairs(part)
-    img, txt = tower_features(bundle, images, captions)
-    torch.save({"img": img, "txt": txt}, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
-    return img, txt
+    """A seed part's tower features (``curate train clip``'s cache_features code), kept beside its shards."""
+    shards = expand_shards(str(part.train))
+    path = part.train.parent / f"{MODEL}-tower-features.pt"
+    return cached_tower_features(bundle, shards, {"model": MODEL, "shards": shards}, path, 64, 0, torch.device("cpu"))
 
 
 def _fit(model, img: torch.Tensor, txt: torch.Tensor, cfg: FitSettings) -> list:

@@ -23,6 +23,14 @@ class StageConfig(BaseModel):
     actors: int = Field(1, ge=1, description="Actor pool size, for stages that load a model.")
 
 
+class ModelStageConfig(StageConfig):
+    """Fields of stages that load a model into an actor pool: GPUs default to what the cluster has."""
+
+    num_gpus: float | None = Field(
+        None, ge=0, description="GPUs per actor (fractional allowed); null: 1 when the cluster has GPUs, else 0."
+    )
+
+
 class Stage:
     """Base class: subclasses set ``name``, ``Config``, ``reads``, ``writes`` and ``process``."""
 

@@ -17,13 +17,13 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import Field
 
-from curate.stage import Stage, StageConfig, append_columns
+from curate.stage import ModelStageConfig, Stage, append_columns
 
 CACHE_FIELDS = ("model", "backend", "prompt", "max_new_tokens", "num_beams", "select_model", "select_pretrained")
 """Config fields that change the captions or scores: a change re-captions every kept sample."""
 
 
-class RecaptionConfig(StageConfig):
+class RecaptionConfig(ModelStageConfig):
     model: str = Field(
         description="Captioner: a `curate train llava` output or model folder, or a Hugging Face "
         "image-to-text / vision-language model (id or folder)."
@@ -40,9 +40,6 @@ class RecaptionConfig(StageConfig):
     select_model: str | None = Field(None, description="CLIP for `both` (default: the annotate clip stage's).")
     select_pretrained: str | None = Field(None, description="open_clip tag or checkpoint of select_model.")
     batch_size: int = Field(32, gt=0, description="Images per generate call.")
-    num_gpus: float | None = Field(
-        None, ge=0, description="GPUs per actor (fractional allowed); null: 1 when the cluster has GPUs, else 0."
-    )
 
 
 class Recaption(Stage):

@@ -16,12 +16,12 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import Field
 
-from curate.stage import Stage, StageConfig, append_columns
+from curate.stage import ModelStageConfig, Stage, append_columns
 
 EMBEDDING = pa.list_(pa.float16())
 
 
-class ClipConfig(StageConfig):
+class ClipConfig(ModelStageConfig):
     model: str = Field(
         "ViT-B-32",
         description="open_clip architecture, a config in configs/models, a JSON config, or a model "
@@ -33,9 +33,6 @@ class ClipConfig(StageConfig):
     text_column: str = Field("caption", description="Text to score against the image.")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast dtype on GPU.")
     batch_size: int = Field(128, gt=0, description="Rows per model batch.")
-    num_gpus: float | None = Field(
-        None, ge=0, description="GPUs per actor (fractional allowed); null: 1 when the cluster has GPUs, else 0."
-    )
 
 
 class ClipScore(Stage):
