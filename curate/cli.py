@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from curate import reasons as reason_codes
@@ -48,10 +49,24 @@ def run(
     result = run_pipeline(load_recipe(recipe, set), input, output, address, until)
     if result.funnel:
         print_funnel(result.funnel)
-    console.print(
-        f"outputs: {output}/shards (WebDataset), {output}/metadata (Parquet), {output}/report/report.html, "
-        f"{output}/manifest.json"
-    )
+    console.print(f"outputs: {', '.join(existing_outputs(output))}")
+
+
+OUTPUTS = (
+    ("shards", "WebDataset"),
+    ("metadata", "Parquet"),
+    ("llava", "LLaVA JSON"),
+    ("report/report.html", "report"),
+    ("decisions", "keep/reject + reason"),
+    ("samples", "signals"),
+    ("raw", "downloaded shards"),
+    ("manifest.json", "steps"),
+)
+
+
+def existing_outputs(run_dir: Path) -> list[str]:
+    """``PATH (what)`` for each output the run has now: `--until acquire` has no shards to point at."""
+    return [f"{run_dir / name} ({what})" for name, what in OUTPUTS if (run_dir / name).exists()]
 
 
 @app.command()
@@ -194,8 +209,12 @@ def demo(
     """Generate a small web corpus, serve it on 127.0.0.1, and run pipelines/demo.yaml on it."""
     from curate.demo.corpus import build_corpus
     from curate.demo.server import LoopbackServer, write_url_list
-    from curate.run import run_pipeline
+    from curate.manifest import Manifest
+    from curate.run import is_run, prepare_run_dir, run_pipeline
 
+    prepare_run_dir(output)
+    if not is_run(output):
+        Manifest(output).save()  # the folder is a run from here on: its URL list is written into it
     objects, rows = build_corpus(n_clean=n)
     with LoopbackServer(objects) as server:
         urls = write_url_list(rows, server.base_url, output / "demo_urls.parquet")
@@ -378,7 +397,7 @@ def main() -> None:
     try:
         app()
     except (RecipeError, InputError) as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print("[red]error:[/red]", escape(str(err)), soft_wrap=True)  # one line, never markup
         sys.exit(2)
 
 

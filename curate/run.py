@@ -8,7 +8,9 @@ unchanged, decide and emit always re-run (they are cheap) and replace their outp
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from curate.emit.parquet import write_parquet
 from curate.emit.shards import plan_shards, write_shard
 from curate.enrich.recaption import cache_key
 from curate.io import replace_dir, write_json
+from curate.lock import LOCK_NAME, RunLock
 from curate.manifest import Manifest, versions
 from curate.recipe import Recipe, RecipeError, build_recipe
 from curate.report.html import write_report
@@ -41,6 +44,21 @@ class RunResult:
 
 
 STEPS = ("acquire", "annotate", "decide", "enrich", "emit")
+"""The steps ``--until`` names; every run that decides also writes the report (step ``report``)."""
+
+OUTPUT_FOLDERS = (
+    "input",
+    "raw",
+    "samples",
+    "embeddings",
+    "decisions",
+    "enrich",
+    "shards",
+    "metadata",
+    "llava",
+    "report",
+)
+"""What curate writes inside a run directory, besides ``manifest.json``, ``curate.lock`` and ``.tmp/``."""
 
 
 def run_pipeline(
@@ -50,24 +68,29 @@ def run_pipeline(
     address: str | None = None,
     until: str = "emit",
 ) -> RunResult:
-    """Run the steps of ``recipe`` up to ``until`` on the URL list at ``input_path`` into ``run_dir``."""
+    """Run the steps of ``recipe`` up to ``until`` on the URL list at ``input_path`` into ``run_dir``.
+
+    Holds the run directory's writer lock (:class:`curate.lock.RunLock`) throughout.
+    """
     if until not in STEPS:
         raise InputError(f"--until {until!r}: choose one of {', '.join(STEPS)}")
     run_dir = Path(run_dir)
-    check_writable(run_dir)
-    manifest = Manifest(run_dir)
-    manifest.data.update(recipe=recipe.to_dict(), recipe_source=recipe.source, versions=versions())
-    manifest.data["input"] = str(input_path)
-    preflight(recipe)
-    with runtime.session(address):
-        layout, inputs = stage_inputs(recipe, input_path, run_dir, manifest)
-        acquire(recipe, layout, inputs, run_dir, manifest)
-        if until == "acquire":
-            return RunResult(run_dir, {}, manifest.data)
-        annotate(recipe, run_dir, manifest)
-        if until == "annotate":
-            return RunResult(run_dir, {}, manifest.data)
-        return decide_and_emit(recipe, run_dir, manifest, until)
+    prepare_run_dir(run_dir)
+    with RunLock(run_dir):
+        clean_leftovers(run_dir)
+        manifest = Manifest(run_dir)
+        manifest.data.update(recipe=recipe.to_dict(), recipe_source=recipe.source, versions=versions())
+        manifest.data["input"] = str(input_path)
+        preflight(recipe)
+        with runtime.session(address):
+            layout, inputs = stage_inputs(recipe, input_path, run_dir, manifest)
+            acquire(recipe, layout, inputs, run_dir, manifest)
+            if until == "acquire":
+                return RunResult(run_dir, {}, manifest.data)
+            annotate(recipe, run_dir, manifest)
+            if until == "annotate":
+                return RunResult(run_dir, {}, manifest.data)
+            return decide_and_emit(recipe, run_dir, manifest, until)
 
 
 def redecide(run_dir: str | Path, overrides: list[str] | None = None, address: str | None = None) -> RunResult:
@@ -75,16 +98,20 @@ def redecide(run_dir: str | Path, overrides: list[str] | None = None, address: s
     from curate.recipe import apply_override
 
     run_dir = Path(run_dir)
-    manifest = Manifest(run_dir)
-    if not manifest.done("annotate"):
-        raise InputError(f"{run_dir}: annotate has not finished; run `curate run` to complete it first")
-    data = json.loads(json.dumps(manifest.data["recipe"]))
-    for item in overrides or []:
-        apply_override(data, item, manifest.data.get("recipe_source", "<recipe>"))
-    recipe = build_recipe(data, manifest.data.get("recipe_source", "<recipe>"))
-    manifest.data["recipe"] = recipe.to_dict()
-    with runtime.session(address):
-        return decide_and_emit(recipe, run_dir, manifest)
+    if not is_run(run_dir):
+        raise InputError(f"{run_dir}: not a curate run directory (no manifest.json)")
+    with RunLock(run_dir):
+        clean_leftovers(run_dir)
+        manifest = Manifest(run_dir)
+        if not manifest.done("annotate"):
+            raise InputError(f"{run_dir}: annotate has not finished; run `curate run` to complete it first")
+        data = json.loads(json.dumps(manifest.data["recipe"]))
+        for item in overrides or []:
+            apply_override(data, item, manifest.data.get("recipe_source", "<recipe>"))
+        recipe = build_recipe(data, manifest.data.get("recipe_source", "<recipe>"))
+        manifest.data["recipe"] = recipe.to_dict()
+        with runtime.session(address):
+            return decide_and_emit(recipe, run_dir, manifest)
 
 
 def preflight(recipe: Recipe) -> None:
@@ -97,6 +124,22 @@ def preflight(recipe: Recipe) -> None:
                 raise RecipeError(f"{recipe.source}: {section}[{i}] (stage {stage.name!r}): {err}") from None
 
 
+def is_run(run_dir: Path) -> bool:
+    """True when ``run_dir`` is a curate run directory (it has a manifest, or a writer's lock file)."""
+    return (run_dir / "manifest.json").is_file() or (run_dir / LOCK_NAME).is_file()
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create ``run_dir``, or check that it is a curate run: a non-empty folder curate did not make is
+    refused, so nothing of the user's is ever overwritten or deleted."""
+    if run_dir.is_dir() and not is_run(run_dir) and any(run_dir.iterdir()):
+        raise InputError(
+            f"{run_dir} is not empty and is not a curate run (no manifest.json). curate writes only into a "
+            "new or empty folder, or resumes its own run: choose another --output."
+        )
+    check_writable(run_dir)
+
+
 def check_writable(run_dir: Path) -> None:
     """Fail early, with the path, when the output directory cannot be written."""
     try:
@@ -106,6 +149,36 @@ def check_writable(run_dir: Path) -> None:
         probe.unlink()
     except OSError as err:
         raise InputError(f"{run_dir}: output directory is not writable ({err}). Choose another --output.") from None
+
+
+TEMP_FILE = re.compile(r"\.tmp-[0-9a-f]{8}$")
+"""How :class:`curate.io.AtomicFile` names a file it has not committed yet."""
+
+REPORT_TMP_GRACE_S = 600
+"""``curate report`` needs no lock: its temp folder is left alone while it may still be in use."""
+
+
+def clean_leftovers(run_dir: Path) -> list[Path]:
+    """Delete what a killed writer left half-done: ``RUN/.tmp/*``, uncommitted temp files, and the temp
+    folders of unfinished download shards. Called with the writer lock held; returns what it removed."""
+    removed = []
+    tmp = run_dir / ".tmp"
+    now = time.time()
+    for entry in sorted(tmp.iterdir()) if tmp.is_dir() else []:
+        if entry.name.startswith("report-") and now - entry.stat().st_mtime < REPORT_TMP_GRACE_S:
+            continue
+        removed.append(entry)
+    raw = run_dir / "raw"
+    removed += [p for p in raw.glob(".*-*") if p.is_dir()] if raw.is_dir() else []
+    for folder in (run_dir, *(run_dir / name for name in OUTPUT_FOLDERS)):
+        if folder.is_dir():
+            removed += [p for p in folder.iterdir() if TEMP_FILE.search(p.name) or p.name.endswith(".parquet.tmp")]
+    for path in removed:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return removed
 
 
 def stage_inputs(
@@ -133,8 +206,6 @@ def acquire(recipe: Recipe, layout: ShardLayout, inputs: pa.Table, run_dir: Path
     """Download every shard not yet complete in ``RUN/raw/``."""
     raw = run_dir / "raw"
     raw.mkdir(exist_ok=True)
-    for leftover in raw.glob(".*-*"):  # temp folders of shards a killed run never finished
-        shutil.rmtree(leftover, ignore_errors=True)
     names = [layout.shard_name(i) for i in range(layout.n_shards)]
     done = complete_shards(raw)
     todo = [i for i, name in enumerate(names) if name not in done]
@@ -193,12 +264,14 @@ def decide_and_emit(recipe: Recipe, run_dir: Path, manifest: Manifest, until: st
     if until != "decide":
         enrich(recipe, run_dir, manifest)
     if until not in ("decide", "enrich"):
+        previous = dict(manifest.steps.get("emit", {}))
         with manifest.step("emit") as record:
-            record.update(emit(recipe, run_dir))
+            record.update(emit(recipe, run_dir, previous))
     result = funnel(run_dir)
     manifest.data["funnel"] = result
     manifest.save()
-    write_report(run_dir)
+    with manifest.step("report") as record:
+        record["path"] = str(write_report(run_dir))
     return RunResult(run_dir, result, manifest.data)
 
 
@@ -244,8 +317,13 @@ def _enrich_stage(stage, run_dir: Path) -> dict:
     return {"model": stage.model_id, "processed": len(todo), "reused": len(done) - len(todo)}
 
 
-def emit(recipe: Recipe, run_dir: Path) -> dict:
-    """Write ``shards/`` (tars + sizes.json) and ``metadata/`` for the kept rows, replacing old ones."""
+def emit(recipe: Recipe, run_dir: Path, previous: dict | None = None) -> dict:
+    """Write ``shards/`` (tars + sizes.json) and ``metadata/`` for the kept rows, replacing old ones.
+
+    ``previous`` is the manifest's record of the last emit: an old ``llava/`` is removed only when
+    that emit wrote it (a folder curate did not write is never deleted).
+    """
+    previous = previous or {}
     captions = run_dir / "enrich" / "recaption.parquet"
     joined = any(s.name == "recaption" for s in recipe.enrich) and captions.is_file()
     kept = duckdb.sql(
@@ -273,8 +351,8 @@ def emit(recipe: Recipe, run_dir: Path) -> dict:
         for kind, file in (("pretrain", "pretrain.json"), ("instruct", "instruct.json")):
             write_json(f"{tmp}/llava/{file}", [r for _, records in results for r in records[kind]])
         parts.append("llava")
-    elif (run_dir / "llava").exists():
-        shutil.rmtree(run_dir / "llava")  # an export from an earlier emit would no longer match
+    elif (run_dir / "llava").exists() and "llava_records" in previous:
+        shutil.rmtree(run_dir / "llava")  # the export of an earlier emit would no longer match
     for part in parts:
         replace_dir(tmp / part, run_dir / part)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -368,9 +368,9 @@ def test_stats_says_which_stage_a_canned_query_needs(run_dir):
 def test_status_of_a_finished_run(run_dir):
     result = cli("status", run_dir)
     assert result.exit_code == 0, result.output
-    for step in ("acquire", "annotate", "decide", "emit"):
+    for step in ("acquire", "annotate", "decide", "emit", "report"):
         assert re.search(rf"│ {step} +│ done ", result.stdout)
-    for step in set(step_order()) - {"acquire", "annotate", "decide", "emit"}:
+    for step in set(step_order()) - {"acquire", "annotate", "decide", "emit", "report"}:
         assert re.search(rf"│ {step} +│ skipped ", result.stdout)  # e.g. enrich: the demo recipe has none
     assert "rows=" in result.stdout and "rejected: dup_exact" in result.stdout
     assert "complete: every step finished." in result.stdout
@@ -391,7 +391,7 @@ def test_status_of_a_failed_and_of_an_interrupted_run(run_dir, tmp_path):
     (run / "manifest.json").write_text(json.dumps(manifest))
     result = cli("status", run)
     assert result.exit_code == 0, result.output
-    assert "step acquire is RUNNING since" in result.stdout
+    assert "step acquire was INTERRUPTED: running since" in result.stdout  # no process holds the lock
     assert re.search(r"│ annotate +│ not started", result.stdout)
     assert (
         f"resume with: curate run {manifest['recipe_source']} --input {manifest['input']} --output {run}"

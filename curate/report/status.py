@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from curate.lock import describe, holder
 from curate.report.stats import Rows
 
 BOOKKEEPING = {
@@ -29,10 +30,10 @@ BOOKKEEPING = {
 
 
 def step_order() -> tuple[str, ...]:
-    """The steps of a run, in order (imported late: ``curate.run`` imports Ray)."""
+    """The steps of a run, in order, the report last (imported late: ``curate.run`` imports Ray)."""
     from curate.run import STEPS
 
-    return STEPS
+    return (*STEPS, "report")
 
 
 def step_rows(manifest: dict, order: Sequence[str] = ()) -> Rows:
@@ -95,22 +96,31 @@ def where_it_stands(run_dir: str | Path, manifest: dict, order: Sequence[str] = 
     """Plain sentences: complete, running, failed (with the error) or stopped, and the command that resumes."""
     steps = manifest.get("steps", {})
     state = states(manifest, order)
+    report = Path(run_dir) / "report" / "report.html"
+    if "report" in state and state["report"] != "running":
+        # runs made before the report was a step have the file only; a deleted report is not written
+        state["report"] = "done" if report.is_file() else ("failed" if state["report"] == "failed" else "not started")
     failed = [n for n, st in state.items() if st == "failed"]
     running = [n for n, st in state.items() if st == "running"]
     missing = [n for n, st in state.items() if st == "not started"]
     lines = []
     for name in failed:
-        lines.append(f"step {name} FAILED: {steps[name].get('error', 'no error recorded')}")
+        lines.append(f"step {name} FAILED: {steps.get(name, {}).get('error', 'no error recorded')}")
+    owner = holder(run_dir) if running else None
     for name in running:
-        lines.append(
-            f"step {name} is RUNNING since {steps[name].get('started', '?')} (manifest updated "
-            f"{manifest.get('updated', '?')}); if no curate process is working on {run_dir}, it was interrupted."
-        )
+        since = f"since {steps[name].get('started', '?')} (manifest updated {manifest.get('updated', '?')})"
+        if owner is not None:
+            lines.append(f"step {name} is RUNNING {since}, written by {describe(owner)}.")
+        else:
+            lines.append(f"step {name} was INTERRUPTED: running {since}, but no process holds the run's lock.")
+    if owner is not None:
+        return lines
     if not (failed or running or missing):
         return ["complete: every step finished."]
     if not (failed or running):
         lines.append(f"stopped before {missing[0]} (not started).")
-    lines.append(f"resume with: {resume_command(run_dir, manifest)}")
+    only_report = set(failed + running + missing) == {"report"}
+    lines.append(f"resume with: {f'curate report {run_dir}' if only_report else resume_command(run_dir, manifest)}")
     return lines
 
 
