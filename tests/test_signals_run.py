@@ -34,7 +34,7 @@ ENGLISH = [
 ]
 
 RECIPE = {
-    "acquire": {"samples_per_shard": 10, "timeout": 3},
+    "acquire": {"samples_per_shard": 10, "timeout": 3, "allow_private_addresses": True},
     "annotate": ["image", "hashes", "caption", "language"],
     "decide": [
         {"policy": "url_filter", "domains": ["localhost"], "patterns": ["/blocked/"]},
