@@ -198,7 +198,7 @@ def _download_into(folder: str, shard_id: int, rows: pa.Table, layout: ShardLayo
             return i, None, "blocked_url", "URL on the url_filter blocklist; not requested"
         return (i, *_fetch_with_retries(url, fetch_cfg, cfg.retries, limiter))
 
-    digits = math.ceil(math.log10(layout.samples_per_shard))
+    digits = layout.sample_digits  # as ShardLayout.keys (img2dataset's, except it gives 0 digits for 1 per shard)
     with ThreadPool(cfg.threads) as pool:
         for i, body, code, message in pool.imap_unordered(work, gated()):
             try:

@@ -59,6 +59,15 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         with self.server.lock:
             self.server.hits[path] += 1
+            self.server.active += 1
+            self.server.max_active = max(self.server.max_active, self.server.active)
+        try:
+            self._answer(path, send_body)
+        finally:
+            with self.server.lock:
+                self.server.active -= 1
+
+    def _answer(self, path: str, send_body: bool) -> None:
         obj = self.server.objects.get(path, _NOT_FOUND)
         if isinstance(obj, Hostile):
             self.close_connection = True
@@ -161,6 +170,7 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], objects: dict[str, WebObject | Hostile]) -> None:
         self.objects = objects
         self.hits: Counter[str] = Counter()  # requests received per path
+        self.active = self.max_active = 0  # requests being answered now, and the most at once
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         super().__init__(address, _Handler)
@@ -184,6 +194,11 @@ class LoopbackServer:
         """How many requests each path received (a copy)."""
         with self._server.lock:
             return Counter(self._server.hits)
+
+    @property
+    def max_active(self) -> int:
+        """The most requests answered at once since the server started."""
+        return self._server.max_active
 
     @property
     def base_url(self) -> str:
