@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from ipaddress import ip_address
 
 import img2dataset.writer  # noqa: F401 - imported here (seconds) so the timings below measure downloads
 import pyarrow as pa
@@ -14,11 +15,16 @@ from PIL import Image
 from curate.acquire import AcquireConfig, ShardLayout, download_shard
 from curate.demo.corpus import WebObject
 from curate.demo.server import Hostile, LoopbackServer
+from curate.fetch import AddressPolicy
 from curate.raw import read_shard
 from curate.recipe import RecipeError, build_recipe, load_recipe
 from curate.urls import download_rows, prepare_inputs
 
-LOOPBACK_ONLY = ["127.0.0.0/8"]  # the test server; every other private address stays refused
+LOOPBACK_ONLY = ["127.0.0.1/32"]  # the test server; every other internal address stays refused
+# Internal targets are other loopback addresses (127.0.0.2, [::1]): refused by the policy, and even a
+# broken policy could not send traffic off this machine. Other private ranges are checked without I/O.
+# Internal targets are other loopback addresses (127.0.0.2, [::1]): refused by the policy, and even a
+# broken policy could not send traffic off this machine. Other private ranges are checked without I/O.
 BANNER = "SECRET-BANNER internal-admin v9.1"
 
 
@@ -43,8 +49,8 @@ def objects() -> dict:
             "/huge": Hostile("huge", size=300_000_000),
             "/huge-unsized": Hostile("huge_unsized", size=300_000_000),
             "/to-ftp": Hostile("redirect", target="ftp://127.0.0.1/ok0.jpg"),
-            "/to-metadata": Hostile("redirect", target="http://169.254.169.254/latest/meta-data/", status=301),
-            "/to-private": Hostile("redirect", target="http://10.0.0.1/admin", status=307),
+            "/to-metadata": Hostile("redirect", target="http://127.0.0.2/latest/meta-data/", status=301),
+            "/to-private": Hostile("redirect", target="http://[::1]/admin", status=307),
             "/loop-a": Hostile("redirect", target="/loop-b"),
             "/loop-b": Hostile("redirect", target="/loop-a"),
             "/noai": Hostile("robots", target="noai", body=jpeg(1)),
@@ -108,6 +114,27 @@ def test_internal_addresses_are_refused_before_connecting_in_every_form(server, 
     assert server.hits == before  # no request reached the server
 
 
+@pytest.mark.parametrize(
+    "ip",
+    [
+        "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "224.0.0.1",
+        "240.0.0.1", "255.255.255.255", "127.0.0.2", "::1", "::", "fe80::1", "fc00::1", "ff02::1",
+        "::ffff:10.0.0.1", "::ffff:169.254.169.254", "::a00:1", "64:ff9b::a9fe:a9fe", "2002:a00:1::1",
+        "2001:0:4136:e378:8000:63bf:f5ff:fffe",
+    ],
+)  # fmt: skip
+def test_the_address_policy_refuses_internal_ranges_and_their_ipv6_forms(ip):
+    assert not AddressPolicy().permits(ip_address(ip))
+    assert AddressPolicy(allow_all=True).permits(ip_address(ip))
+
+
+def test_the_address_policy_permits_public_addresses_and_allowed_networks():
+    assert all(AddressPolicy().permits(ip_address(ip)) for ip in ("93.184.216.34", "2606:4700::1111"))
+    lo = AddressPolicy.from_setting(["127.0.0.1/32"])
+    assert lo.permits(ip_address("127.0.0.1")) and lo.permits(ip_address("::ffff:127.0.0.1"))
+    assert not lo.permits(ip_address("127.0.0.2")) and not lo.permits(ip_address("10.0.0.1"))
+
+
 def test_redirects_are_followed_by_hand_and_each_hop_is_checked(server, tmp_path):
     names = ["/to-ftp", "/to-metadata", "/to-private", "/loop-a", "/chain0", "/chain5"]
     rows, seconds = download(tmp_path, [server.url(n) for n in names], allow_private_addresses=LOOPBACK_ONLY)
@@ -116,7 +143,7 @@ def test_redirects_are_followed_by_hand_and_each_hop_is_checked(server, tmp_path
     assert got[:3] == ["blocked_redirect", "blocked_address", "blocked_address"]
     assert got[3:] == ["failed_to_download", "failed_to_download", "success"]
     assert "loop" in rows[3]["error_message"] and "redirects" in rows[4]["error_message"]
-    assert seconds < 10  # 169.254.169.254 and 10.0.0.1 were never connected to (no connect timeout)
+    assert seconds < 10
 
 
 def test_error_text_is_bounded_and_never_holds_a_response(server, tmp_path):
