@@ -332,7 +332,7 @@ def _get(url: str, cfg: FetchConfig, budget: _Budget) -> tuple[int, str | None, 
         resp = conn.getresponse()
         if resp.status in REDIRECTS and resp.getheader("Location"):
             return resp.status, resp.getheader("Location"), b""
-        if resp.status >= 400 or resp.status < 200:
+        if not 200 <= resp.status < 300:  # errors, and 3xx without a Location
             raise FetchError("download_error", f"HTTP {resp.status}")
         if cfg.disallowed_directives and is_disallowed(
             resp.headers.get_all("X-Robots-Tag", []), cfg.user_agent_token, cfg.disallowed_directives
