@@ -77,7 +77,13 @@ def write_recipes(model_dir: Path, min_score: float, k: int, out: Path) -> list[
     from curate.recipe import load_recipe
 
     clip = [f"annotate.clip.model={model_dir}", "annotate.clip.pretrained=null", "annotate.clip.batch_size=64"]
-    acquire = ["acquire.threads=16", "acquire.timeout=5", "acquire.retries=0", "acquire.samples_per_shard=1000"]
+    acquire = [
+        "acquire.threads=16",
+        "acquire.timeout=5",
+        "acquire.retries=0",
+        "acquire.samples_per_shard=1000",
+        "acquire.allow_private_addresses=[127.0.0.0/8]",
+    ]
     recipes = {
         "basic": load_recipe(ROOT / "pipelines/datacomp-basic.yaml", acquire),
         "clipscore": load_recipe(ROOT / "pipelines/datacomp-clipscore.yaml", [*acquire, *clip]),

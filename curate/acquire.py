@@ -1,4 +1,4 @@
-"""Acquire: download URL shards with img2dataset's own Downloader into ``RUN/raw/``.
+"""Acquire: download URL shards into ``RUN/raw/`` in img2dataset's layout, through ``curate.fetch``.
 
 One shard is one call of :func:`download_shard`, a plain picklable function any distributor
 can run (``curate.runtime`` runs it as a Ray task). Each shard downloads into a private
@@ -8,43 +8,101 @@ temporary folder and is moved into ``raw/`` with its ``_stats.json`` last, so a 
 
 from __future__ import annotations
 
+import contextlib
+import io
+import ipaddress
 import json
 import math
 import os
 import shutil
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing.pool import ThreadPool
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.feather as feather
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from curate.fetch import MAX_ERROR_CHARS, AddressPolicy, FetchConfig, FetchError, fetch, user_agent
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks online at import
 
 
 class AcquireConfig(BaseModel):
-    """How URLs are downloaded (img2dataset's Downloader settings)."""
+    """How URLs are downloaded: img2dataset's shard layout with curate's hardened fetch (``curate.fetch``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     samples_per_shard: int = Field(10_000, gt=0, description="URLs per download shard (one task).")
     threads: int = Field(64, gt=0, description="Download threads inside one shard task.")
-    timeout: float = Field(10.0, gt=0, description="Seconds before a request is abandoned.")
-    retries: int = Field(0, ge=0, description="Extra attempts for a failed download.")
+    timeout: float = Field(
+        20.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Wall-clock seconds one URL may take, all redirect hops, headers and body together "
+        "(download_timeout after that). Must be finite.",
+    )
+    max_bytes: int = Field(
+        32 * 1024 * 1024, gt=0, description="Largest body accepted, in bytes (too_large_download beyond)."
+    )
+    allow_private_addresses: bool | list[str] = Field(
+        False,
+        description="False: only public addresses are fetched (loopback, private, link-local, multicast, "
+        "reserved and shared ones end as blocked_address, checked after DNS and on every redirect). "
+        "True: any address. A list of CIDRs (e.g. ['127.0.0.0/8']): those too, everything else private "
+        "stays blocked.",
+    )
+    max_redirects: int = Field(5, ge=0, description="Redirect hops followed per URL (download_error beyond).")
+    max_per_domain: int | None = Field(
+        None, gt=0, description="Most concurrent requests to one host name inside a shard task (None: no limit)."
+    )
+    retries: int = Field(0, ge=0, description="Extra attempts for a download that failed or timed out.")
     max_side: int | None = Field(
         None,
         gt=0,
         description="Downscale images whose longer side exceeds this (never upscale or pad). "
         "None keeps the original bytes untouched, so signals see the image as served.",
     )
-    user_agent_token: str | None = Field(None, description="Token added to the User-Agent.")
+    contact_url: str | None = Field(
+        None, description="URL named in the User-Agent ('curate/VERSION (+URL; TOKEN)') so site owners can reach you."
+    )
+    user_agent_token: str | None = Field(
+        None, description="Token added to the User-Agent; X-Robots-Tag directives scoped to it apply too."
+    )
     disallowed_header_directives: list[str] = Field(
         default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"],
-        description="X-Robots-Tag directives that make a download count as refused.",
+        description="X-Robots-Tag directives that refuse a download (robots_disallowed).",
     )
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per shard task.")
+
+    @field_validator("allow_private_addresses")
+    @classmethod
+    def _cidrs(cls, value: bool | list[str]) -> bool | list[str]:
+        if not isinstance(value, bool):
+            for cidr in value:
+                try:
+                    ipaddress.ip_network(cidr, strict=False)
+                except ValueError:
+                    raise ValueError(f"{cidr!r} is not an IP network such as 127.0.0.0/8") from None
+        return value
+
+    def fetch_config(self) -> FetchConfig:
+        """The :class:`curate.fetch.FetchConfig` these settings describe."""
+        token = None if self.user_agent_token is None else self.user_agent_token.strip().lower()
+        return FetchConfig(
+            deadline_s=self.timeout,
+            max_bytes=self.max_bytes,
+            max_redirects=self.max_redirects,
+            addresses=AddressPolicy.from_setting(self.allow_private_addresses),
+            user_agent=user_agent(self.contact_url, self.user_agent_token),
+            user_agent_token=token,
+            disallowed_directives=frozenset(d.strip().lower() for d in self.disallowed_header_directives),
+        )
 
 
 @dataclass(frozen=True)
@@ -86,39 +144,148 @@ def complete_shards(raw_dir: Path) -> set[str]:
     return {p.name[: -len("_stats.json")] for p in raw_dir.glob("*_stats.json")}
 
 
+BLOCKED_COLUMN = "curate_blocked_url"
+"""Optional boolean column of a shard's rows: True rows are on the url_filter blocklist, never requested."""
+
+RETRIED = ("download_error", "download_timeout")
+"""Failure codes worth another attempt; policy refusals and oversize bodies are final."""
+
+
 def download_shard(shard_id: int, rows: pa.Table, raw_dir: str, layout: ShardLayout, cfg: AcquireConfig) -> dict:
     """Download one shard of ``rows`` (columns ``url``, ``caption``, extras) into ``raw_dir``.
 
-    Returns img2dataset's stats for the shard. Safe to call again after a crash.
+    Writes img2dataset's layout (``NAME.tar``, ``NAME.parquet`` with an extra ``error_code`` column,
+    ``NAME_stats.json``) with its writer and resizer; every URL goes through :func:`curate.fetch.fetch`.
+    Returns the shard's stats. Safe to call again after a crash.
     """
-    from img2dataset.downloader import Downloader
-    from img2dataset.writer import WebDatasetSampleWriter
-
     name = layout.shard_name(shard_id)
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=raw_dir) as tmp:
-        feather.write_feather(rows, f"{tmp}/input.feather")
-        downloader = Downloader(
-            sample_writer_class=WebDatasetSampleWriter,
-            resizer=_resizer(cfg),
-            thread_count=cfg.threads,
-            save_caption=True,
-            extract_exif=False,
-            output_folder=tmp,
-            column_list=rows.column_names,
-            timeout=cfg.timeout,
-            number_sample_per_shard=layout.samples_per_shard,
-            oom_shard_count=layout.shard_digits,
-            compute_hash=None,
-            verify_hash_type=None,
-            encode_format="jpg",
-            retries=cfg.retries,
-            user_agent_token=cfg.user_agent_token,
-            disallowed_header_directives=cfg.disallowed_header_directives,
-        )
-        downloader.download_shard((shard_id, f"{tmp}/input.feather"))
+        _download_into(tmp, shard_id, rows, layout, cfg)
         for suffix in (".tar", ".parquet", "_stats.json"):  # stats last: it marks completion
             shutil.move(f"{tmp}/{name}{suffix}", f"{raw_dir}/{name}{suffix}")
     return json.loads(Path(f"{raw_dir}/{name}_stats.json").read_text())
+
+
+def _download_into(folder: str, shard_id: int, rows: pa.Table, layout: ShardLayout, cfg: AcquireConfig) -> None:
+    """img2dataset's shard loop (bounded thread pool, writer, resizer, stats) over curate's fetch."""
+    from img2dataset.downloader import compute_key
+    from img2dataset.logger import CappedCounter, write_stats
+    from img2dataset.writer import WebDatasetSampleWriter
+
+    start = time.time()
+    blocked = rows.column(BLOCKED_COLUMN).to_pylist() if BLOCKED_COLUMN in rows.column_names else None
+    rows = rows.drop_columns([BLOCKED_COLUMN]) if blocked is not None else rows
+    columns = rows.column_names
+    schema = rows.schema
+    for col, typ in META_FIELDS:
+        schema = schema.append(pa.field(col, typ))
+    samples = rows.to_pylist()
+    jobs = [(i, r["url"], bool(blocked and blocked[i])) for i, r in enumerate(samples)]
+    writer = WebDatasetSampleWriter(shard_id, folder, True, layout.shard_digits, schema, "jpg")
+    resizer, fetch_cfg = _resizer(cfg), cfg.fetch_config()
+    limiter = DomainLimiter(cfg.max_per_domain)
+    counts, errors = {"success": 0, "failed_to_download": 0, "failed_to_resize": 0}, CappedCounter()
+    in_flight = threading.Semaphore(cfg.threads * 2)  # bounds bodies waiting for the resizer
+
+    def gated():
+        for job in jobs:
+            in_flight.acquire()
+            yield job
+
+    def work(job: tuple[int, str, bool]) -> tuple[int, bytes | None, str | None, str | None]:
+        i, url, is_blocked = job
+        if is_blocked:
+            return i, None, "blocked_url", "URL on the url_filter blocklist; not requested"
+        return (i, *_fetch_with_retries(url, fetch_cfg, cfg.retries, limiter))
+
+    digits = layout.sample_digits  # as ShardLayout.keys (img2dataset's, except it gives 0 digits for 1 per shard)
+    with ThreadPool(cfg.threads) as pool:
+        for i, body, code, message in pool.imap_unordered(work, gated()):
+            try:
+                key = compute_key(i, shard_id, digits, layout.shard_digits)
+                meta = {c: samples[i][c] for c in columns} | {f: None for f, _ in META_FIELDS} | {"key": key}
+                status = _store(writer, resizer, key, samples[i].get("caption"), meta, body, code, message)
+                counts[status] += 1
+                errors.increment(meta["error_message"] or "success")
+            finally:
+                in_flight.release()
+    writer.close()
+    write_stats(
+        folder,
+        shard_id,
+        len(jobs),
+        counts["success"],
+        counts["failed_to_download"],
+        counts["failed_to_resize"],
+        start,
+        time.time(),
+        errors,
+        layout.shard_digits,
+    )
+
+
+META_FIELDS: list[tuple[str, pa.DataType]] = [
+    ("key", pa.string()),
+    ("status", pa.string()),
+    ("error_message", pa.string()),
+    ("error_code", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("original_width", pa.int32()),
+    ("original_height", pa.int32()),
+]
+"""img2dataset's per-sample metadata, plus ``error_code``: the reason code of a failed download."""
+
+
+def _store(writer, resizer, key: str, caption, meta: dict, body: bytes | None, code: str | None, message) -> str:
+    """Write one sample (image or failure record); returns its img2dataset status."""
+    if body is None:
+        meta.update(status="failed_to_download", error_message=message, error_code=code)
+        writer.write(None, key, caption, meta)
+        return "failed_to_download"
+    img, width, height, original_width, original_height, err = resizer(io.BytesIO(body))
+    if err is not None:
+        meta.update(status="failed_to_resize", error_message=str(err)[:MAX_ERROR_CHARS])
+        writer.write(None, key, caption, meta)
+        return "failed_to_resize"
+    meta.update(status="success", width=width, height=height)
+    meta.update(original_width=original_width, original_height=original_height)
+    writer.write(img, key, caption, meta)
+    return "success"
+
+
+def _fetch_with_retries(url: str, cfg: FetchConfig, retries: int, limiter: DomainLimiter):
+    """(body, None, None) or (None, reason code, bounded message) after up to ``retries`` more attempts."""
+    for _ in range(retries + 1):
+        try:
+            with limiter.slot(url):
+                return fetch(url, cfg), None, None
+        except FetchError as err:
+            code, message = err.code, err.message
+            if code not in RETRIED:
+                break
+    return None, code, message
+
+
+class DomainLimiter:
+    """At most ``limit`` concurrent fetches per URL host name (no limit when None)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+
+    @contextlib.contextmanager
+    def slot(self, url: str) -> Iterator[None]:
+        """Hold one of the host's slots while the body of the ``with`` runs."""
+        if self._limit is None:
+            yield
+            return
+        host = (urlsplit(url).hostname or "").lower()
+        with self._lock:
+            sem = self._slots.setdefault(host, threading.BoundedSemaphore(self._limit))
+        with sem:
+            yield
 
 
 def _resizer(cfg: AcquireConfig):

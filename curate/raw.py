@@ -1,5 +1,10 @@
 """Read acquired shards back as Arrow tables: every input row of a shard, with its image bytes.
 
+``status`` is img2dataset's (``success``, ``failed_to_download``, ``failed_to_resize``) or, for a
+download curate refused or cut off, its reason code (``download_timeout``, ``too_large_download``,
+``blocked_address``, ``blocked_redirect``, ``robots_disallowed``, ``blocked_url``; see ``curate.fetch``);
+``bad_url``, ``missing`` and ``missing_image`` name what img2dataset cannot (see ``_fix_status``).
+
 The input table (``RUN/input/urls.parquet``) is the source of truth for which rows exist;
 img2dataset's per-shard Parquet adds the download status and the tar adds the bytes. A row
 img2dataset lost still comes out, with status ``missing``, so nothing is dropped silently.
@@ -41,13 +46,28 @@ IMAGE_EXT = "jpg"  # img2dataset names every image member .jpg; the bytes keep t
 def read_shard(run_dir: str, shard: str, chunk_rows: int = 512) -> Iterator[pa.Table]:
     """Yield the rows of raw shard ``shard`` in chunks, joined with their bytes."""
     inputs = _input_rows(run_dir, shard)
-    meta = pq.read_table(f"{run_dir}/raw/{shard}.parquet", columns=RAW_META_COLUMNS)
+    meta = _raw_meta(f"{run_dir}/raw/{shard}.parquet")
     images = _tar_images(f"{run_dir}/raw/{shard}.tar")
     table = inputs.join(meta, "key", join_type="left outer").join(images, "key", join_type="left outer")
     table = table.sort_by("key")
     table = _fix_status(table)
     for start in range(0, len(table), chunk_rows):
         yield table.slice(start, chunk_rows)
+
+
+def _raw_meta(path: str) -> pa.Table:
+    """The per-shard Parquet's metadata; a download's reason code (``error_code``) replaces its status.
+
+    Shards written before curate recorded ``error_code`` lack the column and keep img2dataset's status.
+    """
+    names = pq.read_schema(path).names
+    meta = pq.read_table(path, columns=RAW_META_COLUMNS + (["error_code"] if "error_code" in names else []))
+    if "error_code" not in names:
+        return meta
+    code = meta.column("error_code")
+    specific = pc.and_(pc.is_valid(code), pc.not_equal(code, "download_error"))
+    status = pc.if_else(pc.fill_null(specific, False), code, meta.column("status"))
+    return meta.set_column(meta.column_names.index("status"), "status", status).drop_columns(["error_code"])
 
 
 def _input_rows(run_dir: str, shard: str) -> pa.Table:

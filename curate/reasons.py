@@ -8,10 +8,11 @@ from __future__ import annotations
 
 REASONS: dict[str, str] = {
     "bad_url": "The URL is empty or not http(s); it was never requested.",
-    "download_error": "The download failed (HTTP error, timeout, refused connection) "
-    "or img2dataset wrote no record for the row.",
+    "download_error": "The download failed (HTTP error, refused connection, DNS failure, TLS error, "
+    "redirect loop or too many redirects) or acquire wrote no record for the row.",
     "decode_error": "The bytes are not a readable image (corrupt, truncated, HTML, too large to decode safely).",
-    "blocked_url": "The URL's domain or pattern is on the recipe's blocklist.",
+    "blocked_url": "The URL's domain or pattern is on the recipe's url_filter blocklist (checked before "
+    "acquire, so the URL is never requested, and again at decide).",
     "too_small": "The image's smaller side is below the recipe's min_side.",
     "file_too_small": "The image file has fewer bytes than the recipe's min_bytes.",
     "too_large": "The image has more pixels than the recipe's max_pixels.",
@@ -33,6 +34,15 @@ REASONS: dict[str, str] = {
     "no_concept": "The caption matches no concept of the balancing vocabulary (MetaCLIP drops them).",
     "balanced_out": "Sampled out by concept balancing: every concept the caption matches is a head "
     "concept above the cap t, and none selected the row (MetaCLIP's rule).",
+    "download_timeout": "The download did not finish within acquire.timeout seconds (wall clock, all "
+    "redirect hops, headers and body together).",
+    "too_large_download": "The response body is larger than acquire.max_bytes (refused on its "
+    "Content-Length, or cut off once the cap was exceeded).",
+    "blocked_address": "The URL's host, or a redirect hop's, resolves to a loopback, private, link-local, "
+    "multicast, reserved or shared address; refused before connecting (acquire.allow_private_addresses).",
+    "blocked_redirect": "A redirect pointed to a non-http(s) URL (ftp://, file://, ...); not followed.",
+    "robots_disallowed": "The server's X-Robots-Tag header carries a directive listed in "
+    "acquire.disallowed_header_directives (noai, noimageai, ... ; scoped to user_agent_token too).",
     "dup_exact": "Same bytes (sha256) as a kept sample, or the same values of the exact_dedup "
     "policy's `by` columns; dup_of names the kept key.",
 }

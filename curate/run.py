@@ -211,7 +211,10 @@ def acquire(recipe: Recipe, layout: ShardLayout, inputs: pa.Table, run_dir: Path
     todo = [i for i, name in enumerate(names) if name not in done]
     extra = list(recipe.input.save_additional_columns)
     with manifest.step("acquire", shards=len(names), shards_downloaded=len(todo)) as record:
-        calls = [(i, download_rows(inputs, layout, i, extra), str(raw), layout, recipe.acquire) for i in todo]
+        from curate.decide.urls import acquire_blocklist
+
+        blocked = acquire_blocklist(recipe.decide)  # url_filter applies before any request
+        calls = [(i, download_rows(inputs, layout, i, extra, blocked), str(raw), layout, recipe.acquire) for i in todo]
         results = runtime.run_tasks(download_shard, calls, "acquire", recipe.acquire.num_cpus)
         record["nodes"] = sorted({node for _, node in results})
         record["downloaded_ok"] = sum(stats["successes"] for stats, _ in results)

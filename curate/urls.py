@@ -11,7 +11,8 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from curate.acquire import ShardLayout, is_fetchable
+from curate.acquire import BLOCKED_COLUMN, ShardLayout, is_fetchable
+from curate.decide.urls import blocked_mask
 from curate.recipe import InputConfig
 
 
@@ -88,9 +89,22 @@ def fingerprint(inputs: pa.Table) -> str:
     return digest.hexdigest()[:16]
 
 
-def download_rows(inputs: pa.Table, layout: ShardLayout, shard_id: int, extra: list[str]) -> pa.Table:
-    """The rows handed to img2dataset for one shard; unfetchable URLs become '' (never requested)."""
+def download_rows(
+    inputs: pa.Table,
+    layout: ShardLayout,
+    shard_id: int,
+    extra: list[str],
+    blocklist: tuple[set[str], list[str]] | None = None,
+) -> pa.Table:
+    """The rows handed to the downloader for one shard; unfetchable URLs become '' (never requested).
+
+    With ``blocklist`` (the url_filter's domains and patterns), blocked rows are marked in column
+    ``BLOCKED_COLUMN`` and are never requested either; they end with reason ``blocked_url``.
+    """
     per = layout.samples_per_shard
     rows = inputs.slice(shard_id * per, per)  # inputs are in row order, shard by shard
     url = pc.if_else(rows.column("fetchable"), rows.column("url"), pa.scalar("", pa.string()))
-    return pa.table({"url": url, "caption": rows.column("caption"), **{c: rows.column(c) for c in extra}})
+    table = pa.table({"url": url, "caption": rows.column("caption"), **{c: rows.column(c) for c in extra}})
+    if blocklist is not None and (blocklist[0] or blocklist[1]):
+        table = table.append_column(BLOCKED_COLUMN, blocked_mask(rows.column("url"), *blocklist))
+    return table

@@ -15,6 +15,8 @@ from curate.raw import read_shard
 from curate.recipe import load_recipe
 from curate.urls import download_rows, prepare_inputs, read_url_list
 
+LOOPBACK = AcquireConfig(allow_private_addresses=True)  # the test server is on 127.0.0.1
+
 
 def clean_rows(corpus, n):
     return [r for r in corpus.rows if r.defect is None][:n]
@@ -34,7 +36,7 @@ def stage_run(tmp_path, corpus, rows, extra_urls=()):
 def test_original_bytes_are_kept_and_unfetchable_urls_never_requested(served_corpus, tmp_path):
     rows = clean_rows(served_corpus, 7)
     inputs, layout = stage_run(tmp_path, served_corpus, rows, ["file:///etc/passwd", "ftp://x/y.jpg", ""])
-    stats = download_shard(0, download_rows(inputs, layout, 0, []), str(tmp_path / "raw"), layout, AcquireConfig())
+    stats = download_shard(0, download_rows(inputs, layout, 0, []), str(tmp_path / "raw"), layout, LOOPBACK)
     assert stats["count"] == 10 and stats["successes"] == 7
     assert complete_shards(tmp_path / "raw") == {"00000"}
     assert not [p for p in (tmp_path / "raw").iterdir() if p.name.startswith(".")]  # temp folder gone
@@ -64,7 +66,7 @@ def test_max_side_downscales_large_images_only(served_corpus, tmp_path):
         download_rows(inputs, layout, 0, []),
         str(tmp_path / "raw"),
         layout,
-        AcquireConfig(max_side=300),
+        AcquireConfig(max_side=300, allow_private_addresses=True),
     )
     got = pa.concat_tables(read_shard(str(tmp_path), "00000")).to_pylist()
     for row, demo in zip(got, rows, strict=True):

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 def recipe(model: str, keep_top: float) -> dict:
     return {
-        "acquire": {"samples_per_shard": 50, "timeout": 2},
+        "acquire": {"samples_per_shard": 50, "timeout": 2, "allow_private_addresses": True},
         "annotate": ["image", "hashes", "caption", {"stage": "clip", "model": model, "batch_size": 32}],
         "decide": [
             {"policy": "image_size", "min_side": 64},

@@ -150,7 +150,7 @@ def dedup_run(tmp_path_factory):
     eval_dir.mkdir()
     (eval_dir / "benchmark-1.jpg").write_bytes(jpeg(Image.open(io.BytesIO(originals["/s15.jpg"])).resize((200, 150))))
     recipe = {
-        "acquire": {"samples_per_shard": 10, "timeout": 3},
+        "acquire": {"samples_per_shard": 10, "timeout": 3, "allow_private_addresses": True},
         "annotate": ["image", "hashes", "caption"],
         "decide": [{"policy": "decontaminate", "eval_images": str(eval_dir)}, "exact_dedup", "near_dedup"],
         "emit": {"samples_per_shard": 32},

@@ -73,7 +73,7 @@ def test_every_defect_kind_present(corpus):
     assert set(DEFECTS) <= set(counts)
     assert counts["slow"] == 1
     assert all(counts[d] >= 3 for d in DEFECTS if d != "slow")
-    expected = {"missing": "download_error", "slow": "download_error", "corrupt": "decode_error"}
+    expected = {"missing": "download_error", "slow": "download_timeout", "corrupt": "decode_error"}
     expected |= {"html": "decode_error", "tiny": "too_small", "duplicate": "dup_exact"}
     assert all(r.expected_reason == expected[r.defect] for r in rows if r.defect)
     assert len({r.path for r in rows}) == len(rows)

@@ -8,19 +8,27 @@ from pydantic import Field, StringConstraints
 
 from curate.decide.base import DecideDB, Policy, PolicyConfig
 
+ACQUIRE_REASONS = ("download_timeout", "too_large_download", "blocked_address", "blocked_redirect", "robots_disallowed")
+"""Download refusals acquire records in ``status`` (see ``curate.fetch``), rejected before ``download_error``."""
+
 
 class Availability(Policy):
-    """Rows that never became an image: bad URL, failed download, undecodable bytes.
+    """Rows that never became an image: bad URL, refused or failed download, undecodable bytes.
 
-    Always applied first; not listed in recipes.
+    Always applied first; not listed in recipes. A download acquire refused or cut off keeps its
+    specific reason (``status`` holds the code); URLs the url_filter blocked before acquire are
+    rejected here under the stage name ``url_filter``.
     """
 
     name = "availability"
     reads = ("status", "decode_error")
-    reasons = ("bad_url", "download_error", "decode_error")
+    reasons = ("bad_url", "blocked_url", *ACQUIRE_REASONS, "download_error", "decode_error")
 
     def apply(self, db: DecideDB) -> None:
         db.reject_where("s.status = 'bad_url'", "bad_url", self.name)
+        db.reject_where("s.status = 'blocked_url'", "blocked_url", "url_filter")
+        for code in ACQUIRE_REASONS:
+            db.reject_where(f"s.status = '{code}'", code, self.name)
         db.reject_where(
             "s.status IS NULL OR s.status NOT IN ('success', 'failed_to_resize')",
             "download_error",

@@ -73,3 +73,17 @@ def _under(host: str | None, domains: set[str]) -> bool:
         return False
     parts = host.split(".")
     return any(".".join(parts[i:]) in domains for i in range(len(parts)))
+
+
+def acquire_blocklist(policies: list[Policy]) -> tuple[set[str], list[str]] | None:
+    """Domains and patterns of every ``url_filter`` policy among ``policies``, applied before acquire (None if none)."""
+    filters = [p for p in policies if isinstance(p, UrlFilter)]
+    if not filters:
+        return None
+    domains: set[str] = set()
+    patterns: list[str] = []
+    for policy in filters:
+        d, p = policy.blocklist()
+        domains |= d
+        patterns += p
+    return domains, patterns

@@ -43,7 +43,7 @@ DEFECTS = ("missing", "slow", "corrupt", "html", "tiny", "duplicate")
 
 _EXPECTED: dict[str, str] = {
     "missing": "download_error",
-    "slow": "download_error",
+    "slow": "download_timeout",
     "corrupt": "decode_error",
     "html": "decode_error",
     "tiny": "too_small",
