@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from curate import reasons as reason_codes
@@ -404,7 +405,7 @@ def main() -> None:
     try:
         app()
     except (RecipeError, InputError) as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)  # one line; paths may hold [ ]
         sys.exit(2)
 
 

@@ -54,3 +54,9 @@ def replace_dir(new: Path, final: Path) -> None:
         final.rename(old)
     new.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def parquet_files(folder: str | Path) -> list[str]:
+    """The Parquet files in ``folder``, sorted: a list for DuckDB's ``read_parquet``, so no character
+    of the folder's path (``*``, ``[``, ``'``) is read as a glob or as SQL."""
+    return [str(p) for p in sorted(Path(folder).glob("*.parquet"))]

@@ -23,7 +23,7 @@ from curate.decide import decide
 from curate.emit.parquet import write_parquet
 from curate.emit.shards import plan_shards, write_shard
 from curate.enrich.recaption import cache_key
-from curate.io import replace_dir, write_json
+from curate.io import parquet_files, replace_dir, write_json
 from curate.manifest import Manifest, versions
 from curate.recipe import Recipe, RecipeError, build_recipe
 from curate.report.html import write_report
@@ -180,7 +180,7 @@ def split_embeddings(source: Path, samples: Path, embeddings: Path, columns: lis
 
 def decide_and_emit(recipe: Recipe, run_dir: Path, manifest: Manifest, until: str = "emit") -> RunResult:
     """Decide keep/reject for every sample, enrich the kept ones, write the curated shards and the funnel."""
-    samples = f"{run_dir}/samples/*.parquet"
+    samples = parquet_files(run_dir / "samples")
     with manifest.step("decide") as record:
         record["policies"] = {}  # what policies chose, e.g. balance's cap t
         record["rejected"] = decide(
@@ -231,7 +231,7 @@ def _enrich_stage(stage, run_dir: Path) -> dict:
         f"""SELECT s.key, s.raw_shard, s.image_offset, s.image_size, s.caption{optional}
             FROM read_parquet($samples) s JOIN read_parquet($decisions) d USING (key)
             WHERE d.keep AND s.key NOT IN (SELECT key FROM done) ORDER BY s.raw_shard, s.image_offset""",
-        params={"samples": f"{run_dir}/samples/*.parquet", "decisions": f"{run_dir}/decisions/*.parquet"},
+        params={"samples": parquet_files(run_dir / "samples"), "decisions": parquet_files(run_dir / "decisions")},
     ).to_arrow_table()
     if len(todo):
         tmp = run_dir / ".tmp" / f"enrich-{uuid.uuid4().hex[:8]}"
@@ -248,7 +248,7 @@ def emit(recipe: Recipe, run_dir: Path) -> dict:
     """Write ``shards/`` (tars + sizes.json) and ``metadata/`` for the kept rows, replacing old ones."""
     captions = run_dir / "enrich" / "recaption.parquet"
     joined = any(s.name == "recaption" for s in recipe.enrich) and captions.is_file()
-    paths = {"samples": f"{run_dir}/samples/*.parquet", "decisions": f"{run_dir}/decisions/*.parquet"}
+    paths = {"samples": parquet_files(run_dir / "samples"), "decisions": parquet_files(run_dir / "decisions")}
     kept = duckdb.sql(
         f"""SELECT s.*{", e.* EXCLUDE (key)" if joined else ""}
             FROM read_parquet($samples) s JOIN read_parquet($decisions) d USING (key)

@@ -13,19 +13,20 @@ DECISION_COLUMNS = ("key", "url", "caption", "keep", "reason", "stage", "dup_of"
 
 
 def decide(
-    samples_glob: str,
+    samples: str | list[str],
     policies: list[Policy],
     out_file: Path,
     embeddings_dir: Path | None = None,
     info: dict | None = None,
 ) -> dict[str, int]:
-    """Apply ``policies`` (after :class:`Availability`) and write the decisions Parquet.
+    """Apply ``policies`` (after :class:`Availability`) to ``samples`` (Parquet files or a glob) and
+    write the decisions Parquet.
 
     Returns rejected counts per reason. Every samples row appears once in the output.
     """
     con = duckdb.connect()
     try:
-        con.read_parquet(samples_glob).create_view("samples")  # a path is data, never SQL text
+        con.read_parquet(samples).create_view("samples")  # a path is data, never SQL text
         con.execute(
             "CREATE TABLE verdict AS SELECT key, NULL::VARCHAR AS reason, "
             "NULL::VARCHAR AS stage, NULL::VARCHAR AS dup_of FROM samples"
