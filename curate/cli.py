@@ -99,6 +99,14 @@ def stats(
     languages: Annotated[bool, typer.Option("--languages", help="Rows and kept rows per caption language.")] = False,
     duplicates: Annotated[bool, typer.Option("--duplicates", help="Duplicate clusters by reason and size.")] = False,
     scores: Annotated[bool, typer.Option("--scores", help="CLIP score distribution and thresholds.")] = False,
+    unsafe_sql: Annotated[
+        bool,
+        typer.Option(
+            "--unsafe-sql",
+            help="Let SQL read and write any file (read_csv, COPY ... TO, ATTACH). By default SQL sees only "
+            "the run's views and cannot open a file or lift that with SET.",
+        ),
+    ] = False,
 ) -> None:
     """Query runs with DuckDB: canned queries or SQL; with neither, print the funnel.
 
@@ -124,7 +132,7 @@ def stats(
 
         console.print(f"long-tail plot: {concept_long_tail(run_dir, plot)}")
     if sql_text is not None:
-        _print_sql(runs, sql_text, format)
+        _print_sql(runs, sql_text, format, sandbox=not unsafe_sql)
 
 
 def _runs_and_sql(run_dir: Path, more: list[str] | str | None) -> tuple[list[Path], str | None]:
@@ -156,19 +164,37 @@ def _print_canned(name: str, runs: list[Path], fmt: str) -> None:
     print_rows(result.columns, result.rows, fmt)
 
 
-def _print_sql(runs: list[Path], sql: str, fmt: str) -> None:
+def _print_sql(runs: list[Path], sql: str, fmt: str, sandbox: bool = True) -> None:
     """Run SQL on each run; with several runs, rows are stacked with a leading `run` column."""
     from contextlib import closing
+
+    import duckdb
 
     from curate.report.stats import connect, run_labels
 
     columns, rows = [], []
     for label, run in zip(run_labels(runs), runs, strict=True):
-        with closing(connect(run)) as con:
-            relation = con.sql(sql)
-            columns, found = relation.columns, relation.fetchall()
+        with closing(connect(run, sandbox=sandbox)) as con:
+            try:
+                relation = con.sql(sql)
+                if relation is None:  # a statement, not a query (SET, CREATE ...): nothing to print
+                    continue
+                columns, found = relation.columns, relation.fetchall()
+            except duckdb.Error as err:
+                raise InputError(_sql_error(run, err, sandbox)) from None
         rows += found if len(runs) == 1 else [(label, *row) for row in found]
     print_rows(columns if len(runs) == 1 else ["run", *columns], rows, fmt)
+
+
+def _sql_error(run: Path, err: Exception, sandbox: bool) -> str:
+    """One line for an SQL error: what DuckDB said, and which views there are."""
+    import duckdb
+
+    first = (str(err).strip() or type(err).__name__).splitlines()[0]
+    hint = "SQL sees views samples, decisions, kept"
+    if sandbox and isinstance(err, duckdb.PermissionException | duckdb.InvalidInputException):
+        hint += "; it may not open files or change settings (--unsafe-sql lifts that)"
+    return f"{run}: SQL failed: {first} ({hint})"
 
 
 @app.command()

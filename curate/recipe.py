@@ -187,8 +187,36 @@ def _default_selector(stage: Stage, annotate: list[Stage]) -> Stage:
     return type(stage)(cfg.model_copy(update=update))
 
 
+IMG2DATASET_COLUMNS = ("width", "height", "exif", "md5", "sha256", "sha512")
+"""Columns img2dataset may add to its per-shard Parquet."""
+
+
+def reserved_columns() -> dict[str, str]:
+    """Column names curate writes itself, each with its writer: input columns may not use them."""
+    reserved = dict.fromkeys((*BASE_COLUMNS, "fetchable"), "curate")
+    reserved |= dict.fromkeys(IMG2DATASET_COLUMNS, "img2dataset")
+    for stage in (*STAGES.values(), *ENRICH_STAGES.values()):
+        reserved |= dict.fromkeys((*stage.writes, *stage.embedding_columns), f"stage {stage.name!r}")
+    return reserved
+
+
+def check_input_columns(recipe: Recipe) -> None:
+    """``input.save_additional_columns`` may not repeat a name or clash with a column curate writes."""
+    names = recipe.input.save_additional_columns
+    reserved = reserved_columns()
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise RecipeError(f"{recipe.source}: input.save_additional_columns names {name!r} twice")
+        if name in reserved:
+            raise RecipeError(
+                f"{recipe.source}: input.save_additional_columns: {name!r} is a column {reserved[name]} writes. "
+                f"Rename that column in the URL list, or leave it out."
+            )
+
+
 def check_columns(recipe: Recipe) -> None:
     """Every stage and policy must read only columns that exist by the time it runs."""
+    check_input_columns(recipe)
     available = set(BASE_COLUMNS) | set(recipe.input.save_additional_columns)
     for i, stage in enumerate(recipe.annotate):
         missing = [c for c in stage.reads if c not in available]

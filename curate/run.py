@@ -25,7 +25,7 @@ from curate.decide import decide
 from curate.emit.parquet import write_parquet
 from curate.emit.shards import plan_shards, write_shard
 from curate.enrich.recaption import cache_key
-from curate.io import replace_dir, write_json
+from curate.io import parquet_files, replace_dir, write_json
 from curate.lock import LOCK_NAME, RunLock
 from curate.manifest import Manifest, versions
 from curate.recipe import Recipe, RecipeError, build_recipe
@@ -223,7 +223,7 @@ def acquire(recipe: Recipe, layout: ShardLayout, inputs: pa.Table, run_dir: Path
 def annotate(recipe: Recipe, run_dir: Path, manifest: Manifest) -> None:
     """Compute signals for every raw shard into ``RUN/samples/`` unless they are up to date."""
     shards = sorted(complete_shards(run_dir / "raw"))
-    stages = [{"stage": s.name, **s.config.model_dump()} for s in recipe.annotate]
+    stages = [{"stage": s.name, **s.config.cache_key()} for s in recipe.annotate]  # resources do not count
     key = {"raw_shards": shards, "stages": stages}
     if manifest.done("annotate", **key):
         return
@@ -254,7 +254,7 @@ def split_embeddings(source: Path, samples: Path, embeddings: Path, columns: lis
 
 def decide_and_emit(recipe: Recipe, run_dir: Path, manifest: Manifest, until: str = "emit") -> RunResult:
     """Decide keep/reject for every sample, enrich the kept ones, write the curated shards and the funnel."""
-    samples = f"{run_dir}/samples/*.parquet"
+    samples = parquet_files(run_dir / "samples")
     with manifest.step("decide") as record:
         record["policies"] = {}  # what policies chose, e.g. balance's cap t
         record["rejected"] = decide(
@@ -282,7 +282,7 @@ def enrich(recipe: Recipe, run_dir: Path, manifest: Manifest) -> None:
     """Run the enrich stages on kept samples that have no stored result for the same settings.
 
     Results are kept in ``RUN/enrich/{stage}.parquet`` by key, so re-deciding captions only the
-    samples newly kept; a change of model or prompt (:data:`CACHE_FIELDS`) starts over.
+    samples newly kept; a change of model or prompt (``StageConfig.cache_key``) starts over.
     """
     if not recipe.enrich:
         return
@@ -305,9 +305,9 @@ def _enrich_stage(stage, run_dir: Path) -> dict:
     )
     todo = con.sql(
         f"""SELECT s.key, s.raw_shard, s.image_offset, s.image_size, s.caption{optional}
-            FROM read_parquet('{run_dir}/samples/*.parquet') s
-            JOIN read_parquet('{run_dir}/decisions/*.parquet') d USING (key)
-            WHERE d.keep AND s.key NOT IN (SELECT key FROM done) ORDER BY s.raw_shard, s.image_offset"""
+            FROM read_parquet($samples) s JOIN read_parquet($decisions) d USING (key)
+            WHERE d.keep AND s.key NOT IN (SELECT key FROM done) ORDER BY s.raw_shard, s.image_offset""",
+        params={"samples": parquet_files(run_dir / "samples"), "decisions": parquet_files(run_dir / "decisions")},
     ).to_arrow_table()
     if len(todo):
         tmp = run_dir / ".tmp" / f"enrich-{uuid.uuid4().hex[:8]}"
@@ -329,12 +329,13 @@ def emit(recipe: Recipe, run_dir: Path, previous: dict | None = None) -> dict:
     previous = previous or {}
     captions = run_dir / "enrich" / "recaption.parquet"
     joined = any(s.name == "recaption" for s in recipe.enrich) and captions.is_file()
+    paths = {"samples": parquet_files(run_dir / "samples"), "decisions": parquet_files(run_dir / "decisions")}
     kept = duckdb.sql(
         f"""SELECT s.*{", e.* EXCLUDE (key)" if joined else ""}
-            FROM read_parquet('{run_dir}/samples/*.parquet') s
-            JOIN read_parquet('{run_dir}/decisions/*.parquet') d USING (key)
-            {f"LEFT JOIN read_parquet('{captions}') e USING (key)" if joined else ""}
-            WHERE d.keep"""
+            FROM read_parquet($samples) s JOIN read_parquet($decisions) d USING (key)
+            {"LEFT JOIN read_parquet($captions) e USING (key)" if joined else ""}
+            WHERE d.keep""",
+        params=paths | ({"captions": str(captions)} if joined else {}),
     ).to_arrow_table()
     plans = plan_shards(kept, recipe.emit)
     digits = max(5, len(str(len(plans))))

@@ -22,6 +22,19 @@ class StageConfig(BaseModel):
     num_gpus: float | None = Field(0.0, ge=0, description="GPUs per actor (fractional allowed).")
     actors: int = Field(1, ge=1, description="Actor pool size, for stages that load a model.")
 
+    RESOURCE_FIELDS: ClassVar[tuple[str, ...]] = ("batch_size", "num_cpus", "num_gpus", "actors")
+    """Fields that change how fast a stage runs, never what it writes: they stay out of cache keys."""
+    CACHE_EXEMPT: ClassVar[tuple[str, ...]] = ()
+    """Other fields that do not change what the stage writes (read elsewhere, e.g. by emit)."""
+
+    def cache_key(self) -> dict:
+        """The settings stored results depend on: the config without resources and exempt fields.
+
+        A change in any of these recomputes the stage; a change elsewhere (``batch_size``,
+        ``actors``, ``num_cpus``, ``num_gpus``) reuses what is stored.
+        """
+        return self.model_dump(exclude={*self.RESOURCE_FIELDS, *self.CACHE_EXEMPT})
+
 
 class ModelStageConfig(StageConfig):
     """Fields of stages that load a model into an actor pool: GPUs default to what the cluster has."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from pathlib import Path
 
@@ -30,17 +31,60 @@ def read_url_list(path: str | Path) -> pa.Table:
         if suffix == ".parquet" or path.is_dir():
             return pq.read_table(path)
         if suffix in (".csv", ".tsv"):
-            delimiter = "\t" if suffix == ".tsv" else ","
-            return pacsv.read_csv(
-                path,
-                parse_options=pacsv.ParseOptions(delimiter=delimiter),
-                convert_options=pacsv.ConvertOptions(check_utf8=False),  # repaired in to_text
-            )
+            return _read_csv(path, "\t" if suffix == ".tsv" else ",")
         if suffix in (".jsonl", ".json", ".ndjson"):
             return pajson.read_json(path)
     except (pa.ArrowInvalid, OSError) as err:
         raise InputError(f"{path}: cannot be read as {suffix[1:]}: {err}") from None
     raise InputError(f"{path}: unknown extension {suffix!r}; use .parquet, .csv, .tsv or .jsonl")
+
+
+def _read_csv(path: Path, delimiter: str) -> pa.Table:
+    """A CSV/TSV whose rows are each one line: a quoted value may not run on into the next line.
+
+    An unclosed quote otherwise swallows the lines after it into one value, silently; a caption
+    with a real line break belongs in Parquet or JSON Lines.
+    """
+    try:
+        table = pacsv.read_csv(
+            path,
+            parse_options=pacsv.ParseOptions(delimiter=delimiter),
+            convert_options=pacsv.ConvertOptions(check_utf8=False),  # repaired in to_text
+        )
+    except pa.ArrowInvalid:
+        _refuse_multiline_rows(path, delimiter)  # names the line when a quote is the cause
+        raise
+    if any(_has_line_break(column) for column in table.columns):
+        _refuse_multiline_rows(path, delimiter)
+    return table
+
+
+def _has_line_break(column: pa.ChunkedArray) -> bool:
+    if not (pa.types.is_string(column.type) or pa.types.is_binary(column.type)):
+        return False
+    found = pc.any(pc.match_substring_regex(column, "[\r\n]"))
+    return bool(found.as_py())
+
+
+def _refuse_multiline_rows(path: Path, delimiter: str) -> None:
+    """Raise :class:`InputError` naming the first line whose quoted value is not closed on it."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as file:
+        reader = csv.reader(file, delimiter=delimiter, strict=True)
+        end = 0
+        try:
+            for _ in reader:
+                if reader.line_num > end + 1:
+                    break
+                end = reader.line_num
+            else:
+                return
+        except csv.Error:
+            pass
+    raise InputError(
+        f"{path}: line {end + 1}: a quoted value is not closed on its line, so it would swallow the lines "
+        f'after it. Close the quote (write a quote inside a value as ""); captions with line breaks go in '
+        f"Parquet or JSON Lines."
+    )
 
 
 def prepare_inputs(table: pa.Table, cfg: InputConfig, samples_per_shard: int, source: str) -> pa.Table:
@@ -52,6 +96,8 @@ def prepare_inputs(table: pa.Table, cfg: InputConfig, samples_per_shard: int, so
             f"{source}: no column {missing[0]!r} (columns: {', '.join(table.column_names)}). "
             f"Name the right one in the recipe's input section, e.g. --set input.url_col=NAME."
         )
+    if len(table) == 0:
+        raise InputError(f"{source}: no rows (only the columns {', '.join(table.column_names)}): nothing to curate.")
     layout = ShardLayout(len(table), samples_per_shard)
     url = to_text(table.column(cfg.url_col))
     caption = to_text(table.column(cfg.caption_col))

@@ -13,19 +13,20 @@ DECISION_COLUMNS = ("key", "url", "caption", "keep", "reason", "stage", "dup_of"
 
 
 def decide(
-    samples_glob: str,
+    samples: str | list[str],
     policies: list[Policy],
     out_file: Path,
     embeddings_dir: Path | None = None,
     info: dict | None = None,
 ) -> dict[str, int]:
-    """Apply ``policies`` (after :class:`Availability`) and write the decisions Parquet.
+    """Apply ``policies`` (after :class:`Availability`) to ``samples`` (Parquet files or a glob) and
+    write the decisions Parquet.
 
     Returns rejected counts per reason. Every samples row appears once in the output.
     """
     con = duckdb.connect()
     try:
-        con.execute(f"CREATE VIEW samples AS SELECT * FROM read_parquet('{samples_glob}')")
+        con.read_parquet(samples).create_view("samples")  # a path is data, never SQL text
         con.execute(
             "CREATE TABLE verdict AS SELECT key, NULL::VARCHAR AS reason, "
             "NULL::VARCHAR AS stage, NULL::VARCHAR AS dup_of FROM samples"
@@ -37,11 +38,10 @@ def decide(
             info.update(db.info)
         out_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = out_file.with_name(out_file.name + ".tmp")
-        con.execute(
-            f"""COPY (SELECT v.key, s.url, s.caption, v.reason IS NULL AS keep, v.reason, v.stage,
-                      v.dup_of FROM verdict v JOIN samples s USING (key) ORDER BY v.key)
-                TO '{tmp}' (FORMAT parquet)"""
-        )
+        con.sql(
+            """SELECT v.key, s.url, s.caption, v.reason IS NULL AS keep, v.reason, v.stage,
+                      v.dup_of FROM verdict v JOIN samples s USING (key) ORDER BY v.key"""
+        ).write_parquet(str(tmp))
         tmp.replace(out_file)
         rows = con.execute("SELECT reason, count(*) FROM verdict WHERE reason IS NOT NULL GROUP BY reason").fetchall()
         return dict(rows)

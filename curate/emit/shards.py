@@ -49,10 +49,13 @@ def write_shard(
     rows: pa.Table, run_dir: str, out_dir: str, name: str, cfg: EmitConfig, caption_policy: str = "alt"
 ) -> tuple[int, dict]:
     """Write ``out_dir/shards/{name}.tar`` and ``out_dir/metadata/{name}.parquet`` (and, with
-    ``cfg.llava``, the images under ``out_dir/llava/``); return the rows written and the LLaVA records."""
+    ``cfg.llava``, the images under ``out_dir/llava/``); return the rows written and the LLaVA records.
+
+    Each sample's ``.json`` is its metadata row with uint64 hashes as signed int64 (:func:`json_safe`).
+    """
     images = read_images(rows, run_dir)
     meta = final_caption(rows.drop_columns([c for c in INTERNAL_COLUMNS if c in rows.column_names]), caption_policy)
-    records = meta.to_pylist()
+    records = json_safe(meta).to_pylist()
     with WebDatasetWriter(f"{out_dir}/shards/{name}.tar", cfg.jpeg_quality) as writer:
         for record, fmt in zip(records, rows.column("format").to_pylist(), strict=True):
             jpg = writer.write(record["key"], images[record["key"]], fmt, record["caption"], record)
@@ -63,6 +66,20 @@ def write_shard(
     write_parquet(f"{out_dir}/metadata/{name}.parquet", meta)
     pretrain, instruct = llava_records(records, name) if cfg.llava else ([], [])
     return writer.count, {"pretrain": pretrain, "instruct": instruct}
+
+
+def json_safe(table: pa.Table) -> pa.Table:
+    """``table`` with every uint64 column (``phash``, ``dhash``, ``caption_hash``) as signed int64.
+
+    The per-sample ``.json`` holds these as the same 64 bits read as a two's-complement int64
+    (``value & 0xFFFFFFFFFFFFFFFF`` gives the unsigned hash back; XOR-popcount distances are
+    unchanged), so JSON readers that type integers as int64 (Hugging Face ``datasets``, Ray's
+    ``read_webdataset``) load them. ``metadata/`` Parquet keeps the uint64 values.
+    """
+    for i, field in enumerate(table.schema):
+        if pa.types.is_uint64(field.type):
+            table = table.set_column(i, field.name, pc.cast(table.column(i), pa.int64(), safe=False))
+    return table
 
 
 def final_caption(meta: pa.Table, policy: str = "alt") -> pa.Table:

@@ -11,16 +11,13 @@ synthetic one, so the ``both`` policy can pick per sample. The policy itself is 
 from __future__ import annotations
 
 import io
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pyarrow as pa
 from PIL import Image
 from pydantic import Field
 
 from curate.stage import ModelStageConfig, Stage, append_columns
-
-CACHE_FIELDS = ("model", "backend", "prompt", "max_new_tokens", "num_beams", "select_model", "select_pretrained")
-"""Config fields that change the captions or scores: a change re-captions every kept sample."""
 
 
 class RecaptionConfig(ModelStageConfig):
@@ -40,6 +37,8 @@ class RecaptionConfig(ModelStageConfig):
     select_model: str | None = Field(None, description="CLIP for `both` (default: the annotate clip stage's).")
     select_pretrained: str | None = Field(None, description="open_clip tag or checkpoint of select_model.")
     batch_size: int = Field(32, gt=0, description="Images per generate call.")
+
+    CACHE_EXEMPT: ClassVar[tuple[str, ...]] = ("caption",)  # which caption emit trains on, not what is stored
 
 
 class Recaption(Stage):
@@ -135,5 +134,5 @@ def decode_image(data: bytes | None) -> Image.Image | None:
 
 
 def cache_key(stage: Recaption) -> dict:
-    """The config fields whose change invalidates stored captions."""
-    return {k: getattr(stage.config, k) for k in CACHE_FIELDS}
+    """The config fields whose change invalidates stored captions (model, prompt, selection CLIP...)."""
+    return stage.config.cache_key()

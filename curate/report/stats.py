@@ -14,20 +14,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from curate.manifest import Manifest
 
 VIEWS = {"samples": "samples", "decisions": "decisions", "kept": "metadata"}
 
 
-def connect(run_dir: str | Path) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with one view per table of the run that exists."""
+def connect(run_dir: str | Path, sandbox: bool = True) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with one view per table of the run that exists.
+
+    The views are Arrow datasets over the run's Parquet files, so DuckDB itself opens no file. With
+    ``sandbox`` (the default) the connection then has external access off and its configuration
+    locked: SQL can read the views and nothing else, and cannot write a file or undo the setting
+    (``curate stats --unsafe-sql`` passes ``sandbox=False``).
+    """
     con = duckdb.connect()
     for view, folder in VIEWS.items():
-        files = sorted(Path(run_dir, folder).glob("*.parquet"))
+        files = [str(p) for p in sorted(Path(run_dir, folder).glob("*.parquet"))]
         if files:
-            paths = ", ".join(f"'{p}'" for p in files)
-            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet([{paths}], union_by_name=true)")
+            schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+            con.register(view, ds.dataset(files, schema=schema, format="parquet"))  # union by name
+    if sandbox:
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
     return con
 
 
