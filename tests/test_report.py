@@ -167,6 +167,18 @@ def test_rejected_samples_show_each_reason_and_urls_where_there_is_no_image(repo
     assert any(url in html for (url,) in missing)
 
 
+def test_thumbnails_obey_the_runs_recorded_decode_limit(run_dir, tmp_path):
+    """A run whose image stage ran with max_decode_pixels below every image: no card decodes one."""
+    run = copy_run(run_dir, tmp_path / "run")
+    manifest = json.loads((run / "manifest.json").read_text())
+    image_stage = next(s for s in manifest["recipe"]["annotate"] if s["stage"] == "image")
+    image_stage["max_decode_pixels"] = 1
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    html = write_report(run).read_text()
+    assert 'class="card"><img' not in html
+    assert "exceeds max_decode_pixels (1)" in html
+
+
 def test_report_of_a_run_with_every_signal_has_every_plot_and_escapes_captions(rich_run):
     report = write_report(rich_run)
     html = report.read_text()

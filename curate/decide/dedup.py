@@ -209,16 +209,11 @@ def eval_set_hashes(
         ids = table.column("id").to_pylist() if "id" in table.column_names else list(map(str, range(len(table))))
         return [str(i) for i in ids], table.column("phash").to_numpy().astype(np.uint64)
     if images_dir:
-        from PIL import Image
-
+        from curate.images import decode
         from curate.signals.image import perceptual_hashes
 
         paths = sorted(p for p in Path(images_dir).rglob("*") if p.is_file())
-        hashes = []
-        for path in paths:
-            with Image.open(path) as im:
-                im.load()
-                hashes.append(perceptual_hashes(im, False)["phash"])
+        hashes = [perceptual_hashes(decode(path), False)["phash"] for path in paths]
         return [p.name for p in paths], np.array(hashes, dtype=np.uint64)
     if shards:
         from curate.signals.image import perceptual_hashes

@@ -7,9 +7,7 @@ import json
 import tarfile
 import time
 
-import numpy as np
-from PIL import Image
-
+from curate.images import decode
 from curate.io import AtomicFile
 
 
@@ -49,22 +47,11 @@ class WebDatasetWriter:
 
 
 def to_jpeg(image: bytes, quality: int) -> bytes:
-    """Re-encode any Pillow-readable image (first frame) as RGB JPEG, alpha composited on white."""
-    with Image.open(io.BytesIO(image)) as im:
-        im.seek(0)
-        rgba = _to_8bit(im).convert("RGBA")
-    rgb = Image.new("RGB", rgba.size, (255, 255, 255))
-    rgb.paste(rgba, mask=rgba.getchannel("A"))
+    """Re-encode any Pillow-readable image as JPEG, decoded by :func:`curate.images.decode`.
+
+    No decode limit beyond Pillow's own: emit writes what decide kept, and the image stage applied
+    the recipe's ``max_decode_pixels`` before that.
+    """
     out = io.BytesIO()
-    rgb.save(out, format="JPEG", quality=quality)
+    decode(image, max_pixels=None).save(out, format="JPEG", quality=quality)
     return out.getvalue()
-
-
-def _to_8bit(im: Image.Image) -> Image.Image:
-    """Scale 16/32-bit and float images to 8 bits (Pillow's own conversion clips them)."""
-    if im.mode not in ("I", "I;16", "I;16B", "I;16L", "F"):
-        return im
-    values = np.asarray(im, dtype=np.float64)
-    low, high = float(values.min()), float(values.max())
-    scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
-    return Image.fromarray(scaled.astype(np.uint8), mode="L")

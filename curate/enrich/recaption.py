@@ -10,13 +10,13 @@ synthetic one, so the ``both`` policy can pick per sample. The policy itself is 
 
 from __future__ import annotations
 
-import io
 from typing import ClassVar, Literal
 
 import pyarrow as pa
 from PIL import Image
 from pydantic import Field
 
+from curate.images import decode
 from curate.stage import ModelStageConfig, Stage, append_columns
 
 
@@ -106,7 +106,7 @@ class Recaption(Stage):
         import torch
 
         model, device = self._clip.model, next(self._clip.model.parameters()).device
-        pixels = torch.stack([self._clip.preprocess_val(im.convert("RGB")) for im in images]).to(device)
+        pixels = torch.stack([self._clip.preprocess_val(im) for im in images]).to(device)
         with torch.no_grad():
             img = model.encode_image(pixels, normalize=True)
             txt_a = model.encode_text(self._clip.tokenizer(alt).to(device), normalize=True)
@@ -122,13 +122,11 @@ def _alt_text(batch: pa.Table) -> list[str]:
 
 
 def decode_image(data: bytes | None) -> Image.Image | None:
-    """An RGB image from bytes (first frame); None when absent or undecodable."""
+    """The image as :func:`curate.images.decode` gives it; None when absent, undecodable or too large."""
     if data is None:
         return None
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.seek(0)
-            return im.convert("RGB")
+        return decode(data)
     except Exception:  # undecodable bytes cannot have been kept; stay null rather than fail the batch
         return None
 

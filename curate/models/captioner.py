@@ -14,6 +14,7 @@ from typing import Literal, Protocol
 import torch
 from PIL import Image
 
+from curate.images import decode, to_rgb
 from curate.models.compat import ensure_torchvision
 
 
@@ -31,7 +32,7 @@ class LlavaCaptioner:
         self.device, self.max_new_tokens, self.num_beams = device, max_new_tokens, num_beams
 
     def caption(self, images: list[Image.Image], prompt: str) -> list[str]:
-        pixels = torch.stack([self.model.preprocess(im.convert("RGB")) for im in images]).to(self.device)
+        pixels = torch.stack([self.model.preprocess(to_rgb(im)) for im in images]).to(self.device)
         prompts = [self.model.prompt_ids(prompt)] * len(images)
         return self.model.generate(pixels, prompts, self.max_new_tokens, num_beams=self.num_beams)
 
@@ -54,7 +55,7 @@ class HFCaptioner:
 
     @torch.no_grad()
     def caption(self, images: list[Image.Image], prompt: str) -> list[str]:
-        images = [im.convert("RGB") for im in images]
+        images = [to_rgb(im) for im in images]
         if self.chat:
             message = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
             text = [self.processor.apply_chat_template(message, add_generation_prompt=True)] * len(images)
@@ -141,9 +142,8 @@ def caption_files(
         batch, opened = files[start : start + batch_size], []
         for path in batch:
             try:
-                with Image.open(path) as im:
-                    opened.append((path, im.convert("RGB")))
-            except OSError as err:
+                opened.append((path, decode(path)))
+            except (OSError, ValueError) as err:
                 rows.append((str(path), f"[unreadable image: {err}]"))
         captions = captioner.caption([im for _, im in opened], prompt) if opened else []
         rows += [(str(path), text) for (path, _), text in zip(opened, captions, strict=True)]

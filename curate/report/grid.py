@@ -10,6 +10,8 @@ from pathlib import Path
 import fsspec
 from PIL import Image
 
+from curate.images import MAX_DECODE_PIXELS, decode, error_text
+
 THUMB_SIDE = 160
 CAPTION_CHARS = 160
 
@@ -27,34 +29,44 @@ def image_bytes(run_dir: str | Path, row: dict) -> bytes | None:
         return None
 
 
-def thumbnail(data: bytes, side: int = THUMB_SIDE) -> bytes | None:
-    """A JPEG thumbnail of at most ``side`` pixels, or None when ``data`` is not a readable image."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.draft("RGB", (side, side))  # JPEG: decode at a reduced scale
-            small = img.convert("RGB")
-        small.thumbnail((side, side))
-        out = io.BytesIO()
-        small.save(out, "JPEG", quality=80)
-        return out.getvalue()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None
+def decode_limit(manifest: dict) -> int:
+    """The run's decode limit: the image stage's resolved ``max_decode_pixels`` when it ran, else the default."""
+    for stage in manifest.get("recipe", {}).get("annotate", []):
+        if isinstance(stage, dict) and stage.get("stage") == "image" and stage.get("max_decode_pixels"):
+            return int(stage["max_decode_pixels"])
+    return MAX_DECODE_PIXELS
 
 
-def cards(run_dir: str | Path, rows: list[dict]) -> str:
+def thumbnail(data: bytes, side: int = THUMB_SIDE, max_pixels: int = MAX_DECODE_PIXELS) -> bytes:
+    """A JPEG thumbnail of at most ``side`` pixels, decoded by :func:`curate.images.decode` under its bomb
+    guard (a JPEG decodes at reduced scale; a PNG past ``max_pixels`` is refused, never decoded).
+
+    Raises :class:`curate.images.TooLarge` or Pillow's error when there is no thumbnail to make.
+    """
+    out = io.BytesIO()
+    decode(data, max_pixels, fit=side).save(out, "JPEG", quality=80)
+    return out.getvalue()
+
+
+def cards(run_dir: str | Path, rows: list[dict], max_pixels: int = MAX_DECODE_PIXELS) -> str:
     """HTML grid of sample cards (see :func:`card`)."""
-    return '<div class="grid">' + "".join(card(run_dir, row) for row in rows) + "</div>"
+    return '<div class="grid">' + "".join(card(run_dir, row, max_pixels) for row in rows) + "</div>"
 
 
-def card(run_dir: str | Path, row: dict) -> str:
+def card(run_dir: str | Path, row: dict, max_pixels: int = MAX_DECODE_PIXELS) -> str:
     """One sample: its thumbnail (or why there is none, and its URL), key, size, score and caption."""
     data = image_bytes(run_dir, row)
-    thumb = thumbnail(data) if data else None
+    why = row.get("decode_error") or row.get("error_message") or ("image not in raw/" if not data else None)
+    thumb = None
+    if data:
+        try:
+            thumb = thumbnail(data, max_pixels=max_pixels)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            why = why or error_text(err)
     if thumb:
         src = "data:image/jpeg;base64," + base64.b64encode(thumb).decode()
         visual = f'<img src="{src}" alt="{escape(row["key"])}">'
     else:
-        why = row.get("decode_error") or row.get("error_message") or "image not in raw/"
         visual = f'<div class="noimg">{escape(str(why))}<span class="url">{escape(row.get("url") or "")}</span></div>'
     caption = row.get("caption") or ""
     if len(caption) > CAPTION_CHARS:

@@ -217,7 +217,11 @@ def kept_samples(ctx: Context) -> Section | None:
     if not ctx.decided:
         return None
     rows = stats.grid_rows(ctx.con, True, KEPT_CARDS)
-    return Section("kept", "Kept samples", grid.cards(ctx.run_dir, rows) if rows else "<p>Nothing was kept.</p>")
+    return Section(
+        "kept",
+        "Kept samples",
+        grid.cards(ctx.run_dir, rows, grid.decode_limit(ctx.manifest)) if rows else "<p>Nothing was kept.</p>",
+    )
 
 
 def rejected_samples(ctx: Context) -> Section | None:
@@ -232,7 +236,7 @@ def rejected_samples(ctx: Context) -> Section | None:
         meaning = escape(reasons.REASONS.get(reason, ""))
         picked = [r for r in rows if r["reason"] == reason]
         parts.append(f'<h3><code>{escape(reason)}</code></h3><p class="meaning">{meaning}</p>')
-        parts.append(grid.cards(ctx.run_dir, picked))
+        parts.append(grid.cards(ctx.run_dir, picked, grid.decode_limit(ctx.manifest)))
     return Section("rejected", "Rejected samples, by reason", "".join(parts))
 
 

@@ -8,14 +8,13 @@ and :meth:`ClipScore.process` runs in an actor pool that loads the model once pe
 
 from __future__ import annotations
 
-import io
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
 from pydantic import Field
 
+from curate.images import decode
 from curate.stage import ModelStageConfig, Stage, append_columns
 
 EMBEDDING = pa.list_(pa.float16())
@@ -121,7 +120,6 @@ def _pixels(data: bytes | None, geometric) -> bytes | None:
     if data is None:
         return None
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(geometric(im.convert("RGB")), dtype=np.uint8).tobytes()
-    except Exception:  # undecodable: no score (the image stage records decode_error)
+        return np.asarray(geometric(decode(data)), dtype=np.uint8).tobytes()
+    except Exception:  # undecodable or past the decode limit: no score (the image stage records decode_error)
         return None

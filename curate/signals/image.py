@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import io
-import re
-import warnings
-
 import pyarrow as pa
-from PIL import Image, ImageOps
+from PIL import Image
 from pydantic import Field
 
+from curate.images import MAX_DECODE_PIXELS, error_text, open_image, to_rgb
 from curate.stage import Stage, StageConfig, append_columns
 
 EXIF_ORIENTATION = 0x0112
@@ -24,7 +21,7 @@ EXIF_IN_HEADER = (
 
 class ImageConfig(StageConfig):
     max_decode_pixels: int = Field(
-        100_000_000,
+        MAX_DECODE_PIXELS,
         gt=0,
         le=2 * Image.MAX_IMAGE_PIXELS,
         description="Images whose header declares more pixels are not decoded (decompression "
@@ -82,26 +79,15 @@ def measure_image(
         return row
     row["bytes"] = len(data)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit decides
-            with Image.open(io.BytesIO(data)) as im:
-                row.update(_header(im, original))
-                if row["pixels"] > max_decode_pixels:
-                    row["decode_error"] = f"declared size {im.size[0]}x{im.size[1]} exceeds max_decode_pixels"
-                    return row
-                im.load()
-                row.update(perceptual_hashes(im, with_dhash))
+        with open_image(data) as im:
+            row.update(_header(im, original))
+            if row["pixels"] > max_decode_pixels:
+                row["decode_error"] = f"declared size {im.size[0]}x{im.size[1]} exceeds max_decode_pixels"
+                return row
+            row.update(perceptual_hashes(to_rgb(im, max_decode_pixels), with_dhash))
     except Exception as err:  # a per-row error is data, not a crash: it becomes decode_error
-        row["decode_error"] = _error_text(err)
+        row["decode_error"] = error_text(err)
     return row
-
-
-_BUFFER_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
-
-
-def _error_text(err: Exception) -> str:
-    """``Type: message`` without Pillow's ``<_io.BytesIO object at 0x…>`` (it differs per run)."""
-    return _BUFFER_REPR.sub("the downloaded bytes", f"{type(err).__name__}: {err}")[:300]
 
 
 def _header(im: Image.Image, original: tuple | None) -> dict:
@@ -126,13 +112,14 @@ def _header(im: Image.Image, original: tuple | None) -> dict:
 
 
 def perceptual_hashes(im: Image.Image, with_dhash: bool) -> dict:
-    """64-bit pHash (and dHash) of the displayed image (EXIF orientation applied), as unsigned ints.
+    """64-bit pHash (and dHash) of the image as :func:`curate.images.to_rgb` shows it (first frame, EXIF
+    orientation applied, alpha on white: the picture CLIP scores and the shards hold), as unsigned ints.
 
-    Computed from the decode the stage already did, so images are decoded once.
+    Given that RGB image (as the stage does), it is not decoded again.
     """
     import imagehash
 
-    shown = ImageOps.exif_transpose(im) if im.format in EXIF_IN_HEADER else im
+    shown = to_rgb(im, max_pixels=None)
     hashes = {"phash": _as_int(imagehash.phash(shown))}
     if with_dhash:
         hashes["dhash"] = _as_int(imagehash.dhash(shown))

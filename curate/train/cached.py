@@ -24,7 +24,7 @@ import webdataset as wds
 from torch import nn
 from tqdm.auto import tqdm
 
-from curate.train.data import dataset_size, train_loader
+from curate.train.data import dataset_size, decode_images, train_loader
 
 
 class _MatMul(nn.Module):
@@ -104,7 +104,7 @@ def tower_features(
         wds.SimpleShardList(shards),
         wds.split_by_worker,
         wds.tarfile_to_samples(handler=wds.warn_and_continue),
-        wds.decode("pilrgb", handler=wds.warn_and_continue),
+        wds.decode(decode_images, handler=wds.warn_and_continue),
         wds.to_tuple("jpg", "txt"),
         wds.map_tuple(bundle.preprocess_val, lambda text: bundle.tokenizer([text])[0]),
         wds.batched(batch_size, partial=True),

@@ -13,6 +13,8 @@ import braceexpand
 import webdataset as wds
 from PIL import Image
 
+from curate.images import decode
+
 
 def expand_shards(data: str | list[str]) -> list[str]:
     """Tar paths from a folder, a glob, a brace pattern (``{00000..00009}.tar``) or a list."""
@@ -42,12 +44,21 @@ def dataset_size(shards: list[str]) -> int | None:
     return total
 
 
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
+
+
+def decode_images(key: str, data: bytes) -> Image.Image | None:
+    """webdataset decoder: image entries as :func:`curate.images.decode` gives them (the displayed RGB
+    image, EXIF orientation applied); other entries are left to webdataset's default decoders."""
+    if key.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS:
+        return decode(data)
+    return None
+
+
 def iter_pairs(shards: list[str]) -> Iterator[tuple[str, Image.Image, str]]:
     """Every (key, RGB image, caption) of ``shards`` in order, in this process."""
-    dataset = wds.WebDataset(shards, shardshuffle=False).decode("pil")
-    for sample in dataset.to_tuple("__key__", "jpg", "txt"):
-        key, image, caption = sample
-        yield key, image.convert("RGB"), caption
+    dataset = wds.WebDataset(shards, shardshuffle=False).decode(decode_images)
+    yield from dataset.to_tuple("__key__", "jpg", "txt")
 
 
 def train_pipeline(
@@ -64,7 +75,7 @@ def train_pipeline(
         wds.split_by_worker,
         wds.tarfile_to_samples(handler=wds.warn_and_continue),
         wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), rng=None),
-        wds.decode("pilrgb", handler=wds.warn_and_continue),
+        wds.decode(decode_images, handler=wds.warn_and_continue),
         wds.to_tuple("jpg", "txt"),
         wds.map_tuple(preprocess, lambda text: tokenize([text])[0]),
         wds.batched(batch_size, partial=False),

@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 
 import torch
-from PIL import Image
 
+from curate.images import decode
 from curate.models.llava import IGNORE_INDEX, encode_text, user_turn
 
 
@@ -110,8 +110,7 @@ class LlavaDataset(torch.utils.data.Dataset):
         validate_record(record, self.folder)
         ids, labels = encode_conversation(self.tokenizer, record["conversations"], self.num_image_tokens)
         check_labels(self.tokenizer, record, ids, labels, self.max_length)
-        with Image.open(self.folder / record["image"]) as im:
-            pixels = self.preprocess(im.convert("RGB"))
+        pixels = self.preprocess(decode(self.folder / record["image"]))
         return pixels, ids, labels
 
 

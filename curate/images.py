@@ -1,0 +1,131 @@
+"""Decoding an image to pixels, in one place: the annotate stages, recaption, the emitted shards, the
+report's thumbnails and the trainers all see the same picture of an image.
+
+:func:`decode` (bytes or a path) and :func:`to_rgb` (an opened Pillow image) give 8-bit RGB:
+
+- the first frame (animated GIF, WebP, APNG; multi-page TIFF);
+- EXIF orientation applied: the displayed image, as a browser shows it;
+- 16-bit images scaled to 8 bits (÷257); 32-bit integer and float images, which declare no range,
+  stretched from their min..max (Pillow's own conversion clips both);
+- palette, grey, CMYK, YCbCr, ... converted to RGB; alpha (RGBA, LA, PA, or a palette, grey or RGB
+  image with a transparent colour) composited on white;
+- the decompression-bomb guard: an image that would decode to more than ``max_pixels`` is refused
+  (:class:`TooLarge`) from its header, before any pixel is decoded;
+- optionally a reduced decode for thumbnails (``fit``): a JPEG decodes at 1/2 to 1/8 scale (Pillow's
+  ``draft``) and the guard applies to the pixels actually decoded; other formats have no cheap
+  reduced decode, so they decode whole (guarded) and then shrink.
+
+Emitted shards keep a JPEG source's bytes untouched, its EXIF orientation tag included. curate's own
+loaders (``curate.train``) decode shards with this function, so training sees the displayed image,
+the picture that CLIP scored; a reader that ignores EXIF (e.g. webdataset's ``"pilrgb"``) sees such a
+JPEG as stored.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+MAX_DECODE_PIXELS = 100_000_000
+"""Default decode limit (the image stage's ``max_decode_pixels`` default)."""
+WHITE = (255, 255, 255)
+EXIF_ORIENTATION = 0x0112
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+class TooLarge(ValueError):
+    """The image would decode to more pixels than the limit allows."""
+
+
+def open_image(source: bytes | str | Path) -> Image.Image:
+    """Pillow's lazy open (header only) of encoded bytes or a file; our limit decides, not Pillow's warning.
+
+    Pillow still refuses more than ``2 * Image.MAX_IMAGE_PIXELS`` (``DecompressionBombError``).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(source) if isinstance(source, bytes | bytearray | memoryview) else source)
+
+
+def decode(
+    source: bytes | str | Path, max_pixels: int | None = MAX_DECODE_PIXELS, fit: int | None = None
+) -> Image.Image:
+    """The displayed first frame of an encoded image as 8-bit RGB, alpha on white (see the module docstring).
+
+    Raises :class:`TooLarge` past ``max_pixels`` (None: Pillow's own limit only), and Pillow's errors
+    (``OSError``, ``ValueError``, ...) for bytes that are not a readable image.
+    """
+    im = open_image(source)
+    out = im
+    try:
+        out = to_rgb(im, max_pixels, fit)
+        return out
+    finally:
+        if out is not im:
+            im.close()
+
+
+def to_rgb(im: Image.Image, max_pixels: int | None = MAX_DECODE_PIXELS, fit: int | None = None) -> Image.Image:
+    """:func:`decode` for an opened image (lazy or loaded); an RGB image it already gave comes back as is.
+
+    With ``fit``, the result fits in ``fit`` x ``fit`` pixels.
+    """
+    im.seek(0)
+    if fit:
+        im.draft("RGB", (fit, fit))  # JPEG: decode at a reduced scale; other formats: no effect
+    check_size(im, max_pixels)
+    im.load()
+    out = _rgb_on_white(_to_8bit(_displayed(im)))
+    if fit:
+        out.thumbnail((fit, fit))
+    return out
+
+
+def check_size(im: Image.Image, max_pixels: int | None) -> None:
+    """Raise :class:`TooLarge` when ``im`` would decode to more than ``max_pixels`` pixels."""
+    width, height = im.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise TooLarge(f"declared size {width}x{height} exceeds max_decode_pixels ({max_pixels})")
+
+
+def _displayed(im: Image.Image) -> Image.Image:
+    """``im`` turned as its EXIF orientation says (a new image), or ``im`` itself."""
+    if im.getexif().get(EXIF_ORIENTATION) in range(2, 9):
+        return ImageOps.exif_transpose(im)
+    return im
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit images scaled to 8 bits; 32-bit and float images stretched from their min..max."""
+    if im.mode in SIXTEEN_BIT:
+        values = np.asarray(im).astype(np.uint32)
+        return Image.fromarray(((values + 128) // 257).astype(np.uint8), mode="L")
+    if im.mode not in ("I", "F"):
+        return im
+    values = np.asarray(im, dtype=np.float64)
+    low, high = float(values.min()), float(values.max())
+    scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+    return Image.fromarray(scaled.astype(np.uint8), mode="L")
+
+
+def _rgb_on_white(im: Image.Image) -> Image.Image:
+    """RGB; any alpha channel or transparent colour composited on white."""
+    if not im.has_transparency_data:
+        return im if im.mode == "RGB" else im.convert("RGB")
+    rgba = im.convert("RGBA")
+    out = Image.new("RGB", rgba.size, WHITE)
+    out.paste(rgba, mask=rgba.getchannel("A"))
+    return out
+
+
+_BUFFER_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+
+
+def error_text(err: Exception) -> str:
+    """``Type: message`` of a decode error, without Pillow's ``<_io.BytesIO object at 0x…>`` (it differs per run)."""
+    return _BUFFER_REPR.sub("the downloaded bytes", f"{type(err).__name__}: {err}")[:300]
