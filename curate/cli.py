@@ -234,7 +234,7 @@ def demo(
 ) -> None:
     """Generate a small web corpus, serve it on 127.0.0.1, and run pipelines/demo.yaml on it."""
     from curate.demo.corpus import build_corpus
-    from curate.demo.server import LoopbackServer, write_url_list
+    from curate.demo.server import LoopbackServer, previous_port, write_url_list
     from curate.manifest import Manifest
     from curate.run import is_run, prepare_run_dir, run_pipeline
 
@@ -242,8 +242,9 @@ def demo(
     if not is_run(output):
         Manifest(output).save()  # the folder is a run from here on: its URL list is written into it
     objects, rows = build_corpus(n_clean=n)
-    with LoopbackServer(objects) as server:
-        urls = write_url_list(rows, server.base_url, output / "demo_urls.parquet")
+    urls = output / "demo_urls.parquet"
+    with LoopbackServer(objects, port=previous_port(urls)) as server:  # same URLs: the run resumes
+        urls = write_url_list(rows, server.base_url, urls)
         console.print(f"serving {len(objects)} objects on {server.base_url}; {len(rows)} URLs in {urls}")
         result = run_pipeline(load_recipe("demo"), urls, output, address)
     print_funnel(result.funnel)

@@ -164,3 +164,18 @@ def test_until_acquire_points_only_at_what_exists(tmp_path, served_corpus):
     Manifest(run).save()
     listed = existing_outputs(run)
     assert [p.split(" ")[0] for p in listed] == [str(run / "raw"), str(run / "manifest.json")]
+
+
+def test_a_second_demo_serves_the_same_urls(tmp_path):
+    from curate.demo.corpus import build_corpus
+    from curate.demo.server import LoopbackServer, previous_port, write_url_list
+
+    objects, rows = build_corpus(n_clean=3)
+    urls = tmp_path / "demo_urls.parquet"
+    assert previous_port(urls) == 0
+    with LoopbackServer(objects) as server:
+        write_url_list(rows, server.base_url, urls)
+        port = server._server.server_address[1]
+    assert previous_port(urls) == port
+    with LoopbackServer(objects, port=previous_port(urls)) as again:  # the URL list, and so the run, match
+        assert again.base_url.endswith(f":{port}")

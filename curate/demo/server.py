@@ -238,6 +238,16 @@ class LoopbackServer:
         self.stop()
 
 
+def previous_port(url_list: str | Path) -> int:
+    """The port of an earlier demo's URL list (so a second demo serves the same URLs and resumes its
+    run), or 0 (any free port) when there is none."""
+    path = Path(url_list)
+    if not path.is_file():
+        return 0
+    urls = pq.read_table(path, columns=["url"]).column("url")
+    return (urlsplit(urls[0].as_py()).port or 0) if len(urls) else 0
+
+
 def write_url_list(rows: list[DemoRow], base_url: str, path: str | Path) -> Path:
     """Write the URL list as Parquet with columns url, caption, defect, expected_reason (in row order)."""
     path = Path(path)
