@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from curate import runtime
 from curate.acquire import ShardLayout, complete_shards, download_shard
 from curate.decide import decide
+from curate.decide.urls import acquire_blocklist
 from curate.emit.parquet import write_parquet
 from curate.emit.shards import plan_shards, write_shard
 from curate.enrich.recaption import cache_key
@@ -211,8 +212,6 @@ def acquire(recipe: Recipe, layout: ShardLayout, inputs: pa.Table, run_dir: Path
     todo = [i for i, name in enumerate(names) if name not in done]
     extra = list(recipe.input.save_additional_columns)
     with manifest.step("acquire", shards=len(names), shards_downloaded=len(todo)) as record:
-        from curate.decide.urls import acquire_blocklist
-
         blocked = acquire_blocklist(recipe.decide)  # url_filter applies before any request
         calls = [(i, download_rows(inputs, layout, i, extra, blocked), str(raw), layout, recipe.acquire) for i in todo]
         results = runtime.run_tasks(download_shard, calls, "acquire", recipe.acquire.num_cpus)

@@ -25,6 +25,16 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_RAY_TMP, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def ray_session():
+    """One embedded Ray for a module's pipeline runs (each run_pipeline joins it instead of starting its own)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=_RAY_TMP)
+    yield
+    ray.shutdown()
+
+
 class ServedCorpus:
     """The demo corpus on a live loopback server, with its URL list written to disk."""
 

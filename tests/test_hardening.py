@@ -7,14 +7,12 @@ annotate cache key; emitted shards load in Hugging Face `datasets`.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from curate.cli import main
 from curate.manifest import Manifest
@@ -172,13 +170,6 @@ def test_zero_row_input_is_an_input_error(tmp_path, monkeypatch, capsys):
 # --- a real run into a folder named o'neil ------------------------------------------------------
 
 DEMO = ["acquire.samples_per_shard=40", "emit.samples_per_shard=50"]
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=os.environ["CURATE_RAY_TMPDIR"])
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import glob
 import hashlib
 import io
 import json
-import os
 import shutil
 import tarfile
 from collections import Counter
@@ -24,13 +23,6 @@ from curate.recipe import load_recipe
 from curate.run import redecide, run_pipeline
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=os.environ["CURATE_RAY_TMPDIR"])
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,11 @@ most 1.5x the clean run's wall time: no URL can stall a shard past the deadline.
 from __future__ import annotations
 
 import io
-import os
 import random
 import time
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 from PIL import Image
 
 from curate.demo.corpus import WebObject
@@ -104,13 +102,6 @@ def run(tmp_path, name: str, objects: dict, rows: list) -> tuple[float, dict[str
         seconds = time.perf_counter() - start
     expected = dict(zip(urls, (reason for _, reason in rows), strict=True))
     return seconds, expected, pq.read_table(tmp_path / name / "decisions").to_pylist()
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=os.environ["CURATE_RAY_TMPDIR"])
-    yield
-    ray.shutdown()
 
 
 def test_hostile_urls_cost_little_and_every_row_is_decided_once(ray_session, tmp_path):
