@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -59,73 +60,119 @@ def reasons(run: Path) -> dict[str, str | None]:
     return {d["key"]: d["reason"] for d in decisions}
 
 
+class ManifestWatch:
+    """Reads RUN/manifest.json every 20 ms from another thread: the (acquire_retry, annotate) statuses seen."""
+
+    def __init__(self, run: Path) -> None:
+        self.path, self.seen, self.stop = run / "manifest.json", set(), threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self.stop.wait(0.02):
+            steps = json.loads(self.path.read_text())["steps"]  # replaced atomically, never half-written
+            self.seen.add((steps.get("acquire_retry", {}).get("status"), steps.get("annotate", {}).get("status")))
+
+    def __enter__(self) -> ManifestWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-    """The demo corpus with 4 clean URLs answering 503 and one slow URL, run once; the server recovers;
-    then run again with --retry-failed. Yields what each run saw."""
+def runs(tmp_path_factory):
+    """The demo corpus in 4 download shards, with 4 clean URLs answering 503, one slow URL and one always
+    busy, run once; the server recovers (the slow URL answers in 1 s, within the 2 s timeout); run again with
+    --retry-failed; then once more, when only the busy URL is left to retry. Yields what each run saw."""
     objects, rows = build_corpus(n_clean=40, seed=7, slow_delay_s=4.0)  # the demo recipe's timeout is 2 s
     objects["/robots.jpg"] = Hostile("robots", target="noai", body=jpeg())
-    rows = [*rows, DemoRow("/robots.jpg", "an image its owner keeps from AI training", "robots", "robots_disallowed")]
+    objects["/busy.jpg"] = busy(WebObject("/busy.jpg", jpeg(), "image/jpeg"))
+    rows = [
+        *rows,
+        DemoRow("/robots.jpg", "an image its owner keeps from AI training", "robots", "robots_disallowed"),
+        DemoRow("/busy.jpg", "a photo on a server that stays overloaded", "busy", "download_error"),
+    ]
     flaky = [r.path for r in rows if r.defect is None][:N_FLAKY]
     (slow,) = [r.path for r in rows if r.defect == "slow"]
     healthy = {path: objects[path] for path in flaky}
-    healthy[slow] = WebObject(slow, objects[slow].body, objects[slow].content_type)  # answers at once
+    healthy[slow] = WebObject(slow, objects[slow].body, objects[slow].content_type, delay_s=1.0)
     for path in flaky:
         objects[path] = busy(objects[path])
     tmp = tmp_path_factory.mktemp("retry")
-    run, recipe = tmp / "run", load_recipe("demo")
+    run, recipe = tmp / "run", load_recipe("demo", ["acquire.samples_per_shard=16"])
     with LoopbackServer(objects) as server:
         urls = write_url_list(rows, server.base_url, tmp / "urls.parquet")
-        first = run_pipeline(recipe, urls, run)
+        run_pipeline(recipe, urls, run)
         before = {"reasons": reasons(run), "members": image_members(run), "hits": server.hits}
         objects.update(healthy)  # the server has recovered
-        second = run_pipeline(recipe, urls, run, retry_failed=[])
+        with ManifestWatch(run) as watch:
+            second = run_pipeline(recipe, urls, run, retry_failed=[])
         after = {"reasons": reasons(run), "members": image_members(run), "hits": server.hits}
+        third = run_pipeline(recipe, urls, run, retry_failed=["download_error"])
+        last = {"reasons": reasons(run), "hits": server.hits}
     keys = pq.read_table(run / "input", columns=["key"])["key"].to_pylist()  # row order, as the URL list
-    key_of = {r.path: key for r, key in zip(rows, keys, strict=True)}
     yield {
         "run": run,
         "rows": rows,
-        "key_of": key_of,
+        "key_of": {r.path: key for r, key in zip(rows, keys, strict=True)},
         "flaky": flaky,
         "slow": slow,
-        "first": first,
-        "second": second,
+        "second": second.manifest,
+        "third": third.manifest,
         "before": before,
         "after": after,
+        "last": last,
+        "watched": watch.seen,
     }
 
 
-def test_the_first_run_records_the_transient_failures(two_runs):
-    got, key_of = two_runs["before"]["reasons"], two_runs["key_of"]
-    assert [got[key_of[p]] for p in two_runs["flaky"]] == ["download_error"] * N_FLAKY
-    assert got[key_of[two_runs["slow"]]] == "download_timeout"
+def test_the_first_run_records_the_transient_failures(runs):
+    got, key_of = runs["before"]["reasons"], runs["key_of"]
+    assert [got[key_of[p]] for p in runs["flaky"]] == ["download_error"] * N_FLAKY
+    assert got[key_of[runs["slow"]]] == "download_timeout"
     assert got[key_of["/robots.jpg"]] == "robots_disallowed"
 
 
-def test_retried_rows_are_decided_and_emitted_and_nothing_else_is_requested_again(two_runs):
-    run, rows, key_of = two_runs["run"], two_runs["rows"], two_runs["key_of"]
-    retried = [*two_runs["flaky"], two_runs["slow"]]
-    again = two_runs["after"]["hits"] - two_runs["before"]["hits"]
-    assert again == Counter(retried)  # neither complete samples, nor 404s, nor robots refusals
-    assert all(two_runs["after"]["hits"][r.path] == 1 for r in rows if r.path not in retried and r.defect is None)
-    got = two_runs["after"]["reasons"]
+def test_retried_rows_are_decided_and_emitted_and_nothing_else_is_requested_again(runs):
+    run, rows, key_of = runs["run"], runs["rows"], runs["key_of"]
+    recovered = [*runs["flaky"], runs["slow"]]
+    again = runs["after"]["hits"] - runs["before"]["hits"]
+    assert again == Counter([*recovered, "/busy.jpg"])  # neither complete samples, nor 404s, nor robots refusals
+    assert all(runs["after"]["hits"][r.path] == 1 for r in rows if r.path not in recovered and r.defect is None)
+    got = runs["after"]["reasons"]
     assert len(got) == len(rows)
     assert {r.path: got[key_of[r.path]] for r in rows} == {r.path: r.expected_reason for r in rows} | {
-        two_runs["slow"]: None  # it answered in time on the retry
+        runs["slow"]: None  # it answered in time on the retry
     }
-    grown = two_runs["after"]["members"] - two_runs["before"]["members"]
-    assert sorted(grown) == sorted(f"{key_of[p]}.jpg" for p in retried)
-    assert max(two_runs["after"]["members"].values()) == 1  # no duplicate member names
+    grown = runs["after"]["members"] - runs["before"]["members"]
+    assert sorted(grown) == sorted(f"{key_of[p]}.jpg" for p in recovered)
+    assert max(runs["after"]["members"].values()) == 1  # no duplicate member names
     emitted = set(pq.read_table(run / "metadata", columns=["key"])["key"].to_pylist())
-    assert {key_of[p] for p in retried} <= emitted
-    steps = two_runs["second"].manifest["steps"]
-    assert {"rows_retried": 5, "recovered": 5, "still_failing": 0}.items() <= steps["acquire_retry"].items()
-    assert steps["annotate"]["executions"] == 2 and steps["annotate"]["status"] == "done"
+    assert {key_of[p] for p in recovered} <= emitted
+    retry = runs["second"]["steps"]["acquire_retry"]
+    assert (retry["rows_retried"], retry["recovered"], retry["still_failing"]) == (6, 5, 1)
+    assert retry["shards"] == len({key_of[p][:5] for p in [*recovered, "/busy.jpg"]}) < 4  # shards with failures
     stats = [json.loads(p.read_text()) for p in (run / "raw").glob("*_stats.json")]
     assert sum(s["count"] for s in stats) == len(rows)
     failed = sum(1 for r in rows if r.expected_reason in ("download_error", "robots_disallowed"))
     assert sum(s["failed_to_download"] for s in stats) == failed
+
+
+def test_annotate_is_stale_while_the_retry_downloads_and_runs_again(runs):
+    assert ("running", "stale") in runs["watched"]
+    assert ("running", "done") not in runs["watched"]  # a crash now could not leave signals without the retried rows
+    annotate = runs["second"]["steps"]["annotate"]
+    assert (annotate["executions"], annotate["status"]) == (2, "done")
+
+
+def test_a_retry_that_changes_nothing_keeps_the_signals(runs):
+    assert runs["last"]["hits"] - runs["after"]["hits"] == Counter(["/busy.jpg"])
+    retry, annotate = runs["third"]["steps"]["acquire_retry"], runs["third"]["steps"]["annotate"]
+    assert (retry["rows_retried"], retry["changed"]) == (1, 0)
+    assert (annotate["executions"], annotate["status"]) == (2, "done")
+    assert runs["last"]["reasons"] == runs["after"]["reasons"]
 
 
 # --- one shard, directly: what a crash in the middle of a retry leaves --------------------------------
