@@ -261,3 +261,16 @@ def test_the_cli_refuses_a_final_reason_with_exit_2(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--retry-reasons 'blocked_address': not retried" in " ".join(proc.stderr.split())
+
+
+def test_status_says_a_run_with_stale_signals_must_resume(tmp_path):
+    from curate.report.status import step_order, where_it_stands
+
+    done = {"status": "done"}
+    steps = {name: dict(done) for name in step_order()} | {"acquire_retry": done, "annotate": {"status": "stale"}}
+    manifest = {"steps": steps, "recipe": {}, "recipe_source": "demo", "input": "urls.parquet"}
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "report.html").write_text("<html></html>")
+    lines = where_it_stands(tmp_path, manifest, step_order())
+    assert lines[0] == "stopped before annotate (stale)."
+    assert lines[1].startswith(f"resume with: curate run demo --input urls.parquet --output {tmp_path}")
