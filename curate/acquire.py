@@ -14,11 +14,14 @@ import ipaddress
 import json
 import math
 import os
+import re
 import shutil
+import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
@@ -26,6 +29,7 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curate.fetch import MAX_ERROR_CHARS, AddressPolicy, FetchConfig, FetchError, fetch, user_agent
@@ -166,8 +170,119 @@ def download_shard(shard_id: int, rows: pa.Table, raw_dir: str, layout: ShardLay
     return json.loads(Path(f"{raw_dir}/{name}_stats.json").read_text())
 
 
-def _download_into(folder: str, shard_id: int, rows: pa.Table, layout: ShardLayout, cfg: AcquireConfig) -> None:
-    """img2dataset's shard loop (bounded thread pool, writer, resizer, stats) over curate's fetch."""
+FINAL_ERRORS = re.compile(
+    r"^(HTTP (Error )?4(?!08|25|29)\d\d\b|not an http\(s\) URL|redirect loop|more than \d+ redirects)"
+)
+"""``download_error`` messages another attempt would not change: client errors (4xx except 408, 425 and
+429), URLs that are not http(s), and redirect loops. 5xx, refused connections and DNS failures are retried."""
+
+
+def retryable_keys(parquet: str | Path, reasons: Collection[str]) -> list[str]:
+    """Keys of a raw shard's rows whose download failed with one of ``reasons`` and might succeed again.
+
+    Shards written before ``error_code`` existed count every failed download as ``download_error``.
+    """
+    table = pq.read_table(parquet)
+    codes = table.column("error_code") if "error_code" in table.column_names else pa.nulls(len(table), pa.string())
+    keys = []
+    for key, status, message, code in zip(
+        *(table.column(c).to_pylist() for c in ("key", "status", "error_message")), codes.to_pylist(), strict=True
+    ):
+        code = code or "download_error"
+        final = code == "download_error" and FINAL_ERRORS.match(message or "")
+        if status == "failed_to_download" and code in reasons and not final:
+            keys.append(key)
+    return keys
+
+
+def retry_shard(
+    shard_id: int, rows: pa.Table, only: Collection[int], raw_dir: str, layout: ShardLayout, cfg: AcquireConfig
+) -> dict:
+    """Download rows ``only`` (indices into ``rows``, the shard's rows as for :func:`download_shard`) of a
+    complete shard again, and commit a new version of it: its images plus the recovered ones, the retried
+    rows' records replaced, the stats recounted. When no retried row's outcome changed, nothing is written.
+
+    The tar is replaced first, then the Parquet, then the stats, so a crash at any point leaves a readable
+    shard (an image whose record still says failed is downloaded again by the next retry). Returns counts:
+    ``retried``, ``recovered`` (now success), ``still_failing`` (failed to download again) and ``changed``
+    (rows whose status or reason changed).
+    """
+    name = layout.shard_name(shard_id)
+    old = pq.read_table(f"{raw_dir}/{name}.parquet")
+    with tempfile.TemporaryDirectory(prefix=f".{name}-retry-", dir=raw_dir) as tmp:
+        _download_into(tmp, shard_id, rows, layout, cfg, only=set(only))
+        new = pq.read_table(f"{tmp}/{name}.parquet")
+        before, after = _outcomes(old), _outcomes(new)
+        changed = sum(before.get(key) != outcome for key, outcome in after.items())
+        if changed:
+            _commit_retry(raw_dir, name, tmp, old, new)
+    status = new.column("status").to_pylist()
+    recovered, failing = status.count("success"), status.count("failed_to_download")
+    return {"retried": len(new), "recovered": recovered, "still_failing": failing, "changed": changed}
+
+
+def _outcomes(table: pa.Table) -> dict[str, tuple[str, str | None]]:
+    """Each row's (status, reason code) by key, as ``curate.raw`` reads them."""
+    codes = table.column("error_code") if "error_code" in table.column_names else pa.nulls(len(table), pa.string())
+    return {
+        key: (status, (code or "download_error") if status == "failed_to_download" else None)
+        for key, status, code in zip(
+            table.column("key").to_pylist(), table.column("status").to_pylist(), codes.to_pylist(), strict=True
+        )
+    }
+
+
+def _commit_retry(raw_dir: str, name: str, tmp: str, old: pa.Table, new: pa.Table) -> None:
+    """Replace shard ``name`` in ``raw_dir`` with its old records and images merged with the retried ones
+    (downloaded into ``tmp``): tar, then Parquet, then stats, each moved into place whole."""
+    retried = new.column("key").combine_chunks()
+    _merge_tar(f"{raw_dir}/{name}.tar", f"{tmp}/{name}.tar", set(retried.to_pylist()), f"{tmp}/merged.tar")
+    kept = old.filter(pc.invert(pc.is_in(old.column("key"), retried)))
+    merged = pa.concat_tables([kept, new], promote_options="default").sort_by("key")  # old shards lack error_code
+    pq.write_table(merged, f"{tmp}/merged.parquet")
+    stats = _recount(json.loads(Path(f"{raw_dir}/{name}_stats.json").read_text()), merged, len(new))
+    Path(f"{tmp}/merged_stats.json").write_text(json.dumps(stats, indent=4))
+    for suffix in (".tar", ".parquet", "_stats.json"):
+        os.replace(f"{tmp}/merged{suffix}", f"{raw_dir}/{name}{suffix}")
+
+
+def _merge_tar(old: str, new: str, replaced: set[str], out: str) -> None:
+    """Write ``out``: the members of ``old`` except those of keys in ``replaced``, then every member of ``new``."""
+    with tarfile.open(out, "w") as dst:
+        for path, skip in ((old, replaced), (new, set())):
+            with tarfile.open(path, "r|") as src:
+                for member in src:
+                    if member.name.rpartition(".")[0] not in skip:
+                        dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+
+
+def _recount(stats: dict, table: pa.Table, retried: int) -> dict:
+    """img2dataset's shard stats for ``table`` (the shard's records after a retry)."""
+    status = Counter(table.column("status").to_pylist())
+    messages = Counter(m or "success" for m in table.column("error_message").to_pylist())
+    return stats | {
+        "count": len(table),
+        "successes": status["success"],
+        "failed_to_download": status["failed_to_download"],
+        "failed_to_resize": status["failed_to_resize"],
+        "status_dict": dict(messages),
+        "retried_rows": stats.get("retried_rows", 0) + retried,
+        "retry_end_time": time.time(),
+    }
+
+
+def _download_into(
+    folder: str,
+    shard_id: int,
+    rows: pa.Table,
+    layout: ShardLayout,
+    cfg: AcquireConfig,
+    only: Collection[int] | None = None,
+) -> None:
+    """img2dataset's shard loop (bounded thread pool, writer, resizer, stats) over curate's fetch.
+
+    ``only``: the row indices to download (all when None); keys always come from a row's index in ``rows``.
+    """
     from img2dataset.downloader import compute_key
     from img2dataset.logger import CappedCounter, write_stats
     from img2dataset.writer import WebDatasetSampleWriter
@@ -180,7 +295,7 @@ def _download_into(folder: str, shard_id: int, rows: pa.Table, layout: ShardLayo
     for col, typ in META_FIELDS:
         schema = schema.append(pa.field(col, typ))
     samples = rows.to_pylist()
-    jobs = [(i, r["url"], bool(blocked and blocked[i])) for i, r in enumerate(samples)]
+    jobs = [(i, r["url"], bool(blocked and blocked[i])) for i, r in enumerate(samples) if only is None or i in only]
     writer = WebDatasetSampleWriter(shard_id, folder, True, layout.shard_digits, schema, "jpg")
     resizer, fetch_cfg = _resizer(cfg), cfg.fetch_config()
     limiter = DomainLimiter(cfg.max_per_domain)

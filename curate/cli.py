@@ -42,11 +42,27 @@ def run(
     until: Annotated[
         str, typer.Option("--until", help="Stop after this step: acquire, annotate, decide, enrich or emit.")
     ] = "emit",
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed", help="Download again the rows whose download failed for a transient reason (resume)."
+        ),
+    ] = False,
+    retry_reasons: Annotated[
+        str | None,
+        typer.Option(
+            "--retry-reasons",
+            help="Comma-separated reason codes to retry (implies --retry-failed; default download_timeout,"
+            "download_error, where 4xx client errors are not retried).",
+        ),
+    ] = None,
 ) -> None:
     """Acquire, annotate, decide and emit: the whole pipeline into one run directory."""
     from curate.run import run_pipeline
 
-    result = run_pipeline(load_recipe(recipe, set), input, output, address, until)
+    retry = [r.strip() for r in retry_reasons.split(",") if r.strip()] if retry_reasons is not None else None
+    retry = [] if retry is None and retry_failed else retry
+    result = run_pipeline(load_recipe(recipe, set), input, output, address, until, retry)
     if result.funnel:
         print_funnel(result.funnel)
     console.print(f"outputs: {', '.join(existing_outputs(output))}")

@@ -12,6 +12,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import runtime
-from curate.acquire import ShardLayout, complete_shards, download_shard
+from curate.acquire import RETRIED, ShardLayout, complete_shards, download_shard, retry_shard, retryable_keys
 from curate.decide import decide
 from curate.decide.urls import acquire_blocklist
 from curate.emit.parquet import write_parquet
@@ -29,6 +30,7 @@ from curate.enrich.recaption import cache_key
 from curate.io import parquet_files, replace_dir, write_json
 from curate.lock import LOCK_NAME, RunLock
 from curate.manifest import Manifest, versions
+from curate.reasons import REASONS
 from curate.recipe import Recipe, RecipeError, build_recipe
 from curate.report.html import write_report
 from curate.report.stats import funnel
@@ -68,13 +70,17 @@ def run_pipeline(
     run_dir: str | Path,
     address: str | None = None,
     until: str = "emit",
+    retry_failed: Sequence[str] | None = None,
 ) -> RunResult:
     """Run the steps of ``recipe`` up to ``until`` on the URL list at ``input_path`` into ``run_dir``.
 
-    Holds the run directory's writer lock (:class:`curate.lock.RunLock`) throughout.
+    ``retry_failed``: reason codes (see :data:`curate.acquire.RETRIED`) whose failed downloads are tried
+    again in shards already complete (:func:`acquire_retry`). Holds the run directory's writer lock
+    (:class:`curate.lock.RunLock`) throughout.
     """
     if until not in STEPS:
         raise InputError(f"--until {until!r}: choose one of {', '.join(STEPS)}")
+    retry = check_retry_reasons(retry_failed) if retry_failed is not None else ()
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir)
     with RunLock(run_dir):
@@ -86,6 +92,8 @@ def run_pipeline(
         with runtime.session(address):
             layout, inputs = stage_inputs(recipe, input_path, run_dir, manifest)
             acquire(recipe, layout, inputs, run_dir, manifest)
+            if retry:
+                acquire_retry(recipe, layout, inputs, run_dir, manifest, retry)
             if until == "acquire":
                 return RunResult(run_dir, {}, manifest.data)
             annotate(recipe, run_dir, manifest)
@@ -217,6 +225,67 @@ def acquire(recipe: Recipe, layout: ShardLayout, inputs: pa.Table, run_dir: Path
         results = runtime.run_tasks(download_shard, calls, "acquire", recipe.acquire.num_cpus)
         record["nodes"] = sorted({node for _, node in results})
         record["downloaded_ok"] = sum(stats["successes"] for stats, _ in results)
+
+
+def check_retry_reasons(reasons: Sequence[str]) -> tuple[str, ...]:
+    """``reasons`` if each is a failure worth another download (:data:`curate.acquire.RETRIED`); all of them if empty."""
+    for reason in reasons:
+        if reason not in REASONS:
+            raise InputError(f"--retry-reasons {reason!r}: unknown reason code; retryable ones: {', '.join(RETRIED)}")
+        if reason not in RETRIED:
+            raise InputError(
+                f"--retry-reasons {reason!r}: not retried, it is a final outcome (a policy refusal or the content); "
+                f"retryable reasons: {', '.join(RETRIED)}"
+            )
+    return tuple(dict.fromkeys(reasons)) or RETRIED
+
+
+def acquire_retry(
+    recipe: Recipe, layout: ShardLayout, inputs: pa.Table, run_dir: Path, manifest: Manifest, reasons: Sequence[str]
+) -> None:
+    """Download again the rows of complete raw shards whose download failed with one of ``reasons``.
+
+    Complete samples are never requested again. Annotate is marked stale before any download starts, so
+    an interruption can cost an extra annotate but never leave signals that miss recovered rows; when no
+    retried row's outcome changed (no shard was rewritten), annotate's record is restored.
+    """
+    raw = run_dir / "raw"
+    plan = {
+        name: keys
+        for name in sorted(complete_shards(raw))
+        if (keys := retryable_keys(raw / f"{name}.parquet", reasons))
+    }
+    annotated = manifest.steps.get("annotate", {}).get("status")
+    if plan and annotated is not None:
+        manifest.steps["annotate"]["status"] = "stale"  # saved as the step below starts
+    retried = sum(len(keys) for keys in plan.values())
+    with manifest.step("acquire_retry", reasons=list(reasons), shards=len(plan), rows_retried=retried) as record:
+        calls = _retry_calls(recipe, layout, inputs, raw, plan)
+        results = [r for r, _ in runtime.run_tasks(retry_shard, calls, "acquire retry", recipe.acquire.num_cpus)]
+        for field in ("recovered", "still_failing", "changed"):
+            record[field] = sum(r[field] for r in results)
+    if plan and annotated is not None and record["changed"] == 0:
+        manifest.steps["annotate"]["status"] = annotated
+        manifest.save()
+
+
+def _retry_calls(
+    recipe: Recipe, layout: ShardLayout, inputs: pa.Table, raw: Path, plan: dict[str, list[str]]
+) -> list[tuple]:
+    """Arguments of :func:`curate.acquire.retry_shard` for each shard of ``plan`` (shard name: keys to retry)."""
+    from curate.decide.urls import acquire_blocklist
+
+    blocked = acquire_blocklist(recipe.decide)
+    extra = list(recipe.input.save_additional_columns)
+    ids = {layout.shard_name(i): i for i in range(layout.n_shards)}
+    keys, per = layout.keys(), layout.samples_per_shard
+    calls = []
+    for name, failed in plan.items():
+        shard_id = ids[name]
+        index = {key: i for i, key in enumerate(keys[shard_id * per : (shard_id + 1) * per])}
+        rows = download_rows(inputs, layout, shard_id, extra, blocked)
+        calls.append((shard_id, rows, [index[k] for k in failed], str(raw), layout, recipe.acquire))
+    return calls
 
 
 def annotate(recipe: Recipe, run_dir: Path, manifest: Manifest) -> None:

@@ -102,7 +102,7 @@ def where_it_stands(run_dir: str | Path, manifest: dict, order: Sequence[str] = 
         state["report"] = "done" if report.is_file() else ("failed" if state["report"] == "failed" else "not started")
     failed = [n for n, st in state.items() if st == "failed"]
     running = [n for n, st in state.items() if st == "running"]
-    missing = [n for n, st in state.items() if st == "not started"]
+    missing = [n for n, st in state.items() if st in ("not started", "stale")]  # stale: inputs changed since
     lines = []
     for name in failed:
         lines.append(f"step {name} FAILED: {steps.get(name, {}).get('error', 'no error recorded')}")
@@ -118,7 +118,7 @@ def where_it_stands(run_dir: str | Path, manifest: dict, order: Sequence[str] = 
     if not (failed or running or missing):
         return ["complete: every step finished."]
     if not (failed or running):
-        lines.append(f"stopped before {missing[0]} (not started).")
+        lines.append(f"stopped before {missing[0]} ({state[missing[0]]}).")
     only_report = set(failed + running + missing) == {"report"}
     lines.append(f"resume with: {f'curate report {run_dir}' if only_report else resume_command(run_dir, manifest)}")
     return lines
