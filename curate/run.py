@@ -273,18 +273,14 @@ def _retry_calls(
     recipe: Recipe, layout: ShardLayout, inputs: pa.Table, raw: Path, plan: dict[str, list[str]]
 ) -> list[tuple]:
     """Arguments of :func:`curate.acquire.retry_shard` for each shard of ``plan`` (shard name: keys to retry)."""
-    from curate.decide.urls import acquire_blocklist
-
     blocked = acquire_blocklist(recipe.decide)
     extra = list(recipe.input.save_additional_columns)
-    ids = {layout.shard_name(i): i for i in range(layout.n_shards)}
-    keys, per = layout.keys(), layout.samples_per_shard
+    scale = 10**layout.sample_digits  # a key is shard_id * scale + the row's index in its shard
     calls = []
     for name, failed in plan.items():
-        shard_id = ids[name]
-        index = {key: i for i, key in enumerate(keys[shard_id * per : (shard_id + 1) * per])}
+        shard_id = int(name)
         rows = download_rows(inputs, layout, shard_id, extra, blocked)
-        calls.append((shard_id, rows, [index[k] for k in failed], str(raw), layout, recipe.acquire))
+        calls.append((shard_id, rows, [int(k) % scale for k in failed], str(raw), layout, recipe.acquire))
     return calls
 
 
