@@ -15,6 +15,7 @@ from __future__ import annotations
 import tarfile
 from collections import defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 
 import fsspec
 import pyarrow as pa
@@ -43,11 +44,19 @@ RAW_META_COLUMNS = ["key", "status", "error_message", "original_width", "origina
 IMAGE_EXT = "jpg"  # img2dataset names every image member .jpg; the bytes keep their format
 
 
+def raw_file(run_dir: str | Path, shard: str, suffix: str) -> str:
+    """Where raw shard ``shard``'s file with ``suffix`` (``.tar``, ``.parquet``, ``_stats.json``) is.
+
+    The one place that knows the layout: every reader of acquired bytes goes through it.
+    """
+    return f"{run_dir}/raw/{shard}{suffix}"
+
+
 def read_shard(run_dir: str, shard: str, chunk_rows: int = 512) -> Iterator[pa.Table]:
     """Yield the rows of raw shard ``shard`` in chunks, joined with their bytes."""
     inputs = _input_rows(run_dir, shard)
-    meta = _raw_meta(f"{run_dir}/raw/{shard}.parquet")
-    images = _tar_images(f"{run_dir}/raw/{shard}.tar")
+    meta = _raw_meta(raw_file(run_dir, shard, ".parquet"))
+    images = _tar_images(raw_file(run_dir, shard, ".tar"))
     table = inputs.join(meta, "key", join_type="left outer").join(images, "key", join_type="left outer")
     table = table.sort_by("key")
     table = _fix_status(table)
@@ -113,7 +122,7 @@ def read_images(rows: pa.Table, run_dir: str) -> dict[str, bytes]:
         by_shard[shard].append((offset, size, key))
     images: dict[str, bytes] = {}
     for shard, spans in by_shard.items():
-        with fsspec.open(f"{run_dir}/raw/{shard}.tar", "rb") as f:
+        with fsspec.open(raw_file(run_dir, shard, ".tar"), "rb") as f:
             for offset, size, key in sorted(spans):
                 f.seek(offset)
                 images[key] = f.read(size)

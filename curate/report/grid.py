@@ -11,6 +11,7 @@ import fsspec
 from PIL import Image
 
 from curate.images import MAX_DECODE_PIXELS, decode, error_text
+from curate.raw import raw_file
 
 THUMB_SIDE = 160
 CAPTION_CHARS = 160
@@ -22,7 +23,7 @@ def image_bytes(run_dir: str | Path, row: dict) -> bytes | None:
     if shard is None or offset is None or not size:
         return None
     try:
-        with fsspec.open(f"{run_dir}/raw/{shard}.tar", "rb") as f:
+        with fsspec.open(raw_file(run_dir, shard, ".tar"), "rb") as f:
             f.seek(offset)
             return f.read(size)
     except FileNotFoundError:  # raw/ deleted after emit: the card says so
