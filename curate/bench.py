@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from curate import resources
 from curate.recipe import Recipe, build_recipe, load_recipe
 from curate.urls import InputError
 
@@ -49,7 +50,10 @@ def no_filter(like: Recipe) -> Recipe:
 
 def read_eval_spec(path: str | Path) -> dict:
     """``{data, zero_shot}`` from an eval YAML; a clear error when ``data`` is missing."""
-    spec = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        spec = yaml.safe_load(resources.resolve("eval", path).read_text()) or {}
+    except FileNotFoundError as err:
+        raise InputError(str(err)) from None
     if not spec.get("data"):
         raise InputError(f"{path}: an eval spec needs `data:` (held-out WebDataset shards) and may name `zero_shot:`")
     return {"data": str(spec["data"]), "zero_shot": spec.get("zero_shot")}
@@ -60,7 +64,7 @@ def bench_quality(
     recipes: list[str],
     eval_spec: str | Path,
     output: str | Path,
-    train_preset: str | Path = "configs/train/clip-tiny.yaml",
+    train_preset: str | Path = "clip-tiny",
     samples: int = 19_200,
     address: str | None = None,
 ) -> list[QualityRow]:

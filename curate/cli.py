@@ -276,9 +276,19 @@ app.add_typer(eval_app, name="eval")
 eval_app.command("clip")(eval_clip)
 
 
+def _preset(config_cls: type, config: Path, overrides: dict):
+    """A training preset (file or bundled name); a missing one is an input error (exit 2)."""
+    try:
+        return config_cls.from_yaml(config, overrides)
+    except FileNotFoundError as err:
+        raise InputError(str(err)) from None
+
+
 @train_app.command("clip")
 def train_clip(
-    config: Annotated[Path, typer.Option("--config", help="Preset YAML, e.g. configs/train/clip-tiny.yaml.")],
+    config: Annotated[
+        Path, typer.Option("--config", help="Preset YAML or bundled preset: clip-tiny, lit-offline, vit-b-32.")
+    ],
     data: Annotated[str, typer.Option("--data", help="Shards: RUN/shards, a glob or a {a..b} pattern.")],
     output: Annotated[Path, typer.Option("--output", help="Folder for checkpoints, log and the final model.")],
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --output.")] = False,
@@ -293,7 +303,7 @@ def train_clip(
     from curate.train.clip import train_clip as train
 
     overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in set or [])}
-    cfg = ClipTrainConfig.from_yaml(config, overrides)
+    cfg = _preset(ClipTrainConfig, config, overrides)
     if workers > 1:
         from curate import runtime
 
@@ -306,7 +316,9 @@ def train_clip(
 
 @train_app.command("llava")
 def train_llava(
-    config: Annotated[Path, typer.Option("--config", help="Preset YAML, e.g. configs/train/llava-tiny.yaml.")],
+    config: Annotated[
+        Path, typer.Option("--config", help="Preset YAML or bundled preset: llava-tiny, llava-qwen-0.5b.")
+    ],
     data: Annotated[
         Path, typer.Option("--data", help="RUN/llava (pretrain.json, instruct.json) or a LLaVA JSON file.")
     ],
@@ -325,7 +337,7 @@ def train_llava(
         raise typer.BadParameter(f"--stage {stage!r}: use 1, 2 or all")
     overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in set or [])}
     stages = (1, 2) if stage == "all" else (int(stage),)
-    summary = train(LlavaTrainConfig.from_yaml(config, overrides), data, output, stages, resume)
+    summary = train(_preset(LlavaTrainConfig, config, overrides), data, output, stages, resume)
     rows = [(f"{name}.{k}", v) for name, last in summary.items() for k, v in last.items()]
     print_rows(["metric", "value"], rows, "table")
 
@@ -362,9 +374,7 @@ def bench_quality(
     recipes: Annotated[list[str], typer.Option("--recipes", help="Recipes to compare: --recipes A.yaml B.yaml ...")],
     eval: Annotated[Path, typer.Option("--eval", help="Eval spec YAML: data (held-out shards), zero_shot (task).")],
     output: Annotated[Path, typer.Option("--output", help="Folder for one run + model per recipe and the results.")],
-    train: Annotated[Path, typer.Option("--train", help="CLIP preset trained on each output.")] = Path(
-        "configs/train/clip-tiny.yaml"
-    ),
+    train: Annotated[Path, typer.Option("--train", help="CLIP preset trained on each output.")] = Path("clip-tiny"),
     samples: Annotated[
         int, typer.Option("--samples", help="Samples seen in training, equal for every recipe.")
     ] = 19_200,

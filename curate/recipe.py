@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from curate import resources
 from curate.acquire import AcquireConfig
 from curate.decide.balance import Balance
 from curate.decide.base import Policy
@@ -64,8 +65,8 @@ POLICIES: dict[str, type[Policy]] = {
 }
 """Decide policies by the name recipes use."""
 
-PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
-"""The bundled recipes (``pipelines/`` of the source checkout curate is installed from)."""
+PIPELINES_DIR = resources.folder("recipe")
+"""The bundled recipes (``pipelines/``, inside the wheel as ``curate.pipelines``)."""
 
 SECTIONS = ("name", "description", "input", "acquire", "annotate", "decide", "enrich", "emit")
 
@@ -121,19 +122,16 @@ class Recipe:
 
 def find_recipe(name_or_path: str | Path) -> Path:
     """A recipe file by path, or by name among the bundled ``pipelines/`` (``demo`` → demo.yaml)."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    bundled = PIPELINES_DIR / f"{path.stem}.yaml"
-    if path.suffix in ("", ".yaml") and bundled.is_file():
-        return bundled
-    known = ", ".join(sorted(list_recipes()))
-    raise RecipeError(f"{name_or_path}: no such recipe file. Bundled recipes: {known}")
+    try:
+        return resources.resolve("recipe", name_or_path)
+    except FileNotFoundError:
+        known = ", ".join(list_recipes())
+        raise RecipeError(f"{name_or_path}: no such recipe file. Bundled recipes: {known}") from None
 
 
 def list_recipes() -> list[str]:
     """Names of the recipes that ship with curate."""
-    return sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml"))
+    return resources.names("recipe")
 
 
 def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:

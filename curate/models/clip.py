@@ -24,9 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from curate import resources
 from curate.models.compat import ensure_torchvision
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
+CONFIG_DIR = resources.folder("model")
 PLACEHOLDER = re.compile(r"\$\{package:([A-Za-z0-9_.]+)\}")
 CURATE_KEYS = ("preprocess_cfg", "image_tower_weights")
 

@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
+from curate import resources
 from curate.models.clip import load_clip, save_model_folder
 from curate.train.cached import ProjectionHeads, cached_tower_features, feature_batches, one_cpu_thread
 from curate.train.common import autocast, cosine_lr, latest_checkpoint, pick_device, save_checkpoint
@@ -79,8 +80,8 @@ class ClipTrainConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> ClipTrainConfig:
-        """Read a preset; ``overrides`` (e.g. from the CLI) win."""
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        """Read a preset (a YAML file or a bundled name: ``clip-tiny``); ``overrides`` (e.g. from the CLI) win."""
+        data = yaml.safe_load(resources.resolve("train", path).read_text()) or {}
         return cls(**{**data, **(overrides or {})})
 
 

@@ -54,10 +54,11 @@ import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
+from curate import resources
 from curate.models.clip import ClipBundle, load_clip
 from curate.train.data import dataset_size, expand_shards, iter_pairs
 
-TASK_DIR = Path(__file__).resolve().parents[2] / "configs" / "eval"
+TASK_DIR = resources.folder("eval")
 """Bundled zero-shot tasks, found by name (``shapes``)."""
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
@@ -175,12 +176,12 @@ def _normalized(emb: torch.Tensor) -> torch.Tensor:
 
 def load_task(task: str | Path) -> ZeroShotTask:
     """Read a zero-shot task YAML (a path, or a name in ``configs/eval/``)."""
-    path = Path(task)
-    if not path.is_file() and (TASK_DIR / f"{task}.yaml").is_file():
-        path = TASK_DIR / f"{task}.yaml"
-    if not path.is_file():
-        bundled = sorted(p.stem for p in TASK_DIR.glob("*.yaml"))
-        raise EvalError(f"no zero-shot task {str(task)!r}: give a YAML file or one of {bundled}")
+    try:
+        path = resources.resolve("eval", task)
+    except FileNotFoundError:
+        raise EvalError(
+            f"no zero-shot task {str(task)!r}: give a YAML file or one of {resources.names('eval')}"
+        ) from None
     return parse_task(yaml.safe_load(path.read_text()) or {}, name=path.stem)
 
 

@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from curate import resources
 from curate.models.llava import IGNORE_INDEX, Llava, LMSpec, build_llava, load_llava, save_llava
 from curate.train.common import autocast, cosine_lr, latest_checkpoint, pick_device, save_checkpoint
 from curate.train.llava_data import LlavaDataset, collate
@@ -77,8 +78,8 @@ class LlavaTrainConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> LlavaTrainConfig:
-        """Read a preset; dotted ``overrides`` (``stage1.steps``: 50) win."""
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        """Read a preset (a YAML file or a bundled name: ``llava-tiny``); dotted ``overrides`` (``stage1.steps``: 50) win."""
+        data = yaml.safe_load(resources.resolve("train", path).read_text()) or {}
         for dotted, value in (overrides or {}).items():
             node = data
             *parents, leaf = dotted.split(".")

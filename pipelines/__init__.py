@@ -1,0 +1,1 @@
+"""Bundled recipes: this folder ships inside the wheel as the package ``curate.pipelines`` (see curate/resources.py)."""
