@@ -411,6 +411,25 @@ def concepts_build(
 
 
 @app.command()
+def bundled(
+    kind: Annotated[str | None, typer.Argument(help="recipe, train, model, eval or cluster; all when omitted.")] = None,
+    name: Annotated[str | None, typer.Argument(help="A bundled name: print its file's path.")] = None,
+) -> None:
+    """List the recipes and configs that ship with curate, or print one's path (`ray up $(curate bundled cluster local-cluster)`)."""
+    from curate import resources
+
+    try:
+        if name is not None:
+            typer.echo(resources.resolve(kind, name))  # stdout, for $(...)
+            return
+        kinds = [kind] if kind else list(resources.KINDS)
+        rows = [(k, n, str(resources.bundled(k, n))) for k in kinds for n in resources.names(k)]
+    except (ValueError, FileNotFoundError) as err:
+        raise InputError(str(err)) from None
+    print_rows(["kind", "name", "path"], rows, "table")
+
+
+@app.command()
 def reasons() -> None:
     """List the rejection reason codes and what each means."""
     print_rows(["reason", "meaning"], list(reason_codes.REASONS.items()), "table")

@@ -35,17 +35,21 @@ def package_root(package: str) -> Path:
     return Path(str(files(f"curate.{package}")))  # a wheel is installed unzipped: a real folder
 
 
+def _spec(kind: str) -> tuple[str, str, str]:
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind of bundled file {kind!r}; known: {', '.join(KINDS)}")
+    return KINDS[kind]
+
+
 def folder(kind: str) -> Path:
     """The folder holding the bundled files of ``kind`` (see :data:`KINDS`)."""
-    if kind not in KINDS:
-        raise KeyError(f"unknown kind of bundled file {kind!r}; known: {sorted(KINDS)}")
-    package, sub, _ = KINDS[kind]
+    package, sub, _ = _spec(kind)
     return package_root(package) / sub if sub else package_root(package)
 
 
 def names(kind: str) -> list[str]:
     """Names of the bundled files of ``kind`` (file stems: ``demo``, ``clip-tiny``)."""
-    return sorted(p.stem for p in folder(kind).glob(f"*{KINDS[kind][2]}"))
+    return sorted(p.stem for p in folder(kind).glob(f"*{_spec(kind)[2]}"))
 
 
 def bundled(kind: str, name: str | Path) -> Path | None:
@@ -54,7 +58,7 @@ def bundled(kind: str, name: str | Path) -> Path | None:
     ``name`` may be a stem (``clip-tiny``), a file name (``clip-tiny.yaml``) or the path the file
     has in the repository (``configs/train/clip-tiny.yaml``), so documented paths work anywhere.
     """
-    package, sub, suffix = KINDS[kind]
+    package, sub, suffix = _spec(kind)
     pure = PurePosixPath(Path(name).as_posix())
     home = PurePosixPath(package, sub) if sub else PurePosixPath(package)
     if len(pure.parts) > 1 and pure.parent != home:

@@ -72,9 +72,24 @@ def test_a_missing_path_never_falls_back_to_a_bundled_file_of_the_same_stem(else
 def test_unknown_names_are_clear_errors(elsewhere):
     with pytest.raises(FileNotFoundError, match=r"no bundled train of that name \(.*'clip-tiny'"):
         resources.resolve("train", "clip-tinny")
-    with pytest.raises(KeyError, match="unknown kind"):
+    with pytest.raises(ValueError, match="unknown kind of bundled file 'recipes'"):
         resources.folder("recipes")
     with pytest.raises(InputError, match="no-such-spec"):
         read_eval_spec("no-such-spec.yaml")
     result = CliRunner().invoke(app, ["train", "clip", "--config", "nope", "--data", "x", "--output", "y"])
     assert isinstance(result.exception, InputError) and "no bundled train" in str(result.exception)
+
+
+def test_curate_bundled_lists_the_files_and_prints_one_path(elsewhere):
+    runner = CliRunner()
+    listing = runner.invoke(app, ["bundled"])
+    assert listing.exit_code == 0 and "local-cluster" in listing.output and "lit-offline" in listing.output
+    one = runner.invoke(app, ["bundled", "cluster", "local-cluster"])
+    assert one.exit_code == 0 and one.output.strip() == str(resources.folder("cluster") / "local-cluster.yaml")
+    assert isinstance(runner.invoke(app, ["bundled", "clusters"]).exception, InputError)
+
+
+def test_a_documented_model_config_path_works_from_another_directory(elsewhere):
+    from curate.models.clip import open_clip_module, registered_name
+
+    assert registered_name("configs/models/clip-tiny.json", open_clip_module()) == "clip-tiny"

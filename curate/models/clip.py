@@ -150,9 +150,11 @@ def model_folder(model: str) -> Path | None:
 
 
 def registered_name(model: str, open_clip) -> str:
-    """The open_clip name of ``model``: a JSON config file is registered first (its stem)."""
-    path = Path(model)
-    return register_config(path, open_clip) if path.suffix == ".json" and path.is_file() else model
+    """The open_clip name of ``model``: a JSON config file (or ``configs/models/X.json``) is registered first."""
+    if not model.endswith(".json"):
+        return model
+    path = Path(model) if Path(model).is_file() else resources.bundled("model", model)
+    return register_config(path, open_clip) if path is not None else model
 
 
 def _resolve(model: str, pretrained: str | None, open_clip) -> tuple[str, dict]:
