@@ -301,3 +301,39 @@ def test_wrong_extension_exits_2_before_ray_starts(tmp_path):
     assert "urls.xlsx: unknown extension '.xlsx'" in proc.stderr and proc.stderr.count("\n") == 1
     assert took < 10, f"took {took:.1f} s"
     assert not (tmp_path / "run" / "input").exists()
+
+
+# --- a whole run over a URL-only list ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_txt_list_runs_through_the_demo_recipe(served_corpus, ray_session, tmp_path):
+    """Empty captions flow through the caption and language stages, decide and emit; every row gets a reason."""
+    import webdataset as wds
+
+    from curate import reasons
+    from curate.recipe import build_recipe
+    from curate.run import run_pipeline
+
+    urls = pq.read_table(served_corpus.urls).column("url").to_pylist()[:60]
+    listing = tmp_path / "urls.txt.gz"
+    listing.write_bytes(gzip.compress("\n".join(urls).encode()))
+    run_dir = tmp_path / "run"
+    demo = load_recipe("demo", ["acquire.samples_per_shard=30"])
+    result = run_pipeline(demo, listing, run_dir)
+    rows = pq.read_table(run_dir / "decisions").to_pylist()
+    assert sorted(r["url"] for r in rows) == sorted(urls) and result.funnel["steps"]["input"] == len(urls)
+    assert not any(r["keep"] for r in rows)  # the demo recipe asks for an English caption of 1+ characters
+    assert {r["reason"] for r in rows} <= set(reasons.REASONS) and "caption_short" in {r["reason"] for r in rows}
+
+    data = demo.to_dict()  # the same run without the caption policies: images alone decide
+    data["decide"] = [
+        p for p in data["decide"] if p["policy"] not in ("caption_length", "caption_boilerplate", "language")
+    ]
+    run_pipeline(build_recipe(data, "url-only"), listing, run_dir)
+    kept = [r for r in pq.read_table(run_dir / "decisions").to_pylist() if r["keep"]]
+    assert kept
+    samples = list(wds.WebDataset(sorted(map(str, (run_dir / "shards").glob("*.tar"))), shardshuffle=False))
+    assert len(samples) == len(kept) and {s["txt"] for s in samples} == {b""}
+    assert set(pq.read_table(run_dir / "metadata").column("caption").to_pylist()) == {""}
+    assert json.loads((run_dir / "llava" / "pretrain.json").read_text())
