@@ -50,7 +50,15 @@ COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".xz": "xz"}
 
 HELP = "use .parquet, .csv, .tsv, .json, .jsonl or .txt, optionally compressed .gz, .zst or .bz2"
 
-_READ_ERRORS = (pa.ArrowInvalid, OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError, ZstdError)
+_READ_ERRORS = (
+    pa.ArrowInvalid,
+    pa.ArrowTypeError,
+    OSError,
+    EOFError,
+    UnicodeDecodeError,
+    json.JSONDecodeError,
+    ZstdError,
+)
 
 
 @dataclass(frozen=True)
@@ -298,12 +306,19 @@ def read_inputs(
     for file in list_files(spec, storage_options):
         with_caption = cfg.caption_col is not None and file.fmt != "txt"  # a .txt list has URLs only
         table = read_list_file(file, [cfg.url_col, *([cfg.caption_col] if with_caption else []), *extras], cfg.url_col)
-        url = to_text(table.column(cfg.url_col))
-        caption = to_text(table.column(cfg.caption_col)) if with_caption else _no_caption(len(table))
+        url = _text_column(file, table, cfg.url_col)
+        caption = _text_column(file, table, cfg.caption_col) if with_caption else _no_caption(len(table))
         tables.append(pa.table({"url": url, "caption": caption, **{c: table.column(c) for c in extras}}))
     source = str(spec) if isinstance(spec, str | Path) else ", ".join(map(str, spec))
     named = InputConfig(url_col="url", caption_col="caption", save_additional_columns=extras)
     return prepare_inputs(concat(tables, source), named, samples_per_shard, source)
+
+
+def _text_column(file: ListFile, table: pa.Table, name: str) -> pa.ChunkedArray:
+    try:
+        return to_text(table.column(name))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        raise InputError(f"{file.name}: column {name!r} holds {table.column(name).type}, not text.") from None
 
 
 def _no_caption(rows: int) -> pa.Array:

@@ -266,6 +266,21 @@ def test_unreadable_content(tmp_path):
     refused(tmp_path / "urls.json", r"urls.json: a JSON list must be an array of objects")
 
 
+def test_values_that_are_not_text(tmp_path):
+    (tmp_path / "urls.jsonl").write_text('{"url": "http://127.0.0.1/a.jpg", "caption": {"en": "a cat"}}\n')
+    refused(tmp_path / "urls.jsonl", r"urls.jsonl: column 'caption' holds struct.*not text")
+    (tmp_path / "urls.json").write_text(
+        '[{"url": "http://127.0.0.1/a.jpg", "caption": 1}, {"url": "b", "caption": "x"}]'
+    )
+    refused(tmp_path / "urls.json", r"urls.json: cannot be read as json")
+    cfg = load_recipe("demo", ["input.save_additional_columns=[n]"]).input
+    (tmp_path / "a.csv").write_text("url,caption,n\nhttp://127.0.0.1/a.jpg,x,1\n")
+    (tmp_path / "b.csv").write_text("url,caption,n\nhttp://127.0.0.1/b.jpg,x,one\n")
+    refused(
+        [tmp_path / "a.csv", tmp_path / "b.csv"], r"a.csv, .*b.csv: the list files disagree on a column's type", cfg
+    )
+
+
 def test_no_rows(tmp_path):
     (tmp_path / "urls.txt").write_text("\n\n  \n")
     refused(tmp_path / "urls.txt", r"no rows .*nothing to curate")
