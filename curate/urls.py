@@ -45,7 +45,7 @@ FORMATS = {
 }
 """URL list formats by extension (img2dataset's: txt, csv, tsv, json, jsonl, parquet)."""
 
-COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".xz": "xz"}
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2"}
 """Compressed lists (``urls.csv.gz``), decompressed while read through fsspec."""
 
 HELP = "use .parquet, .csv, .tsv, .json, .jsonl or .txt, optionally compressed .gz, .zst or .bz2"
@@ -102,12 +102,12 @@ def _expand(item: str, storage_options: dict) -> list[ListFile]:
         found = sorted(p for p, info in fs.glob(path, detail=True).items() if info["type"] == "file")
         if not found:
             raise InputError(f"{item}: the pattern matches no file. Check it (quote it so the shell leaves it alone).")
-        return [_list_file(fs, p, item) for p in found]
+        return [_list_file(fs, p, _shown(fs, p)) for p in found]
     if not remote_http and fs.isdir(path):
         found = sorted(p for p in fs.find(path) if _is_list_name(p))
         if not found:
             raise InputError(f"{item}: a folder without URL list files; {HELP}.")
-        return [_list_file(fs, p, item) for p in found]
+        return [_list_file(fs, p, _shown(fs, p)) for p in found]
     if not fs.exists(path):
         raise InputError(f"{item}: no such file. Pass --input a URL list ({HELP}), a folder or a glob.")
     return [_list_file(fs, path, item)]
@@ -127,9 +127,12 @@ def _is_list_name(path: str) -> bool:
     return not name.startswith((".", "_")) and _split_name(path)[0] is not None
 
 
-def _list_file(fs: fsspec.AbstractFileSystem, path: str, item: str) -> ListFile:
-    name = item if path == fs._strip_protocol(item) or item.startswith(("http://", "https://")) else path
-    name = name if isinstance(fs, LocalFileSystem) or "://" in name else fs.unstrip_protocol(path)
+def _shown(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """How to name a file found in a folder or by a glob: its path, with the protocol when remote."""
+    return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
+
+
+def _list_file(fs: fsspec.AbstractFileSystem, path: str, name: str) -> ListFile:
     fmt, compression = _split_name(path)
     if fmt is None:
         raise InputError(f"{name}: unknown extension {PurePosixPath(path).suffix or '(none)'!r}; {HELP}.")
@@ -222,7 +225,8 @@ def _read_csv(file: ListFile, columns: Sequence[str] | None, url_col: str) -> pa
     """A CSV/TSV whose rows are each one line: a quoted value may not run on into the next line.
 
     An unclosed quote otherwise swallows the lines after it into one value, silently; a caption
-    with a real line break belongs in Parquet or JSON Lines. Streamed block by block, keeping only ``columns``.
+    with a real line break belongs in Parquet or JSON Lines. Only ``columns`` are converted and kept
+    (Arrow's whole-file reader, not the streaming one: it unifies a column's type across blocks).
     """
     delimiter = "\t" if file.fmt == "tsv" else ","
     parse = pacsv.ParseOptions(delimiter=delimiter)
@@ -230,18 +234,15 @@ def _read_csv(file: ListFile, columns: Sequence[str] | None, url_col: str) -> pa
         names = pacsv.open_csv(stream, parse_options=parse).schema.names  # the header (first block only)
     check_columns(file, names, columns)
     convert = pacsv.ConvertOptions(check_utf8=False, include_columns=columns)  # UTF-8 repaired in to_text
-    batches = []
     with file.open() as stream:
         try:
-            reader = pacsv.open_csv(stream, parse_options=parse, convert_options=convert)
-            for batch in reader:
-                if any(_has_line_break(column) for column in batch.columns):
-                    _refuse_multiline_rows(file, delimiter)
-                batches.append(batch)
+            table = pacsv.read_csv(stream, parse_options=parse, convert_options=convert)
         except pa.ArrowInvalid:
             _refuse_multiline_rows(file, delimiter)  # names the line when a quote is the cause
             raise
-    return pa.Table.from_batches(batches, reader.schema)
+    if any(_has_line_break(column) for column in table.columns):
+        _refuse_multiline_rows(file, delimiter)
+    return table
 
 
 _READERS = {

@@ -142,6 +142,14 @@ def test_extra_columns_are_read_only_when_asked(tmp_path):
     assert read_url_list(path, ["url"]).column_names == ["url"]
 
 
+def test_a_csv_column_whose_type_changes_after_the_first_block(tmp_path):
+    path = tmp_path / "urls.csv.gz"
+    lines = "".join(f"http://127.0.0.1/{i}.jpg,{i}\n" for i in range(200_000))
+    path.write_bytes(gzip.compress(f"url,caption\n{lines}http://127.0.0.1/x.jpg,a cat\n".encode()))
+    captions = read_rows(path).column("caption")
+    assert len(captions) == 200_001 and captions[0].as_py() == "0" and captions[-1].as_py() == "a cat"
+
+
 def test_invalid_utf8_is_repaired_in_every_reader(tmp_path):
     (tmp_path / "urls.csv").write_bytes(b"url,caption\nhttp://127.0.0.1/0.jpg,caf\xe9\n")
     (tmp_path / "urls.txt").write_bytes(b"http://127.0.0.1/caf\xe9.jpg\n")
