@@ -15,7 +15,7 @@ from rich.table import Table
 from curate import reasons as reason_codes
 from curate.recipe import RecipeError, load_recipe
 from curate.train.cli_eval import eval_clip
-from curate.urls import InputError, list_files
+from curate.urls import InputError
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -65,7 +65,6 @@ def run(
     ] = None,
 ) -> None:
     """Acquire, annotate, decide and emit: the whole pipeline into one run directory."""
-    list_files(input)  # a missing file or unknown format is refused before the slow imports below
     from curate.run import run_pipeline
 
     retry = [r.strip() for r in retry_reasons.split(",") if r.strip()] if retry_reasons is not None else None
