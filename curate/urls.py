@@ -98,7 +98,7 @@ def _expand(item: str, storage_options: dict) -> list[ListFile]:
     except (ImportError, ValueError) as err:
         raise InputError(f"{item}: cannot open this location ({err}).") from None
     remote_http = item.startswith(("http://", "https://"))
-    if not remote_http and any(c in path for c in "*?["):
+    if not remote_http and any(c in path for c in "*?[") and not fs.exists(path):  # data[1].csv is a file
         found = sorted(p for p, info in fs.glob(path, detail=True).items() if info["type"] == "file")
         if not found:
             raise InputError(f"{item}: the pattern matches no file. Check it (quote it so the shell leaves it alone).")

@@ -119,6 +119,12 @@ def test_a_folder_is_read_in_sorted_order(tmp_path):
     assert urls == [r["url"] for r in ROWS[3:5] + ROWS[:3] + ROWS[5:]]
 
 
+def test_a_file_named_like_a_pattern_is_that_file(tmp_path):
+    pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "urls[1].parquet")
+    pq.write_table(pa.Table.from_pylist(ROWS[:1]), tmp_path / "urls1.parquet")
+    assert len(read_rows(tmp_path / "urls[1].parquet")) == len(ROWS)
+
+
 def test_url_only_lists_have_empty_captions(tmp_path):
     path = tmp_path / "urls.parquet"
     pq.write_table(pa.table({"link": [r["url"] for r in ROWS]}), path)
