@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -347,8 +348,8 @@ def prepare_inputs(table: pa.Table, cfg: InputConfig, samples_per_shard: int, so
     columns = {"key": pa.array(layout.keys(), pa.string()), "url": url, "caption": caption}
     for name in cfg.save_additional_columns:
         columns[name] = table.column(name)
-    shard_of_row = [layout.shard_name(i // samples_per_shard) for i in range(len(table))]
-    columns["raw_shard"] = pa.array(shard_of_row, pa.string())
+    names = pa.array([layout.shard_name(i) for i in range(layout.n_shards)], pa.string())
+    columns["raw_shard"] = names.take(np.arange(len(table)) // samples_per_shard)  # no Python string per row
     columns["fetchable"] = is_fetchable(url)
     return pa.table(columns)
 

@@ -82,6 +82,7 @@ def test_the_plain_parquet_list_is_the_reference(tmp_path):
     table = read_inputs(path, DEMO, 3)
     assert table.select(["url", "caption"]).equals(expected("parquet"))
     assert table.column("key").to_pylist()[:4] == ["000000", "000001", "000002", "000010"]
+    assert table.column("raw_shard").to_pylist() == ["00000"] * 3 + ["00001"] * 3 + ["00002"]
 
 
 @pytest.mark.parametrize("compression", list(COMPRESS))
