@@ -207,6 +207,8 @@ def _read_json(file: ListFile, columns: Sequence[str] | None, url_col: str) -> p
     rows = json.loads(data)
     if not all(isinstance(row, dict) for row in rows):
         raise InputError(f"{file.name}: a JSON list must be an array of objects, one per URL; or use JSON Lines.")
+    if not rows:  # refused as a list without rows, whatever its columns
+        return pa.table({name: pa.array([], pa.string()) for name in columns or [url_col]})
     names = list(dict.fromkeys(name for row in rows for name in row))
     check_columns(file, names, columns)
     return pa.table({name: pa.array([row.get(name) for row in rows]) for name in columns or names})

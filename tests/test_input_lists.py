@@ -301,6 +301,8 @@ def test_no_rows(tmp_path):
     refused(tmp_path / "urls.txt", r"no rows .*nothing to curate")
     (tmp_path / "urls.csv.gz").write_bytes(gzip.compress(b"url,caption\n"))
     refused(tmp_path / "urls.csv.gz", r"no rows .*nothing to curate")
+    (tmp_path / "urls.json").write_text("[]")
+    refused(tmp_path / "urls.json", r"no rows .*nothing to curate")
 
 
 def test_nothing_matches(tmp_path):
