@@ -3,6 +3,7 @@ assign keys."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -215,6 +216,16 @@ def _read_json(file: ListFile, columns: Sequence[str] | None, url_col: str) -> p
 
 
 def _read_jsonl(file: ListFile, columns: Sequence[str] | None, url_col: str) -> pa.Table:
+    """JSON Lines, building only ``columns`` (typed as in the first block); all of them when a column is
+    missing from the first block or changes type after it (Arrow then infers over the whole file)."""
+    with file.open() as stream:
+        first = pajson.open_json(stream).schema
+    if columns is not None and all(c in first.names for c in columns):
+        fields = [first.field(c) for c in columns]
+        schema = pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in fields])
+        parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+        with contextlib.suppress(pa.ArrowInvalid), file.open() as stream:
+            return pajson.read_json(stream, parse_options=parse)
     with file.open() as stream:
         return _select(file, pajson.read_json(stream), columns)
 

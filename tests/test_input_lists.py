@@ -157,6 +157,20 @@ def test_a_csv_column_whose_type_changes_after_the_first_block(tmp_path):
     assert len(captions) == 200_001 and captions[0].as_py() == "0" and captions[-1].as_py() == "a cat"
 
 
+def test_jsonl_columns_that_change_after_the_first_block(tmp_path):
+    first = "".join(
+        json.dumps({"url": f"http://127.0.0.1/{i}.jpg", "caption": None, "n": i}) + "\n" for i in range(40_000)
+    )
+    later = json.dumps({"url": "http://127.0.0.1/x.jpg", "caption": "a cat", "n": 0.5, "source": "s"}) + "\n"
+    (tmp_path / "urls.jsonl").write_text(first + later)
+    cfg = load_recipe("demo", ["input.save_additional_columns=[n, source]"]).input
+    table = read_inputs(tmp_path / "urls.jsonl", cfg, 100)
+    assert table.column("caption")[-1].as_py() == "a cat" and table.column("n")[-1].as_py() == 0.5
+    assert table.column("source").null_count == 40_000
+    only_n = load_recipe("demo", ["input.save_additional_columns=[n]"]).input  # n: int64 in the first block
+    assert read_inputs(tmp_path / "urls.jsonl", only_n, 100).column("n")[-1].as_py() == 0.5
+
+
 def test_invalid_utf8_is_repaired_in_every_reader(tmp_path):
     (tmp_path / "urls.csv").write_bytes(b"url,caption\nhttp://127.0.0.1/0.jpg,caf\xe9\n")
     (tmp_path / "urls.txt").write_bytes(b"http://127.0.0.1/caf\xe9.jpg\n")
