@@ -239,21 +239,27 @@ def _read_csv(file: ListFile, columns: Sequence[str] | None, url_col: str) -> pa
     """A CSV/TSV whose rows are each one line: a quoted value may not run on into the next line.
 
     An unclosed quote otherwise swallows the lines after it into one value, silently; a caption
-    with a real line break belongs in Parquet or JSON Lines. Only ``columns`` are converted and kept
-    (Arrow's whole-file reader, not the streaming one: it unifies a column's type across blocks).
+    with a real line break belongs in Parquet or JSON Lines. Streamed block by block keeping only ``columns``,
+    typed as in the first block; when a column's type changes after it, Arrow's whole-file reader infers it.
     """
     delimiter = "\t" if file.fmt == "tsv" else ","
     parse = pacsv.ParseOptions(delimiter=delimiter)
-    with file.open() as stream:
-        names = pacsv.open_csv(stream, parse_options=parse).schema.names  # the header (first block only)
-    check_columns(file, names, columns)
     convert = pacsv.ConvertOptions(check_utf8=False, include_columns=columns)  # UTF-8 repaired in to_text
     with file.open() as stream:
-        try:
-            table = pacsv.read_csv(stream, parse_options=parse, convert_options=convert)
-        except pa.ArrowInvalid:
-            _refuse_multiline_rows(file, delimiter)  # names the line when a quote is the cause
-            raise
+        first = pacsv.open_csv(stream, parse_options=parse, convert_options=pacsv.ConvertOptions(check_utf8=False))
+        check_columns(file, first.schema.names, columns)
+    types = {f.name: pa.string() if pa.types.is_null(f.type) else f.type for f in first.schema}
+    try:
+        with file.open() as stream:
+            streamed = pacsv.ConvertOptions(check_utf8=False, include_columns=columns, column_types=types)
+            table = pacsv.open_csv(stream, parse_options=parse, convert_options=streamed).read_all()
+    except pa.ArrowInvalid:
+        with file.open() as stream:
+            try:
+                table = pacsv.read_csv(stream, parse_options=parse, convert_options=convert)
+            except pa.ArrowInvalid:
+                _refuse_multiline_rows(file, delimiter)  # names the line when a quote is the cause
+                raise
     if any(_has_line_break(column) for column in table.columns):
         _refuse_multiline_rows(file, delimiter)
     return table
