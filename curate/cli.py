@@ -35,7 +35,14 @@ AddressOpt = Annotated[
 @app.command()
 def run(
     recipe: Annotated[str, typer.Argument(help="Recipe YAML file, or a bundled recipe name (demo, ...).")],
-    input: Annotated[Path, typer.Option("--input", help="URL list: Parquet, CSV or JSONL.")],
+    input: Annotated[
+        list[str],
+        typer.Option(
+            "--input",
+            help="URL list: a file (.parquet .csv .tsv .json .jsonl .txt, optionally .gz/.zst/.bz2), a folder or a "
+            "quoted glob; local or s3:// gs:// hf:// http(s)://. Repeat --input for several.",
+        ),
+    ],
     output: Annotated[Path, typer.Option("--output", help="Run directory to create or resume.")],
     set: SetOpt = None,
     address: AddressOpt = None,
@@ -62,7 +69,8 @@ def run(
 
     retry = [r.strip() for r in retry_reasons.split(",") if r.strip()] if retry_reasons is not None else None
     retry = [] if retry is None and retry_failed else retry
-    result = run_pipeline(load_recipe(recipe, set), input, output, address, until, retry)
+    inputs = input[0] if len(input) == 1 else input
+    result = run_pipeline(load_recipe(recipe, set), inputs, output, address, until, retry)
     if result.funnel:
         print_funnel(result.funnel)
     console.print(f"outputs: {', '.join(existing_outputs(output))}")

@@ -81,7 +81,9 @@ class InputConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     url_col: str = Field("url", description="Column holding the image URL.")
-    caption_col: str = Field("caption", description="Column holding the alt text / caption.")
+    caption_col: str | None = Field(
+        "caption", description="Column holding the alt text / caption; null for a URL-only list (empty captions)."
+    )
     save_additional_columns: list[str] = Field(
         default_factory=list, description="Input columns carried through to samples and metadata."
     )

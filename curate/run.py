@@ -34,7 +34,7 @@ from curate.reasons import REASONS
 from curate.recipe import Recipe, RecipeError, build_recipe
 from curate.report.html import write_report
 from curate.report.stats import funnel
-from curate.urls import InputError, download_rows, fingerprint, prepare_inputs, read_url_list
+from curate.urls import InputError, download_rows, fingerprint, read_inputs
 
 
 @dataclass
@@ -66,7 +66,7 @@ OUTPUT_FOLDERS = (
 
 def run_pipeline(
     recipe: Recipe,
-    input_path: str | Path,
+    input_path: str | Path | Sequence[str | Path],
     run_dir: str | Path,
     address: str | None = None,
     until: str = "emit",
@@ -87,10 +87,10 @@ def run_pipeline(
         clean_leftovers(run_dir)
         manifest = Manifest(run_dir)
         manifest.data.update(recipe=recipe.to_dict(), recipe_source=recipe.source, versions=versions())
-        manifest.data["input"] = str(input_path)
+        manifest.data["input"] = str(input_path) if isinstance(input_path, str | Path) else [str(p) for p in input_path]
         preflight(recipe)
+        layout, inputs = stage_inputs(recipe, input_path, run_dir, manifest)  # read and checked before Ray starts
         with runtime.session(address):
-            layout, inputs = stage_inputs(recipe, input_path, run_dir, manifest)
             acquire(recipe, layout, inputs, run_dir, manifest)
             if retry:
                 acquire_retry(recipe, layout, inputs, run_dir, manifest, retry)
@@ -191,10 +191,10 @@ def clean_leftovers(run_dir: Path) -> list[Path]:
 
 
 def stage_inputs(
-    recipe: Recipe, input_path: str | Path, run_dir: Path, manifest: Manifest
+    recipe: Recipe, input_path: str | Path | Sequence[str | Path], run_dir: Path, manifest: Manifest
 ) -> tuple[ShardLayout, pa.Table]:
     """Write ``RUN/input/urls.parquet`` (keys assigned) or check that a resumed run has the same input."""
-    inputs = prepare_inputs(read_url_list(input_path), recipe.input, recipe.acquire.samples_per_shard, str(input_path))
+    inputs = read_inputs(input_path, recipe.input, recipe.acquire.samples_per_shard)
     layout = ShardLayout(len(inputs), recipe.acquire.samples_per_shard)
     digest = fingerprint(inputs)
     previous = manifest.data.get("input_fingerprint")
