@@ -27,9 +27,11 @@ from curate.decide.urls import acquire_blocklist
 from curate.emit.parquet import write_parquet
 from curate.emit.shards import plan_shards, write_shard
 from curate.enrich.recaption import cache_key
+from curate.existing import detect_format, stage_existing
 from curate.io import parquet_files, replace_dir, write_json
 from curate.lock import LOCK_NAME, RunLock
 from curate.manifest import Manifest, versions
+from curate.raw import shard_names
 from curate.reasons import REASONS
 from curate.recipe import Recipe, RecipeError, build_recipe
 from curate.report.html import write_report
@@ -91,8 +93,11 @@ def run_pipeline(
         preflight(recipe)
         with runtime.session(address):
             layout, inputs = stage_inputs(recipe, input_path, run_dir, manifest)
-            acquire(recipe, layout, inputs, run_dir, manifest)
-            if retry:
+            if layout is None:  # already-downloaded input (curate.existing): nothing to download
+                skip_acquire(run_dir, manifest, retry)
+            else:
+                acquire(recipe, layout, inputs, run_dir, manifest)
+            if retry and layout is not None:
                 acquire_retry(recipe, layout, inputs, run_dir, manifest, retry)
             if until == "acquire":
                 return RunResult(run_dir, {}, manifest.data)
@@ -192,10 +197,22 @@ def clean_leftovers(run_dir: Path) -> list[Path]:
 
 def stage_inputs(
     recipe: Recipe, input_path: str | Path, run_dir: Path, manifest: Manifest
-) -> tuple[ShardLayout, pa.Table]:
-    """Write ``RUN/input/urls.parquet`` (keys assigned) or check that a resumed run has the same input."""
-    inputs = prepare_inputs(read_url_list(input_path), recipe.input, recipe.acquire.samples_per_shard, str(input_path))
-    layout = ShardLayout(len(inputs), recipe.acquire.samples_per_shard)
+) -> tuple[ShardLayout | None, pa.Table]:
+    """Write ``RUN/input/urls.parquet`` (keys assigned) or check that a resumed run has the same input.
+
+    The layout is None when the input is already downloaded (an img2dataset folder or WebDataset tars,
+    see :mod:`curate.existing`): its shards become the run's raw shards, read in place.
+    """
+    fmt = detect_format(str(input_path), recipe.input.format)
+    if fmt == "urls":
+        table = read_url_list(input_path)
+        inputs = prepare_inputs(table, recipe.input, recipe.acquire.samples_per_shard, str(input_path))
+        layout = ShardLayout(len(inputs), recipe.acquire.samples_per_shard)
+    else:
+        extra = list(recipe.input.save_additional_columns)
+        inputs = stage_existing(fmt, str(input_path), str(run_dir / "raw"), extra, runtime.run_tasks)
+        layout = None
+    manifest.data["input_format"] = fmt
     digest = fingerprint(inputs)
     previous = manifest.data.get("input_fingerprint")
     if previous and previous != digest:
@@ -225,6 +242,15 @@ def acquire(recipe: Recipe, layout: ShardLayout, inputs: pa.Table, run_dir: Path
         results = runtime.run_tasks(download_shard, calls, "acquire", recipe.acquire.num_cpus)
         record["nodes"] = sorted({node for _, node in results})
         record["downloaded_ok"] = sum(stats["successes"] for stats, _ in results)
+
+
+def skip_acquire(run_dir: Path, manifest: Manifest, retry: Sequence[str]) -> None:
+    """Record that the input's own shards are the raw shards: nothing is downloaded."""
+    if retry:
+        raise InputError(f"--retry-failed: {run_dir} curates already-downloaded shards; nothing is downloaded again.")
+    shards = shard_names(run_dir, set())
+    with manifest.step("acquire", shards=len(shards), shards_downloaded=0) as record:
+        record["source"] = manifest.data.get("input_format")
 
 
 def check_retry_reasons(reasons: Sequence[str]) -> tuple[str, ...]:
@@ -286,7 +312,7 @@ def _retry_calls(
 
 def annotate(recipe: Recipe, run_dir: Path, manifest: Manifest) -> None:
     """Compute signals for every raw shard into ``RUN/samples/`` unless they are up to date."""
-    shards = sorted(complete_shards(run_dir / "raw"))
+    shards = shard_names(run_dir, complete_shards(run_dir / "raw"))
     stages = [{"stage": s.name, **s.config.cache_key()} for s in recipe.annotate]  # resources do not count
     key = {"raw_shards": shards, "stages": stages}
     if manifest.done("annotate", **key):

@@ -1,0 +1,162 @@
+"""Curate what is already downloaded: img2dataset folders and WebDataset tars as --input, read in place."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from curate.recipe import load_recipe
+from curate.run import run_pipeline
+from curate.urls import InputError
+
+
+def decisions(run: Path) -> dict[str, tuple[bool, str | None]]:
+    table = pq.read_table(run / "decisions" / "decisions.parquet", columns=["key", "keep", "reason"])
+    return {r["key"]: (r["keep"], r["reason"]) for r in table.to_pylist()}
+
+
+def emitted(run: Path) -> dict[str, dict[str, bytes]]:
+    """Every emitted sample's members by key (from RUN/shards/*.tar)."""
+    samples: dict[str, dict[str, bytes]] = {}
+    for tar_path in sorted((run / "shards").glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for member in tar.getmembers():
+                key, _, ext = member.name.partition(".")
+                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return samples
+
+
+@pytest.mark.slow
+def test_img2dataset_folder_gives_the_same_decisions_without_a_request(served_corpus, ray_session, tmp_path):
+    downloaded = run_pipeline(load_recipe("demo"), served_corpus.urls, tmp_path / "run1").run_dir
+    hits = sum(served_corpus.server.hits.values())
+    run2 = run_pipeline(load_recipe("demo"), downloaded / "raw", tmp_path / "run2").run_dir
+    assert sum(served_corpus.server.hits.values()) == hits  # nothing downloaded
+    assert decisions(run2) == decisions(downloaded)
+    assert not list((run2 / "raw").glob("*.tar"))  # read in place, not copied
+    sources = json.loads((run2 / "raw" / "sources.json").read_text())
+    assert sources["format"] == "img2dataset" and len(sources["shards"]) == len(
+        list((downloaded / "raw").glob("*.tar"))
+    )
+    first, second = emitted(downloaded), emitted(run2)
+    assert first.keys() == second.keys() and all(first[k]["jpg"] == second[k]["jpg"] for k in first)
+    assert all(first[k]["txt"] == second[k]["txt"] for k in first)
+    manifest = json.loads((run2 / "manifest.json").read_text())
+    assert manifest["input_format"] == "img2dataset" and manifest["steps"]["acquire"]["shards_downloaded"] == 0
+
+
+def image_bytes(fmt: str, color: tuple[int, int, int], size: int = 96) -> bytes:
+    buf = io.BytesIO()
+    img = Image.new("RGB", (size, size), color)
+    img.putpixel((size // 2, size // 3), (color[2], color[0], color[1]))  # no two images alike
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def write_tar(path: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+CAPTIONS = {
+    "cat": "a photograph of a small red barn in a green field",
+    "dog": "a blue boat floating on a calm lake at sunset",
+    "owl": "a yellow bicycle leaning against an old brick wall",
+    "elk": "a white lighthouse standing on a rocky coast",
+}
+
+
+def test_webdataset_tars_are_curated_in_place(ray_session, tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    images = {
+        "cat": ("jpg", image_bytes("JPEG", (200, 30, 30))),
+        "dog": ("png", image_bytes("PNG", (30, 30, 200))),
+        "owl": ("webp", image_bytes("WEBP", (220, 220, 20))),
+        "elk": ("jpeg", image_bytes("JPEG", (240, 240, 240))),
+    }
+    for i, keys in enumerate((("cat", "dog"), ("owl", "elk"))):
+        members = {}
+        for key in keys:
+            ext, data = images[key]
+            members |= {f"{key}.{ext}": data, f"{key}.txt": CAPTIONS[key].encode()}
+            if key != "elk":
+                members[f"{key}.json"] = json.dumps({"url": f"https://example.org/{key}.{ext}"}).encode()
+        write_tar(shards / f"{i:05d}.tar", members)
+    recipe = load_recipe("demo", ["input.format=webdataset"])
+    run = run_pipeline(recipe, f"{shards}/{{00000..00001}}.tar", tmp_path / "run").run_dir
+    assert decisions(run) == {key: (True, None) for key in images}
+    out = emitted(run)
+    for key, (ext, data) in images.items():  # each image with its own caption (emit re-encodes PNG/WebP as JPEG)
+        assert out[key]["txt"].decode() == CAPTIONS[key]
+        if ext in ("jpg", "jpeg"):
+            assert out[key]["jpg"] == data
+        else:
+            got = Image.open(io.BytesIO(out[key]["jpg"])).convert("RGB").getpixel((0, 0))
+            want = Image.open(io.BytesIO(data)).convert("RGB").getpixel((0, 0))
+            assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 12
+    meta = pq.read_table(run / "metadata").to_pylist()
+    urls = {r["key"]: r["url"] for r in meta}
+    assert urls.get("cat") == "https://example.org/cat.jpg" and urls.get("elk") is None
+    assert not list((run / "raw").glob("*.tar"))  # the tars are read where they are
+
+
+def test_webdataset_samples_without_caption_or_with_a_broken_image_still_get_a_reason(ray_session, tmp_path):
+    members = {
+        "good.jpg": image_bytes("JPEG", (10, 120, 10)),
+        "good.txt": CAPTIONS["cat"].encode(),
+        "nocap.png": image_bytes("PNG", (120, 10, 10)),  # no .txt
+        "broken.jpg": b"\xff\xd8 not really a jpeg",
+        "broken.txt": CAPTIONS["dog"].encode(),
+        "lonely.txt": CAPTIONS["owl"].encode(),  # no image
+        "lonely.json": b"{not json",
+    }
+    write_tar(tmp_path / "one.tar", members)  # auto-detected: a .tar file
+    run = run_pipeline(load_recipe("demo"), tmp_path / "one.tar", tmp_path / "run").run_dir
+    got = decisions(run)
+    assert got["good"] == (True, None)
+    assert got["broken"] == (False, "decode_error")
+    assert got["lonely"] == (False, "no_image")
+    assert got["nocap"][0] is False and got["nocap"][1] is not None
+    assert set(got) == {"good", "nocap", "broken", "lonely"}
+
+
+def test_webdataset_keys_must_be_unique_across_tars(ray_session, tmp_path):
+    for name in ("a.tar", "b.tar"):
+        write_tar(tmp_path / name, {"same.jpg": image_bytes("JPEG", (1, 2, 3)), "same.txt": b"a caption"})
+    with pytest.raises(InputError, match="key 'same' is in more than one shard"):
+        run_pipeline(load_recipe("demo"), str(tmp_path / "*.tar"), tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_raw_shards_of_another_layout_are_refused_not_mis_paired(served_corpus, ray_session, tmp_path):
+    first = run_pipeline(load_recipe("demo"), served_corpus.urls, tmp_path / "run1", until="acquire").run_dir
+    second = tmp_path / "run2"
+    (second / "raw").mkdir(parents=True)
+    for path in (first / "raw").iterdir():  # another samples_per_shard: same key names, other rows
+        shutil.copy(path, second / "raw" / path.name)
+    recipe = load_recipe("demo", ["acquire.samples_per_shard=50"])
+    with pytest.raises(InputError, match=r"raw shard 0000\d: key '\d+' .*Use a new --output"):
+        run_pipeline(recipe, served_corpus.urls, second)
+    assert not (second / "decisions").exists()
+
+
+def test_a_shard_swapped_with_another_is_refused(served_corpus, ray_session, tmp_path):
+    first = run_pipeline(load_recipe("demo"), served_corpus.urls, tmp_path / "run1", until="acquire").run_dir
+    raw = first / "raw"
+    for suffix in (".tar", ".parquet"):
+        (raw / f"00000{suffix}").rename(raw / f"swap{suffix}")
+        (raw / f"00001{suffix}").rename(raw / f"00000{suffix}")
+        (raw / f"swap{suffix}").rename(raw / f"00001{suffix}")
+    with pytest.raises(InputError, match="is not an input row of this shard"):
+        run_pipeline(load_recipe("demo"), served_corpus.urls, first, until="annotate")
