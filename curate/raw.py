@@ -139,13 +139,11 @@ def check_pairing(
     known = pc.is_in(meta.column("key"), inputs.column("key"))
     if not pc.all(known).as_py():
         key = pc.filter(meta.column("key"), pc.invert(known))[0].as_py()
-        raise ValueError(
-            f"raw shard {shard} ({meta_path}): key {key!r} is not an input row of this shard. {MISMATCH_HINT}"
-        )
+        raise _error(f"raw shard {shard} ({meta_path}): key {key!r} is not an input row of this shard. {MISMATCH_HINT}")
     orphan = pc.invert(pc.is_in(images.column("key"), meta.column("key")))
     if pc.any(orphan).as_py():
         key = pc.filter(images.column("key"), orphan)[0].as_py()
-        raise ValueError(
+        raise _error(
             f"raw shard {shard} ({tar_path}): image of key {key!r} has no record in {meta_path}. {MISMATCH_HINT}"
         )
     joined = meta.select(["key", "raw_url", "raw_caption"]).join(

@@ -8,6 +8,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -141,22 +142,43 @@ def test_webdataset_keys_must_be_unique_across_tars(ray_session, tmp_path):
 @pytest.mark.slow
 def test_raw_shards_of_another_layout_are_refused_not_mis_paired(served_corpus, ray_session, tmp_path):
     first = run_pipeline(load_recipe("demo"), served_corpus.urls, tmp_path / "run1", until="acquire").run_dir
-    second = tmp_path / "run2"
-    (second / "raw").mkdir(parents=True)
-    for path in (first / "raw").iterdir():  # another samples_per_shard: same key names, other rows
-        shutil.copy(path, second / "raw" / path.name)
     recipe = load_recipe("demo", ["acquire.samples_per_shard=50"])
-    with pytest.raises(InputError, match=r"raw shard 0000\d: key '\d+' .*Use a new --output"):
+    second = run_pipeline(recipe, served_corpus.urls, tmp_path / "run2", until="acquire").run_dir
+    for path in (first / "raw").iterdir():  # another samples_per_shard: same shard and key names, other rows
+        shutil.copy(path, second / "raw" / path.name)
+    with pytest.raises(InputError, match=r"raw shard 00000 \(.*\): key '\d+'.*Use a new --output"):
         run_pipeline(recipe, served_corpus.urls, second)
     assert not (second / "decisions").exists()
 
 
-def test_a_shard_swapped_with_another_is_refused(served_corpus, ray_session, tmp_path):
-    first = run_pipeline(load_recipe("demo"), served_corpus.urls, tmp_path / "run1", until="acquire").run_dir
-    raw = first / "raw"
+@pytest.fixture(scope="module")
+def acquired(served_corpus, ray_session, tmp_path_factory) -> Path:
+    """A run of the demo corpus downloaded up to acquire (tests copy it before changing it)."""
+    return run_pipeline(
+        load_recipe("demo"), served_corpus.urls, tmp_path_factory.mktemp("acq") / "run", until="acquire"
+    ).run_dir
+
+
+def test_a_shard_swapped_with_another_is_refused(served_corpus, acquired, tmp_path):
+    raw = shutil.copytree(acquired, tmp_path / "run") / "raw"
     for suffix in (".tar", ".parquet"):
         (raw / f"00000{suffix}").rename(raw / f"swap{suffix}")
         (raw / f"00001{suffix}").rename(raw / f"00000{suffix}")
         (raw / f"swap{suffix}").rename(raw / f"00001{suffix}")
     with pytest.raises(InputError, match="is not an input row of this shard"):
-        run_pipeline(load_recipe("demo"), served_corpus.urls, first, until="annotate")
+        run_pipeline(load_recipe("demo"), served_corpus.urls, tmp_path / "run", until="annotate")
+
+
+def test_raw_records_of_other_urls_are_refused(served_corpus, acquired, tmp_path):
+    """Same keys, other rows (e.g. the raw shards came from the same list in another order): the URLs differ."""
+    raw = shutil.copytree(acquired, tmp_path / "run") / "raw"
+    table = pq.read_table(raw / "00001.parquet")
+    urls = table.column("url").to_pylist()
+    urls[3], urls[4] = urls[4], urls[3]
+    pq.write_table(
+        table.set_column(table.column_names.index("url"), "url", pa.array(urls, pa.string())), raw / "00001.parquet"
+    )
+    with pytest.raises(
+        InputError, match=r"raw shard 00001 .*: key '\d+' has url '.*' in the shard but '.*' in the input"
+    ):
+        run_pipeline(load_recipe("demo"), served_corpus.urls, tmp_path / "run", until="annotate")
