@@ -35,7 +35,14 @@ AddressOpt = Annotated[
 @app.command()
 def run(
     recipe: Annotated[str, typer.Argument(help="Recipe YAML file, or a bundled recipe name (demo, ...).")],
-    input: Annotated[Path, typer.Option("--input", help="URL list: Parquet, CSV or JSONL.")],
+    input: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            help="URL list (Parquet, CSV or JSONL), an img2dataset output folder, or WebDataset tars "
+            "(folder, glob or brace pattern), curated in place without downloading; see input.format.",
+        ),
+    ],
     output: Annotated[Path, typer.Option("--output", help="Run directory to create or resume.")],
     set: SetOpt = None,
     address: AddressOpt = None,
