@@ -7,7 +7,8 @@ and on every worker), and ``RUN/input/urls.parquet`` from the input's own keys, 
 - an img2dataset folder (``output_format: webdataset``: ``NNNNN.tar`` + ``NNNNN.parquet`` +
   ``NNNNN_stats.json``): its per-shard Parquet gives key, url, caption, status and error_message;
   failed rows keep their status, so they end in decisions with their reason. The shards are used
-  where they are.
+  where they are. ``output_format: parquet`` (images in a ``jpg``/``png``/``webp`` column of the
+  per-shard Parquet, no tar) is read in place too: an image's ``image_offset`` is then its row.
 - plain WebDataset tars (a folder of ``.tar`` files, a glob, or a brace pattern such as
   ``shards/{00000..00009}.tar``): members ``{key}.jpg|.jpeg|.png|.webp`` + ``{key}.txt`` + optional
   ``{key}.json`` (its ``url``). One task per tar (:func:`index_tar`) streams it once and writes the
@@ -72,7 +73,8 @@ def detect_format(path: str, declared: str = "auto") -> str:
 
 
 def img2dataset_shards(folder: str) -> dict[str, dict[str, str]]:
-    """Each complete shard of an img2dataset output folder (it has ``_stats.json``): its tar and Parquet."""
+    """Each complete shard of an img2dataset output folder (it has ``_stats.json``): its tar and Parquet, or
+    (``parquet`` output format) its Parquet and the column holding the images."""
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"{folder}: not a folder; an img2dataset input is its output folder (input.format).")
@@ -84,12 +86,16 @@ def img2dataset_shards(folder: str) -> dict[str, dict[str, str]]:
         tar, parquet = root / f"{name}.tar", root / f"{name}.parquet"
         if not parquet.is_file():
             raise InputError(f"{folder}: shard {name} has no {parquet.name}; run img2dataset with save_metadata.")
-        if not tar.is_file():
+        if tar.is_file():
+            shards[name] = {".tar": str(tar.resolve()), ".parquet": str(parquet.resolve())}
+            continue
+        columns = [c for c in IMAGE_EXTS if c in pq.read_schema(parquet).names]
+        if not columns:
             raise InputError(
-                f"{folder}: shard {name} has no {tar.name}. Only img2dataset's output_format 'webdataset' is read "
-                "in place; download again with output_format=webdataset."
+                f"{folder}: shard {name} has no {tar.name} and {parquet.name} has no image column (jpg, png, webp): "
+                "img2dataset's output_format 'webdataset' or 'parquet' is read; download again with one of them."
             )
-        shards[name] = {".tar": str(tar.resolve()), ".parquet": str(parquet.resolve())}
+        shards[name] = {".parquet": str(parquet.resolve()), "image_column": columns[0]}
     return shards
 
 

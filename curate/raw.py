@@ -75,6 +75,12 @@ def raw_sources(run_dir: str | Path) -> dict:
     return _sources_cache[key]
 
 
+def image_column(run_dir: str | Path, shard: str) -> str | None:
+    """The Parquet column holding shard ``shard``'s images (img2dataset's ``parquet`` output format), or
+    None when they are in its tar."""
+    return raw_sources(run_dir).get("shards", {}).get(shard, {}).get("image_column")
+
+
 def forget_sources(run_dir: str | Path) -> None:
     """Drop this process's copy of ``run_dir``'s sources (after staging rewrote them)."""
     _sources_cache.pop(str(run_dir), None)
@@ -91,7 +97,8 @@ def read_shard(run_dir: str, shard: str, chunk_rows: int = 512) -> Iterator[pa.T
     inputs = _input_rows(run_dir, shard)
     meta_path, tar_path = raw_file(run_dir, shard, ".parquet"), raw_file(run_dir, shard, ".tar")
     meta = _raw_meta(meta_path)
-    images = _tar_images(tar_path)
+    column = image_column(run_dir, shard)
+    images = _parquet_images(meta_path, column) if column else _tar_images(tar_path)
     check_pairing(shard, meta_path, tar_path, inputs, meta, images)
     meta = meta.drop_columns(["raw_url", "raw_caption"])
     table = inputs.join(meta, "key", join_type="left outer").join(images, "key", join_type="left outer")
@@ -212,6 +219,28 @@ def _fix_status(table: pa.Table) -> pa.Table:
     return table.drop_columns(["fetchable"])
 
 
+def _parquet_images(path: str, column: str) -> pa.Table:
+    """Key, row index (as ``image_offset``), size and bytes of every image of an img2dataset Parquet shard."""
+    table = pq.read_table(path, columns=["key", column])
+    table = table.append_column("image_offset", pa.array(range(len(table)), pa.int64()))
+    table = table.filter(pc.is_valid(table.column(column)))
+    sizes = pc.binary_length(table.column(column)).cast(pa.int64())
+    columns = {"key": table.column("key"), "image_offset": table.column("image_offset"), "image_size": sizes}
+    columns["image"] = table.column(column).cast(pa.binary())
+    return pa.table(columns, schema=pa.schema([(n, BASE_COLUMNS[n]) for n in columns]))
+
+
+def read_span(run_dir: str | Path, shard: str, offset: int, size: int) -> bytes:
+    """One image's bytes: ``size`` bytes at ``offset`` of the shard's tar (or row ``offset`` of its Parquet)."""
+    column = image_column(run_dir, shard)
+    if column:
+        table = pq.read_table(raw_file(run_dir, shard, ".parquet"), columns=[column])
+        return table.column(column)[offset].as_py()
+    with fsspec.open(raw_file(run_dir, shard, ".tar"), "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
 def read_images(rows: pa.Table, run_dir: str) -> dict[str, bytes]:
     """Read each row's image bytes from its raw tar by offset, one open file per raw shard."""
     by_shard: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
@@ -222,6 +251,11 @@ def read_images(rows: pa.Table, run_dir: str) -> dict[str, bytes]:
         by_shard[shard].append((offset, size, key))
     images: dict[str, bytes] = {}
     for shard, spans in by_shard.items():
+        column = image_column(run_dir, shard)
+        if column:  # img2dataset's parquet output format: offset is the row
+            table = pq.read_table(raw_file(run_dir, shard, ".parquet"), columns=[column])
+            images |= {key: table.column(column)[offset].as_py() for offset, _, key in spans}
+            continue
         with fsspec.open(raw_file(run_dir, shard, ".tar"), "rb") as f:
             for offset, size, key in sorted(spans):
                 f.seek(offset)

@@ -34,9 +34,14 @@ def emitted(run: Path) -> dict[str, dict[str, bytes]]:
     return samples
 
 
+@pytest.fixture(scope="module")
+def downloaded(served_corpus, ray_session, tmp_path_factory) -> Path:
+    """A whole demo run that downloaded the corpus: its raw/ is an img2dataset output folder."""
+    return run_pipeline(load_recipe("demo"), served_corpus.urls, tmp_path_factory.mktemp("dl") / "run").run_dir
+
+
 @pytest.mark.slow
-def test_img2dataset_folder_gives_the_same_decisions_without_a_request(served_corpus, ray_session, tmp_path):
-    downloaded = run_pipeline(load_recipe("demo"), served_corpus.urls, tmp_path / "run1").run_dir
+def test_img2dataset_folder_gives_the_same_decisions_without_a_request(served_corpus, downloaded, tmp_path):
     hits = sum(served_corpus.server.hits.values())
     run2 = run_pipeline(load_recipe("demo"), downloaded / "raw", tmp_path / "run2").run_dir
     assert sum(served_corpus.server.hits.values()) == hits  # nothing downloaded
@@ -51,6 +56,31 @@ def test_img2dataset_folder_gives_the_same_decisions_without_a_request(served_co
     assert all(first[k]["txt"] == second[k]["txt"] for k in first)
     manifest = json.loads((run2 / "manifest.json").read_text())
     assert manifest["input_format"] == "img2dataset" and manifest["steps"]["acquire"]["shards_downloaded"] == 0
+
+
+@pytest.mark.slow
+def test_img2dataset_parquet_output_format_is_read_in_place(served_corpus, downloaded, tmp_path):
+    """img2dataset's output_format parquet: the images are a jpg column of the per-shard Parquet, no tar."""
+    folder = tmp_path / "parquet-out"
+    folder.mkdir()
+    for meta_path in sorted((downloaded / "raw").glob("*.parquet")):
+        name = meta_path.stem
+        images = {}
+        with tarfile.open(downloaded / "raw" / f"{name}.tar") as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".jpg"):
+                    images[member.name[:-4]] = tar.extractfile(member).read()
+        meta = pq.read_table(meta_path)
+        jpg = pa.array([images.get(k) for k in meta.column("key").to_pylist()], pa.binary())
+        pq.write_table(meta.append_column("jpg", jpg), folder / f"{name}.parquet")
+        shutil.copy(downloaded / "raw" / f"{name}_stats.json", folder)
+    hits = sum(served_corpus.server.hits.values())
+    run = run_pipeline(load_recipe("demo"), folder, tmp_path / "run").run_dir
+    assert sum(served_corpus.server.hits.values()) == hits
+    assert decisions(run) == decisions(downloaded)
+    first, second = emitted(downloaded), emitted(run)
+    assert first.keys() == second.keys() and all(first[k]["jpg"] == second[k]["jpg"] for k in first)
+    assert all(first[k]["txt"] == second[k]["txt"] for k in first)
 
 
 def image_bytes(fmt: str, color: tuple[int, int, int], size: int = 96) -> bytes:
