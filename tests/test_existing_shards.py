@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import sys
 import tarfile
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from curate.cli import main
 from curate.recipe import load_recipe
 from curate.run import run_pipeline
 from curate.urls import InputError
@@ -158,7 +160,7 @@ def test_webdataset_samples_without_caption_or_with_a_broken_image_still_get_a_r
     assert got["good"] == (True, None)
     assert got["broken"] == (False, "decode_error")
     assert got["lonely"] == (False, "no_image")
-    assert got["nocap"][0] is False and got["nocap"][1] is not None
+    assert got["nocap"] == (False, "caption_short")  # no .txt: a null caption
     assert set(got) == {"good", "nocap", "broken", "lonely"}
 
 
@@ -189,14 +191,19 @@ def acquired(served_corpus, ray_session, tmp_path_factory) -> Path:
     ).run_dir
 
 
-def test_a_shard_swapped_with_another_is_refused(served_corpus, acquired, tmp_path):
+def test_a_shard_swapped_with_another_is_refused(served_corpus, acquired, tmp_path, monkeypatch, capsys):
     raw = shutil.copytree(acquired, tmp_path / "run") / "raw"
     for suffix in (".tar", ".parquet"):
         (raw / f"00000{suffix}").rename(raw / f"swap{suffix}")
         (raw / f"00001{suffix}").rename(raw / f"00000{suffix}")
         (raw / f"swap{suffix}").rename(raw / f"00001{suffix}")
-    with pytest.raises(InputError, match="is not an input row of this shard"):
-        run_pipeline(load_recipe("demo"), served_corpus.urls, tmp_path / "run", until="annotate")
+    argv = ["curate", "run", "demo", "--input", str(served_corpus.urls), "--output", str(tmp_path / "run")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--until", "annotate"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert "is not an input row of this shard" in err and "Use a new --output" in err
 
 
 def test_raw_records_of_other_urls_are_refused(served_corpus, acquired, tmp_path):
