@@ -159,6 +159,14 @@ def _json_url(raw: bytes | None) -> str | None:
     return url if isinstance(url, str) else None
 
 
+def check_input(fmt: str, input_path: str) -> None:
+    """Fail before Ray starts when already-downloaded input has no shards to read (names them otherwise)."""
+    if fmt == "img2dataset":
+        img2dataset_shards(input_path)
+    elif fmt == "webdataset":
+        webdataset_tars(input_path)
+
+
 def stage_existing(
     fmt: str, input_path: str, raw_dir: str, extra: list[str], run_tasks: Callable, num_cpus: float = 1.0
 ) -> pa.Table:

@@ -27,7 +27,7 @@ from curate.decide.urls import acquire_blocklist
 from curate.emit.parquet import write_parquet
 from curate.emit.shards import plan_shards, write_shard
 from curate.enrich.recaption import cache_key
-from curate.existing import detect_format, stage_existing
+from curate.existing import check_input, detect_format, stage_existing
 from curate.io import parquet_files, replace_dir, write_json
 from curate.lock import LOCK_NAME, RunLock
 from curate.manifest import Manifest, versions
@@ -91,6 +91,7 @@ def run_pipeline(
         manifest.data.update(recipe=recipe.to_dict(), recipe_source=recipe.source, versions=versions())
         manifest.data["input"] = str(input_path)
         preflight(recipe)
+        check_input(detect_format(str(input_path), recipe.input.format), str(input_path))  # before Ray starts
         with runtime.session(address):
             layout, inputs = stage_inputs(recipe, input_path, run_dir, manifest)
             if layout is None:  # already-downloaded input (curate.existing): nothing to download

@@ -142,6 +142,20 @@ def test_webdataset_tars_are_curated_in_place(ray_session, tmp_path):
     urls = {r["key"]: r["url"] for r in meta}
     assert urls.get("cat") == "https://example.org/cat.jpg" and urls.get("elk") is None
     assert not list((run / "raw").glob("*.tar"))  # the tars are read where they are
+    run_pipeline(recipe, f"{shards}/{{00000..00001}}.tar", run)  # resume: signals reused, same decisions
+    assert json.loads((run / "manifest.json").read_text())["steps"]["annotate"]["executions"] == 1
+    assert decisions(run) == {key: (True, None) for key in images}
+
+
+def test_an_input_folder_without_shards_is_refused_before_ray_starts(tmp_path, monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"no \.tar files"):
+        run_pipeline(load_recipe("demo", ["input.format=webdataset"]), tmp_path / "empty", tmp_path / "run")
+    with pytest.raises(InputError, match=r"no \*_stats\.json"):
+        run_pipeline(load_recipe("demo", ["input.format=img2dataset"]), tmp_path / "empty", tmp_path / "run2")
 
 
 def test_webdataset_samples_without_caption_or_with_a_broken_image_still_get_a_reason(ray_session, tmp_path):
