@@ -98,8 +98,8 @@ def run_pipeline(
                 skip_acquire(run_dir, manifest, retry)
             else:
                 acquire(recipe, layout, inputs, run_dir, manifest)
-            if retry and layout is not None:
-                acquire_retry(recipe, layout, inputs, run_dir, manifest, retry)
+                if retry:
+                    acquire_retry(recipe, layout, inputs, run_dir, manifest, retry)
             if until == "acquire":
                 return RunResult(run_dir, {}, manifest.data)
             annotate(recipe, run_dir, manifest)
