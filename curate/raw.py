@@ -71,7 +71,7 @@ def raw_sources(run_dir: str | Path) -> dict:
             with fsspec.open(f"{key}/raw/{SOURCES}", "rb") as f:
                 _sources_cache[key] = json.loads(f.read())
         except FileNotFoundError:
-            return {}  # not cached: staging may write it later in this process
+            _sources_cache[key] = {}  # staging writes it before any shard is read, then calls forget_sources
     return _sources_cache[key]
 
 
