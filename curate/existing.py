@@ -203,14 +203,16 @@ def input_table(fmt: str, raw_dir: str, shards: dict[str, dict[str, str]], extra
     for name, files in shards.items():
         path = files.get(".parquet", f"{raw_dir}/{name}.parquet")
         names = pq.read_schema(path).names
-        missing = [c for c in ("key", "url", "caption", "status", *extra) if c not in names]
+        missing = [c for c in ("key", "url", "status", *extra) if c not in names]
         if missing:
             raise InputError(
                 f"{path}: no column {missing[0]!r} (columns: {', '.join(names)}); not an img2dataset shard."
             )
-        table = pq.read_table(path, columns=["key", "url", "caption", *extra])
+        has_caption = "caption" in names  # img2dataset run without caption_col saves none: null captions
+        table = pq.read_table(path, columns=["key", "url", *(["caption"] if has_caption else []), *extra])
         columns = {"key": to_text(table.column("key")), "url": _text_or_null(table.column("url"))}
-        columns["caption"] = _text_or_null(table.column("caption"))
+        captions = table.column("caption") if has_caption else pa.nulls(len(table), pa.string())
+        columns["caption"] = _text_or_null(captions)
         columns |= {c: table.column(c) for c in extra}
         columns["raw_shard"] = pa.array([name] * len(table), pa.string())
         # img2dataset kept the status of an unfetchable URL (bad_url, as for a URL list); a WebDataset

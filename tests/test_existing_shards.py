@@ -233,3 +233,50 @@ def test_raw_records_of_other_urls_are_refused(served_corpus, acquired, tmp_path
         InputError, match=r"raw shard 00001 .*: key '\d+' has url '.*' in the shard but '.*' in the input"
     ):
         run_pipeline(load_recipe("demo"), served_corpus.urls, tmp_path / "run", until="annotate")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("output_format", ["webdataset", "parquet"])
+def test_a_folder_written_by_img2dataset_itself(output_format, ray_session, tmp_path):
+    """img2dataset's own download() (its downloader and writers), then curate on its folder: no request."""
+    from img2dataset import download
+
+    from curate.demo.corpus import build_corpus
+    from curate.demo.server import LoopbackServer, write_url_list
+
+    objects, rows = build_corpus(n_clean=40, seed=1, slow_delay_s=1.0)
+    folder = tmp_path / "out"
+    with LoopbackServer(objects) as server:
+        urls = write_url_list(rows, server.base_url, tmp_path / "urls.parquet")
+        download(
+            url_list=str(urls),
+            input_format="parquet",
+            caption_col="caption",
+            output_format=output_format,
+            output_folder=str(folder),
+            processes_count=1,
+            thread_count=8,
+            number_sample_per_shard=50,
+            resize_mode="no",
+            timeout=3,
+            retries=0,
+            distributor="multiprocessing",
+            enable_wandb=False,
+            disallowed_header_directives=[],
+        )
+        hits = sum(server.hits.values())
+        run = run_pipeline(load_recipe("demo"), folder, tmp_path / "run").run_dir
+        assert sum(server.hits.values()) == hits
+    listed = pq.read_table(urls, columns=["url", "caption"]).to_pylist()
+    raw = [r for p in sorted(folder.glob("*.parquet")) for r in pq.read_table(p, columns=["key", "status"]).to_pylist()]
+    got = pq.read_table(run / "decisions" / "decisions.parquet").to_pylist()
+    assert sorted(r["key"] for r in got) == sorted(r["key"] for r in raw) and len(got) == len(listed)
+    pairs = {(r["url"], r["caption"]) for r in listed}
+    assert all((r["url"], r["caption"]) in pairs for r in got)  # every key keeps its own URL and caption
+    status = {r["key"]: r["status"] for r in raw}
+    for r in got:
+        if status[r["key"]] == "failed_to_download":
+            assert r["reason"] in ("download_error", "bad_url")
+        if status[r["key"]] == "failed_to_resize":
+            assert r["reason"] == "decode_error"
+    assert any(r["keep"] for r in got)
