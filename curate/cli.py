@@ -40,7 +40,9 @@ def run(
         typer.Option(
             "--input",
             help="URL list: a file (.parquet .csv .tsv .json .jsonl .txt, optionally .gz/.zst/.bz2), a folder or a "
-            "quoted glob; local or s3:// gs:// hf:// http(s)://. Repeat --input for several.",
+            "quoted glob, local or s3:// gs:// hf:// http(s)://; repeat --input for several. Or data already "
+            "downloaded, curated in place: an img2dataset output folder, or WebDataset tars (folder, glob or brace "
+            "pattern); see input.format.",
         ),
     ],
     output: Annotated[Path, typer.Option("--output", help="Run directory to create or resume.")],

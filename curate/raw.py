@@ -12,6 +12,7 @@ img2dataset lost still comes out, with status ``missing``, so nothing is dropped
 
 from __future__ import annotations
 
+import json
 import tarfile
 from collections import defaultdict
 from collections.abc import Iterator
@@ -41,22 +42,65 @@ BASE_COLUMNS: dict[str, pa.DataType] = {
 RAW_META_COLUMNS = ["key", "status", "error_message", "original_width", "original_height"]
 """What img2dataset's per-shard Parquet adds (original sizes are set only when it resized)."""
 
-IMAGE_EXT = "jpg"  # img2dataset names every image member .jpg; the bytes keep their format
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+"""Image members of a raw tar (img2dataset names every image .jpg; plain WebDataset tars use any of these).
+The first image member of a key is its image."""
+
+SOURCES = "sources.json"
+"""``RUN/raw/sources.json``: for a run made from already-downloaded data (``curate.existing``), where each
+raw shard's files are, by shard name and suffix; a suffix it does not name is in ``RUN/raw/``."""
+
+_sources_cache: dict[str, dict] = {}
 
 
 def raw_file(run_dir: str | Path, shard: str, suffix: str) -> str:
     """Where raw shard ``shard``'s file with ``suffix`` (``.tar``, ``.parquet``, ``_stats.json``) is.
 
-    The one place that knows the layout: every reader of acquired bytes goes through it.
+    The one place that knows the layout: every reader of acquired bytes goes through it. A run made
+    from an img2dataset folder or WebDataset tars reads them in place (``RUN/raw/sources.json``).
     """
-    return f"{run_dir}/raw/{shard}{suffix}"
+    files = raw_sources(run_dir).get("shards", {}).get(shard, {})
+    return files.get(suffix) or f"{run_dir}/raw/{shard}{suffix}"
+
+
+def raw_sources(run_dir: str | Path) -> dict:
+    """``RUN/raw/sources.json`` (empty when the run downloaded its shards), read once per process."""
+    key = str(run_dir)
+    if key not in _sources_cache:
+        try:
+            with fsspec.open(f"{key}/raw/{SOURCES}", "rb") as f:
+                _sources_cache[key] = json.loads(f.read())
+        except FileNotFoundError:
+            _sources_cache[key] = {}  # staging writes it before any shard is read, then calls forget_sources
+    return _sources_cache[key]
+
+
+def image_column(run_dir: str | Path, shard: str) -> str | None:
+    """The Parquet column holding shard ``shard``'s images (img2dataset's ``parquet`` output format), or
+    None when they are in its tar."""
+    return raw_sources(run_dir).get("shards", {}).get(shard, {}).get("image_column")
+
+
+def forget_sources(run_dir: str | Path) -> None:
+    """Drop this process's copy of ``run_dir``'s sources (after staging rewrote them)."""
+    _sources_cache.pop(str(run_dir), None)
+
+
+def shard_names(run_dir: str | Path, downloaded: set[str]) -> list[str]:
+    """The run's raw shards: those of ``sources.json`` when it has one, else ``downloaded`` (complete ones)."""
+    sources = raw_sources(run_dir)
+    return sorted(sources["shards"]) if sources else sorted(downloaded)
 
 
 def read_shard(run_dir: str, shard: str, chunk_rows: int = 512) -> Iterator[pa.Table]:
     """Yield the rows of raw shard ``shard`` in chunks, joined with their bytes."""
     inputs = _input_rows(run_dir, shard)
-    meta = _raw_meta(raw_file(run_dir, shard, ".parquet"))
-    images = _tar_images(raw_file(run_dir, shard, ".tar"))
+    meta_path, tar_path = raw_file(run_dir, shard, ".parquet"), raw_file(run_dir, shard, ".tar")
+    meta = _raw_meta(meta_path)
+    column = image_column(run_dir, shard)
+    images = _parquet_images(meta_path, column) if column else _tar_images(tar_path)
+    check_pairing(shard, meta_path, tar_path, inputs, meta, images)
+    meta = meta.drop_columns(["raw_url", "raw_caption"])
     table = inputs.join(meta, "key", join_type="left outer").join(images, "key", join_type="left outer")
     table = table.sort_by("key")
     table = _fix_status(table)
@@ -70,7 +114,12 @@ def _raw_meta(path: str) -> pa.Table:
     Shards written before curate recorded ``error_code`` lack the column and keep img2dataset's status.
     """
     names = pq.read_schema(path).names
-    meta = pq.read_table(path, columns=RAW_META_COLUMNS + (["error_code"] if "error_code" in names else []))
+    extra = [c for c in ("error_code", "url", "caption") if c in names]
+    meta = pq.read_table(path, columns=RAW_META_COLUMNS + extra)
+    for name in ("url", "caption"):  # what the shard says each key is, checked against the input
+        column = meta.column(name).cast(pa.string()) if name in names else pa.nulls(len(meta), pa.string())
+        meta = meta.drop_columns([name]) if name in names else meta
+        meta = meta.append_column(f"raw_{name}", column)
     if "error_code" not in names:
         return meta
     code = meta.column("error_code")
@@ -79,18 +128,69 @@ def _raw_meta(path: str) -> pa.Table:
     return meta.set_column(meta.column_names.index("status"), "status", status).drop_columns(["error_code"])
 
 
+MISMATCH_HINT = (
+    "The raw shards were made from another URL list or another acquire.samples_per_shard (or files were "
+    "copied or renamed between shards): curate will not pair a caption with another sample's image. "
+    "Use a new --output, or pass the downloaded folder itself as --input."
+)
+
+
+def check_pairing(
+    shard: str, meta_path: str, tar_path: str, inputs: pa.Table, meta: pa.Table, images: pa.Table
+) -> None:
+    """Raise :class:`curate.urls.InputError` unless raw shard ``shard`` holds exactly the input's samples for its keys.
+
+    Every key of the shard's Parquet must be an input row of this shard, with the same URL (an
+    unfetchable URL is recorded as '') and caption; every image in the tar must have a record.
+    """
+    known = pc.is_in(meta.column("key"), inputs.column("key"))
+    if not pc.all(known).as_py():
+        key = pc.filter(meta.column("key"), pc.invert(known))[0].as_py()
+        raise _error(f"raw shard {shard} ({meta_path}): key {key!r} is not an input row of this shard. {MISMATCH_HINT}")
+    orphan = pc.invert(pc.is_in(images.column("key"), meta.column("key")))
+    if pc.any(orphan).as_py():
+        key = pc.filter(images.column("key"), orphan)[0].as_py()
+        raise _error(
+            f"raw shard {shard} ({tar_path}): image of key {key!r} has no record in {meta_path}. {MISMATCH_HINT}"
+        )
+    joined = meta.select(["key", "raw_url", "raw_caption"]).join(
+        inputs.select(["key", "url", "caption", "fetchable"]), "key"
+    )
+    url, raw_url = joined.column("url"), joined.column("raw_url")
+    blanked = pc.and_(pc.invert(joined.column("fetchable")), pc.equal(raw_url, ""))  # acquire never sent it
+    checks = {
+        "url": pc.and_(pc.fill_null(pc.not_equal(url, raw_url), False), pc.invert(pc.fill_null(blanked, False))),
+        "caption": pc.fill_null(pc.not_equal(joined.column("caption"), joined.column("raw_caption")), False),
+    }
+    for name, differs in checks.items():
+        if pc.any(differs).as_py():
+            row = joined.filter(differs).slice(0, 1).to_pylist()[0]
+            raise _error(
+                f"raw shard {shard} ({meta_path}): key {row['key']!r} has {name} {row[f'raw_{name}']!r} in the shard "
+                f"but {row[name]!r} in the input. {MISMATCH_HINT}"
+            )
+
+
+def _error(message: str) -> Exception:
+    from curate.urls import InputError  # not at import: curate.urls imports acquire and the recipe
+
+    return InputError(message)
+
+
 def _input_rows(run_dir: str, shard: str) -> pa.Table:
     return pads.dataset(f"{run_dir}/input/urls.parquet").to_table(filter=pc.field("raw_shard") == shard)
 
 
 def _tar_images(path: str) -> pa.Table:
-    """Key, data offset, size and bytes of every image member of an img2dataset tar."""
+    """Key, data offset, size and bytes of every image member of a raw tar (the first one of each key)."""
     keys, offsets, sizes, blobs = [], [], [], []
+    seen: set[str] = set()
     with fsspec.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
         for member in tar:
-            stem, _, ext = member.name.rpartition(".")
-            if ext != IMAGE_EXT or not member.isfile():
+            stem, ext = split_member(member.name)
+            if ext not in IMAGE_EXTS or not member.isfile() or stem in seen:
                 continue
+            seen.add(stem)
             keys.append(stem)
             offsets.append(member.offset_data)
             sizes.append(member.size)
@@ -99,6 +199,13 @@ def _tar_images(path: str) -> pa.Table:
         {"key": keys, "image_offset": offsets, "image_size": sizes, "image": blobs},
         schema=pa.schema([(n, BASE_COLUMNS[n]) for n in ("key", "image_offset", "image_size", "image")]),
     )
+
+
+def split_member(name: str) -> tuple[str, str]:
+    """WebDataset's (key, extension) of a tar member name: the key ends at the first dot of the base name."""
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
 def _fix_status(table: pa.Table) -> pa.Table:
@@ -112,6 +219,28 @@ def _fix_status(table: pa.Table) -> pa.Table:
     return table.drop_columns(["fetchable"])
 
 
+def _parquet_images(path: str, column: str) -> pa.Table:
+    """Key, row index (as ``image_offset``), size and bytes of every image of an img2dataset Parquet shard."""
+    table = pq.read_table(path, columns=["key", column])
+    table = table.append_column("image_offset", pa.array(range(len(table)), pa.int64()))
+    table = table.filter(pc.is_valid(table.column(column)))
+    sizes = pc.binary_length(table.column(column)).cast(pa.int64())
+    columns = {"key": table.column("key"), "image_offset": table.column("image_offset"), "image_size": sizes}
+    columns["image"] = table.column(column).cast(pa.binary())
+    return pa.table(columns, schema=pa.schema([(n, BASE_COLUMNS[n]) for n in columns]))
+
+
+def read_span(run_dir: str | Path, shard: str, offset: int, size: int) -> bytes:
+    """One image's bytes: ``size`` bytes at ``offset`` of the shard's tar (or row ``offset`` of its Parquet)."""
+    column = image_column(run_dir, shard)
+    if column:
+        table = pq.read_table(raw_file(run_dir, shard, ".parquet"), columns=[column])
+        return table.column(column)[offset].as_py()
+    with fsspec.open(raw_file(run_dir, shard, ".tar"), "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
 def read_images(rows: pa.Table, run_dir: str) -> dict[str, bytes]:
     """Read each row's image bytes from its raw tar by offset, one open file per raw shard."""
     by_shard: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
@@ -122,6 +251,11 @@ def read_images(rows: pa.Table, run_dir: str) -> dict[str, bytes]:
         by_shard[shard].append((offset, size, key))
     images: dict[str, bytes] = {}
     for shard, spans in by_shard.items():
+        column = image_column(run_dir, shard)
+        if column:  # img2dataset's parquet output format: offset is the row
+            table = pq.read_table(raw_file(run_dir, shard, ".parquet"), columns=[column])
+            images |= {key: table.column(column)[offset].as_py() for offset, _, key in spans}
+            continue
         with fsspec.open(raw_file(run_dir, shard, ".tar"), "rb") as f:
             for offset, size, key in sorted(spans):
                 f.seek(offset)

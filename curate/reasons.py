@@ -43,6 +43,8 @@ REASONS: dict[str, str] = {
     "blocked_redirect": "A redirect pointed to a non-http(s) URL (ftp://, file://, ...); not followed.",
     "robots_disallowed": "The server's X-Robots-Tag header carries a directive listed in "
     "acquire.disallowed_header_directives (noai, noimageai, ... ; scoped to user_agent_token too).",
+    "no_image": "The input's shard has a record for the sample but no image (a WebDataset key with a .txt "
+    "or .json and no .jpg/.jpeg/.png/.webp member); nothing was downloaded.",
     "dup_exact": "Same bytes (sha256) as a kept sample, or the same values of the exact_dedup "
     "policy's `by` columns; dup_of names the kept key.",
 }

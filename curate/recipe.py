@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -86,6 +86,13 @@ class InputConfig(BaseModel):
     )
     save_additional_columns: list[str] = Field(
         default_factory=list, description="Input columns carried through to samples and metadata."
+    )
+    format: Literal["auto", "urls", "img2dataset", "webdataset"] = Field(
+        "auto",
+        description="What --input is: a URL list ('urls'), an img2dataset output folder ('img2dataset', "
+        "output_format webdataset) or WebDataset tars ('webdataset': a folder, glob or brace pattern). "
+        "auto: a folder with *_stats.json is img2dataset, .tar files are webdataset, else a URL list. "
+        "Already-downloaded input is curated in place; nothing is downloaded.",
     )
 
 

@@ -27,9 +27,11 @@ from curate.decide.urls import acquire_blocklist
 from curate.emit.parquet import write_parquet
 from curate.emit.shards import plan_shards, write_shard
 from curate.enrich.recaption import cache_key
+from curate.existing import check_input, detect_format, stage_existing
 from curate.io import parquet_files, replace_dir, write_json
 from curate.lock import LOCK_NAME, RunLock
 from curate.manifest import Manifest, versions
+from curate.raw import shard_names
 from curate.reasons import REASONS
 from curate.recipe import Recipe, RecipeError, build_recipe
 from curate.report.html import write_report
@@ -89,11 +91,20 @@ def run_pipeline(
         manifest.data.update(recipe=recipe.to_dict(), recipe_source=recipe.source, versions=versions())
         manifest.data["input"] = str(input_path) if isinstance(input_path, str | Path) else [str(p) for p in input_path]
         preflight(recipe)
-        layout, inputs = stage_inputs(recipe, input_path, run_dir, manifest)  # read and checked before Ray starts
+        fmt = input_format(input_path, recipe.input.format)
+        staged = None
+        if fmt == "urls":
+            staged = stage_inputs(recipe, input_path, run_dir, manifest)  # read and checked before Ray starts
+        else:
+            check_input(fmt, str(input_path))  # its shards listed before Ray starts
         with runtime.session(address):
-            acquire(recipe, layout, inputs, run_dir, manifest)
-            if retry:
-                acquire_retry(recipe, layout, inputs, run_dir, manifest, retry)
+            layout, inputs = staged or stage_existing_inputs(recipe, fmt, str(input_path), run_dir, manifest)
+            if layout is None:  # already-downloaded input (curate.existing): nothing to download
+                skip_acquire(run_dir, manifest, retry)
+            else:
+                acquire(recipe, layout, inputs, run_dir, manifest)
+                if retry:
+                    acquire_retry(recipe, layout, inputs, run_dir, manifest, retry)
             if until == "acquire":
                 return RunResult(run_dir, {}, manifest.data)
             annotate(recipe, run_dir, manifest)
@@ -196,6 +207,32 @@ def stage_inputs(
     """Write ``RUN/input/urls.parquet`` (keys assigned) or check that a resumed run has the same input."""
     inputs = read_inputs(input_path, recipe.input, recipe.acquire.samples_per_shard)
     layout = ShardLayout(len(inputs), recipe.acquire.samples_per_shard)
+    manifest.data["input_format"] = "urls"
+    _record_inputs(inputs, run_dir, manifest)
+    return layout, inputs
+
+
+def stage_existing_inputs(
+    recipe: Recipe, fmt: str, input_path: str, run_dir: Path, manifest: Manifest
+) -> tuple[None, pa.Table]:
+    """Stage an already-downloaded input (an img2dataset folder or WebDataset tars, see :mod:`curate.existing`):
+    its shards become the run's raw shards, read in place. Needs Ray (tars are indexed by tasks)."""
+    extra = list(recipe.input.save_additional_columns)
+    inputs = stage_existing(fmt, input_path, str(run_dir / "raw"), extra, runtime.run_tasks)
+    manifest.data["input_format"] = fmt
+    _record_inputs(inputs, run_dir, manifest)
+    return None, inputs
+
+
+def input_format(input_path: str | Path | Sequence[str | Path], declared: str) -> str:
+    """``urls`` for URL lists (several ``--input`` are always lists), else :func:`curate.existing.detect_format`."""
+    if not isinstance(input_path, str | Path):
+        return "urls" if declared == "auto" else declared
+    return detect_format(str(input_path), declared)
+
+
+def _record_inputs(inputs: pa.Table, run_dir: Path, manifest: Manifest) -> None:
+    """Write ``RUN/input/urls.parquet``, or refuse a resumed run whose input differs."""
     digest = fingerprint(inputs)
     previous = manifest.data.get("input_fingerprint")
     if previous and previous != digest:
@@ -208,7 +245,6 @@ def stage_inputs(
         write_parquet(str(target), inputs)
     manifest.data.update(input_fingerprint=digest, input_rows=len(inputs))
     manifest.save()
-    return layout, inputs
 
 
 def acquire(recipe: Recipe, layout: ShardLayout, inputs: pa.Table, run_dir: Path, manifest: Manifest) -> None:
@@ -225,6 +261,15 @@ def acquire(recipe: Recipe, layout: ShardLayout, inputs: pa.Table, run_dir: Path
         results = runtime.run_tasks(download_shard, calls, "acquire", recipe.acquire.num_cpus)
         record["nodes"] = sorted({node for _, node in results})
         record["downloaded_ok"] = sum(stats["successes"] for stats, _ in results)
+
+
+def skip_acquire(run_dir: Path, manifest: Manifest, retry: Sequence[str]) -> None:
+    """Record that the input's own shards are the raw shards: nothing is downloaded."""
+    if retry:
+        raise InputError(f"--retry-failed: {run_dir} curates already-downloaded shards; nothing is downloaded again.")
+    shards = shard_names(run_dir, set())
+    with manifest.step("acquire", shards=len(shards), shards_downloaded=0) as record:
+        record["source"] = manifest.data.get("input_format")
 
 
 def check_retry_reasons(reasons: Sequence[str]) -> tuple[str, ...]:
@@ -286,7 +331,7 @@ def _retry_calls(
 
 def annotate(recipe: Recipe, run_dir: Path, manifest: Manifest) -> None:
     """Compute signals for every raw shard into ``RUN/samples/`` unless they are up to date."""
-    shards = sorted(complete_shards(run_dir / "raw"))
+    shards = shard_names(run_dir, complete_shards(run_dir / "raw"))
     stages = [{"stage": s.name, **s.config.cache_key()} for s in recipe.annotate]  # resources do not count
     key = {"raw_shards": shards, "stages": stages}
     if manifest.done("annotate", **key):

@@ -140,7 +140,31 @@ def annotate(run_dir: str, shards: Sequence[str], stages: Sequence[Stage], out_d
         ds = apply_stage(ds, stage)
     ds = ds.drop_columns(["image"])
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    ds.write_parquet(out_dir)
+    try:
+        ds.write_parquet(out_dir)
+    except Exception as err:
+        cause = input_error(err)
+        if cause is None:
+            raise
+        raise cause from None
+
+
+def input_error(err: BaseException) -> Exception | None:
+    """The :class:`curate.urls.InputError` a task raised (e.g. a raw shard that does not match the input),
+    with its own one-line message instead of Ray's traceback; None when ``err`` has none."""
+    from curate.urls import InputError
+
+    stack, seen = [err], set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        cause = getattr(current, "cause", None)
+        if isinstance(cause, InputError) and not isinstance(cause, ray.exceptions.RayTaskError):
+            return InputError(str(cause).splitlines()[0])  # Ray Data appends its retry advice
+        stack += [e for e in (cause, current.__cause__, current.__context__) if isinstance(e, BaseException)]
+    return None
 
 
 def _attach_images(batch: pa.Table, run_dir: str) -> pa.Table:

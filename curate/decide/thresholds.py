@@ -22,13 +22,14 @@ class Availability(Policy):
 
     name = "availability"
     reads = ("status", "decode_error")
-    reasons = ("bad_url", "blocked_url", *ACQUIRE_REASONS, "download_error", "decode_error")
+    reasons = ("bad_url", "blocked_url", *ACQUIRE_REASONS, "no_image", "download_error", "decode_error")
 
     def apply(self, db: DecideDB) -> None:
         db.reject_where("s.status = 'bad_url'", "bad_url", self.name)
         db.reject_where("s.status = 'blocked_url'", "blocked_url", "url_filter")
         for code in ACQUIRE_REASONS:
             db.reject_where(f"s.status = '{code}'", code, self.name)
+        db.reject_where("s.status = 'no_image'", "no_image", self.name)  # curate.existing: a tar's key with no image
         db.reject_where(
             "s.status IS NULL OR s.status NOT IN ('success', 'failed_to_resize')",
             "download_error",

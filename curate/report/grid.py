@@ -7,25 +7,22 @@ import io
 from html import escape
 from pathlib import Path
 
-import fsspec
 from PIL import Image
 
 from curate.images import MAX_DECODE_PIXELS, decode, error_text
-from curate.raw import raw_file
+from curate.raw import read_span
 
 THUMB_SIDE = 160
 CAPTION_CHARS = 160
 
 
 def image_bytes(run_dir: str | Path, row: dict) -> bytes | None:
-    """The row's image bytes from its raw tar (``raw_shard``, ``image_offset``, ``image_size``), or None."""
+    """The row's image bytes from its raw shard (``raw_shard``, ``image_offset``, ``image_size``), or None."""
     shard, offset, size = row.get("raw_shard"), row.get("image_offset"), row.get("image_size")
     if shard is None or offset is None or not size:
         return None
     try:
-        with fsspec.open(raw_file(run_dir, shard, ".tar"), "rb") as f:
-            f.seek(offset)
-            return f.read(size)
+        return read_span(run_dir, shard, offset, size)
     except FileNotFoundError:  # raw/ deleted after emit: the card says so
         return None
 

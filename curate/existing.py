@@ -1,0 +1,241 @@
+"""Curate what is already downloaded: an img2dataset output folder or plain WebDataset tars as ``--input``.
+
+Nothing is downloaded and no image byte is copied. Staging writes ``RUN/raw/sources.json``, which
+maps each raw shard name to the input's files (:func:`curate.raw.raw_file` reads it, on the driver
+and on every worker), and ``RUN/input/urls.parquet`` from the input's own keys, URLs and captions:
+
+- an img2dataset folder (``output_format: webdataset``: ``NNNNN.tar`` + ``NNNNN.parquet`` +
+  ``NNNNN_stats.json``): its per-shard Parquet gives key, url, caption, status and error_message;
+  failed rows keep their status, so they end in decisions with their reason. The shards are used
+  where they are. ``output_format: parquet`` (images in a ``jpg``/``png``/``webp`` column of the
+  per-shard Parquet, no tar) is read in place too: an image's ``image_offset`` is then its row.
+- plain WebDataset tars (a folder of ``.tar`` files, a glob, or a brace pattern such as
+  ``shards/{00000..00009}.tar``): members ``{key}.jpg|.jpeg|.png|.webp`` + ``{key}.txt`` + optional
+  ``{key}.json`` (its ``url``). One task per tar (:func:`index_tar`) streams it once and writes the
+  per-shard Parquet curate needs into ``RUN/raw/``; the tar is read in place.
+
+``input.format`` (``auto``, ``urls``, ``img2dataset``, ``webdataset``) names the kind; ``auto``
+decides by what the path holds (see :func:`detect_format`).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import braceexpand
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curate.acquire import is_fetchable
+from curate.emit.parquet import write_parquet
+from curate.io import write_json
+from curate.raw import IMAGE_EXTS, SOURCES, forget_sources, raw_sources, split_member
+from curate.urls import InputError, to_text
+
+INDEX_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("url", pa.string()),
+        ("caption", pa.string()),
+        ("status", pa.string()),
+        ("error_message", pa.string()),
+        ("original_width", pa.int32()),
+        ("original_height", pa.int32()),
+    ]
+)
+"""The per-shard Parquet :func:`index_tar` writes for a plain WebDataset tar (img2dataset's columns)."""
+
+
+def detect_format(path: str, declared: str = "auto") -> str:
+    """``urls``, ``img2dataset`` or ``webdataset`` for ``--input path`` (``declared`` unless ``auto``).
+
+    auto: a folder holding ``*_stats.json`` is an img2dataset output folder; a folder holding ``.tar``
+    files, a ``.tar`` file, or a glob/brace pattern of them is WebDataset; anything else is a URL list.
+    """
+    if declared != "auto":
+        return declared
+    text = str(path)
+    if Path(text).is_dir():
+        if any(Path(text).glob("*_stats.json")):
+            return "img2dataset"
+        if any(Path(text).glob("*.tar")):
+            return "webdataset"
+        return "urls"
+    if text.endswith(".tar") or text.endswith(".tar}"):
+        return "webdataset"
+    return "urls"
+
+
+def img2dataset_shards(folder: str) -> dict[str, dict[str, str]]:
+    """Each complete shard of an img2dataset output folder (it has ``_stats.json``): its tar and Parquet, or
+    (``parquet`` output format) its Parquet and the column holding the images."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"{folder}: not a folder; an img2dataset input is its output folder (input.format).")
+    names = sorted(p.name[: -len("_stats.json")] for p in root.glob("*_stats.json"))
+    if not names:
+        raise InputError(f"{folder}: no *_stats.json: not an img2dataset output folder (or no shard finished).")
+    shards = {}
+    for name in names:
+        tar, parquet = root / f"{name}.tar", root / f"{name}.parquet"
+        if not parquet.is_file():
+            raise InputError(f"{folder}: shard {name} has no {parquet.name}; run img2dataset with save_metadata.")
+        if tar.is_file():
+            shards[name] = {".tar": str(tar.resolve()), ".parquet": str(parquet.resolve())}
+            continue
+        columns = [c for c in IMAGE_EXTS if c in pq.read_schema(parquet).names]
+        if not columns:
+            raise InputError(
+                f"{folder}: shard {name} has no {tar.name} and {parquet.name} has no image column (jpg, png, webp): "
+                "img2dataset's output_format 'webdataset' or 'parquet' is read; download again with one of them."
+            )
+        shards[name] = {".parquet": str(parquet.resolve()), "image_column": columns[0]}
+    return shards
+
+
+def webdataset_tars(path: str) -> list[str]:
+    """The tar files ``path`` names: a folder (its ``*.tar``), a file, a glob, or a brace pattern."""
+    text = str(path)
+    if Path(text).is_dir():
+        tars = sorted(str(p.resolve()) for p in Path(text).glob("*.tar"))
+    else:
+        tars = []
+        for pattern in braceexpand.braceexpand(text):
+            matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+            tars += [str(Path(m).resolve()) for m in matches]
+    if not tars:
+        raise InputError(f"{text}: no .tar files; pass a folder of WebDataset tars, a glob or a brace pattern.")
+    for tar in tars:
+        if not Path(tar).is_file():
+            raise InputError(f"{tar}: no such WebDataset tar (from --input {text}).")
+    return list(dict.fromkeys(tars))
+
+
+def index_tar(tar_path: str, out_parquet: str) -> int:
+    """Stream one WebDataset tar and write its samples' key, url, caption and status to ``out_parquet``.
+
+    A key with an image member is ``success``; a key with none (only ``.txt``/``.json``) is ``no_image``.
+    A caption that is not UTF-8 is repaired; a ``.json`` that is not a JSON object gives a null URL.
+    Returns the number of samples.
+    """
+    samples: dict[str, dict] = {}
+    with fsspec.open(tar_path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, ext = split_member(member.name)
+            sample = samples.setdefault(key, {})
+            if ext in IMAGE_EXTS or ext in ("txt", "json"):
+                sample.setdefault(ext, tar.extractfile(member).read() if ext in ("txt", "json") else True)
+    rows = {name: [] for name in INDEX_SCHEMA.names}
+    for key, sample in samples.items():
+        has_image = any(ext in sample for ext in IMAGE_EXTS)
+        rows["key"].append(key)
+        rows["url"].append(_json_url(sample.get("json")))
+        rows["caption"].append(sample["txt"].decode("utf-8", "replace") if "txt" in sample else None)
+        rows["status"].append("success" if has_image else "no_image")
+        rows["error_message"].append(None if has_image else "the tar has no image member for this key")
+        rows["original_width"].append(None)
+        rows["original_height"].append(None)
+    table = pa.table(rows, schema=INDEX_SCHEMA).sort_by("key")
+    write_parquet(out_parquet, table)
+    return len(table)
+
+
+def _json_url(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    url = value.get("url") if isinstance(value, dict) else None
+    return url if isinstance(url, str) else None
+
+
+def check_input(fmt: str, input_path: str) -> None:
+    """Fail before Ray starts when already-downloaded input has no shards to read (names them otherwise)."""
+    if fmt == "img2dataset":
+        img2dataset_shards(input_path)
+    elif fmt == "webdataset":
+        webdataset_tars(input_path)
+
+
+def stage_existing(
+    fmt: str, input_path: str, raw_dir: str, extra: list[str], run_tasks: Callable, num_cpus: float = 1.0
+) -> pa.Table:
+    """Write ``raw_dir/sources.json`` and return the input table (key, url, caption, extras, raw_shard, fetchable).
+
+    ``run_tasks`` is :func:`curate.runtime.run_tasks` (indexes WebDataset tars as tasks).
+    """
+    Path(raw_dir).mkdir(parents=True, exist_ok=True)
+    if fmt == "img2dataset":
+        shards = img2dataset_shards(input_path)
+    elif fmt == "webdataset":
+        tars = webdataset_tars(input_path)
+        digits = max(5, len(str(len(tars) - 1)))
+        shards = {f"{i:0{digits}d}": {".tar": tar} for i, tar in enumerate(tars)}
+        calls = [(s[".tar"], f"{raw_dir}/{name}.parquet") for name, s in shards.items()]
+        before = raw_sources(str(Path(raw_dir).parent)).get("shards", {})
+        calls = [  # a resumed run indexed these already
+            (tar, out)
+            for (name, files), (tar, out) in zip(shards.items(), calls, strict=True)
+            if not (Path(out).is_file() and before.get(name, {}).get(".tar") == files[".tar"])
+        ]
+        if calls:
+            run_tasks(index_tar, calls, "index tars", num_cpus)
+    else:
+        raise InputError(f"input.format {fmt!r}: not already-downloaded data")
+    write_json(f"{raw_dir}/{SOURCES}", {"format": fmt, "input": str(input_path), "shards": shards})
+    forget_sources(str(Path(raw_dir).parent))
+    return input_table(fmt, raw_dir, shards, extra, input_path)
+
+
+def input_table(fmt: str, raw_dir: str, shards: dict[str, dict[str, str]], extra: list[str], source: str) -> pa.Table:
+    """``RUN/input/urls.parquet``'s rows from each raw shard's Parquet (one shard at a time)."""
+    parts = []
+    for name, files in shards.items():
+        path = files.get(".parquet", f"{raw_dir}/{name}.parquet")
+        names = pq.read_schema(path).names
+        missing = [c for c in ("key", "url", "status", *extra) if c not in names]
+        if missing:
+            raise InputError(
+                f"{path}: no column {missing[0]!r} (columns: {', '.join(names)}); not an img2dataset shard."
+            )
+        has_caption = "caption" in names  # img2dataset run without caption_col saves none: null captions
+        table = pq.read_table(path, columns=["key", "url", *(["caption"] if has_caption else []), *extra])
+        columns = {"key": to_text(table.column("key")), "url": _text_or_null(table.column("url"))}
+        captions = table.column("caption") if has_caption else pa.nulls(len(table), pa.string())
+        columns["caption"] = _text_or_null(captions)
+        columns |= {c: table.column(c) for c in extra}
+        columns["raw_shard"] = pa.array([name] * len(table), pa.string())
+        # img2dataset kept the status of an unfetchable URL (bad_url, as for a URL list); a WebDataset
+        # sample's URL is only a note (often null): its status comes from the tar alone.
+        columns["fetchable"] = is_fetchable(columns["url"]) if fmt == "img2dataset" else pa.array([True] * len(table))
+        parts.append(pa.table(columns))
+    inputs = pa.concat_tables(parts).combine_chunks()
+    _check_unique_keys(inputs, source)
+    return inputs
+
+
+def _text_or_null(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    return to_text(column) if not pa.types.is_null(column.type) else column.cast(pa.string())
+
+
+def _check_unique_keys(inputs: pa.Table, source: str) -> None:
+    """Every key names one sample: two shards with the same key cannot be told apart in decisions."""
+    counts = pc.value_counts(inputs.column("key"))
+    dup = pc.filter(counts, pc.greater(counts.field("counts"), 1))
+    if len(dup):
+        key = dup[0]["values"].as_py()
+        shards = pc.filter(inputs.column("raw_shard"), pc.equal(inputs.column("key"), key)).to_pylist()
+        raise InputError(
+            f"{source}: key {key!r} is in more than one shard (raw shards {', '.join(shards)}): keys must be "
+            "unique across the input. Rename the members, or curate the shards in separate runs."
+        )
