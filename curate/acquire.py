@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from curate import storage
 from curate.fetch import MAX_ERROR_CHARS, AddressPolicy, FetchConfig, FetchError, fetch, user_agent
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks online at import
@@ -143,9 +144,9 @@ def is_fetchable(urls: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.fill_null(pc.match_substring_regex(urls, r"^(?i)https?://\S+$"), False)
 
 
-def complete_shards(raw_dir: Path) -> set[str]:
+def complete_shards(raw_dir: str | Path) -> set[str]:
     """Names of shards whose download finished (their ``_stats.json`` is present)."""
-    return {p.name[: -len("_stats.json")] for p in raw_dir.glob("*_stats.json")}
+    return {storage.name(p)[: -len("_stats.json")] for p in storage.files(raw_dir, "_stats.json")}
 
 
 BLOCKED_COLUMN = "curate_blocked_url"
@@ -163,11 +164,15 @@ def download_shard(shard_id: int, rows: pa.Table, raw_dir: str, layout: ShardLay
     Returns the shard's stats. Safe to call again after a crash.
     """
     name = layout.shard_name(shard_id)
-    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=raw_dir) as tmp:
+    local = storage.is_local(raw_dir)  # on object storage: download to local scratch, then upload
+    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=storage.local_path(raw_dir) if local else None) as tmp:
         _download_into(tmp, shard_id, rows, layout, cfg)
         for suffix in (".tar", ".parquet", "_stats.json"):  # stats last: it marks completion
-            shutil.move(f"{tmp}/{name}{suffix}", f"{raw_dir}/{name}{suffix}")
-    return json.loads(Path(f"{raw_dir}/{name}_stats.json").read_text())
+            if local:
+                shutil.move(f"{tmp}/{name}{suffix}", f"{storage.local_path(raw_dir)}/{name}{suffix}")
+            else:
+                storage.upload(f"{tmp}/{name}{suffix}", f"{raw_dir}/{name}{suffix}")
+    return storage.read_json(f"{raw_dir}/{name}_stats.json")
 
 
 FINAL_ERRORS = re.compile(

@@ -23,6 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from curate import storage
+
 BASE_COLUMNS: dict[str, pa.DataType] = {
     "key": pa.string(),
     "url": pa.string(),
@@ -69,8 +71,11 @@ def _raw_meta(path: str) -> pa.Table:
 
     Shards written before curate recorded ``error_code`` lack the column and keep img2dataset's status.
     """
-    names = pq.read_schema(path).names
-    meta = pq.read_table(path, columns=RAW_META_COLUMNS + (["error_code"] if "error_code" in names else []))
+    fsys, path = storage.arrow_fs(path)
+    names = pq.read_schema(path, filesystem=fsys).names
+    meta = pq.read_table(
+        path, filesystem=fsys, columns=RAW_META_COLUMNS + (["error_code"] if "error_code" in names else [])
+    )
     if "error_code" not in names:
         return meta
     code = meta.column("error_code")
@@ -80,7 +85,8 @@ def _raw_meta(path: str) -> pa.Table:
 
 
 def _input_rows(run_dir: str, shard: str) -> pa.Table:
-    return pads.dataset(f"{run_dir}/input/urls.parquet").to_table(filter=pc.field("raw_shard") == shard)
+    fsys, path = storage.arrow_fs(storage.join(run_dir, "input", "urls.parquet"))
+    return pads.dataset(path, filesystem=fsys).to_table(filter=pc.field("raw_shard") == shard)
 
 
 def _tar_images(path: str) -> pa.Table:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,6 +13,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from curate import storage
 from curate.acquire import BLOCKED_COLUMN, ShardLayout, is_fetchable
 from curate.decide.urls import blocked_mask
 from curate.recipe import InputConfig
@@ -22,7 +24,9 @@ class InputError(ValueError):
 
 
 def read_url_list(path: str | Path) -> pa.Table:
-    """Read a URL list from Parquet, CSV/TSV or JSON Lines (by extension)."""
+    """Read a URL list from Parquet, CSV/TSV or JSON Lines (by extension); a local path or an fsspec URL."""
+    if not storage.is_local(path):
+        return _read_remote(str(path))
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file. Pass --input a Parquet, CSV or JSONL URL list.")
@@ -37,6 +41,20 @@ def read_url_list(path: str | Path) -> pa.Table:
     except (pa.ArrowInvalid, OSError) as err:
         raise InputError(f"{path}: cannot be read as {suffix[1:]}: {err}") from None
     raise InputError(f"{path}: unknown extension {suffix!r}; use .parquet, .csv, .tsv or .jsonl")
+
+
+def _read_remote(url: str) -> pa.Table:
+    """Read a URL list on object storage (``s3://...``) through a local copy (fsspec; credentials from the environment)."""
+    if not storage.isfile(url):
+        raise InputError(f"{url}: no such file. Pass --input a Parquet, CSV or JSONL URL list.")
+    scratch = storage.local_tmp()
+    try:
+        local = Path(scratch, storage.name(url))
+        fs, path = storage.fs_path(url)
+        fs.get_file(path, str(local))
+        return read_url_list(local)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _read_csv(path: Path, delimiter: str) -> pa.Table:
