@@ -27,6 +27,7 @@ from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -187,7 +188,8 @@ def retryable_keys(parquet: str | Path, reasons: Collection[str]) -> list[str]:
 
     Shards written before ``error_code`` existed count every failed download as ``download_error``.
     """
-    table = pq.read_table(parquet)
+    with fsspec.open(str(parquet), "rb") as f:
+        table = pq.read_table(f)
     codes = table.column("error_code") if "error_code" in table.column_names else pa.nulls(len(table), pa.string())
     keys = []
     for key, status, message, code in zip(
@@ -213,8 +215,10 @@ def retry_shard(
     (rows whose status or reason changed).
     """
     name = layout.shard_name(shard_id)
-    old = pq.read_table(f"{raw_dir}/{name}.parquet")
-    with tempfile.TemporaryDirectory(prefix=f".{name}-retry-", dir=raw_dir) as tmp:
+    with fsspec.open(f"{raw_dir}/{name}.parquet", "rb") as f:
+        old = pq.read_table(f)
+    scratch = storage.local_path(raw_dir) if storage.is_local(raw_dir) else None  # else local scratch, then upload
+    with tempfile.TemporaryDirectory(prefix=f".{name}-retry-", dir=scratch) as tmp:
         _download_into(tmp, shard_id, rows, layout, cfg, only=set(only))
         new = pq.read_table(f"{tmp}/{name}.parquet")
         before, after = _outcomes(old), _outcomes(new)
@@ -245,17 +249,20 @@ def _commit_retry(raw_dir: str, name: str, tmp: str, old: pa.Table, new: pa.Tabl
     kept = old.filter(pc.invert(pc.is_in(old.column("key"), retried)))
     merged = pa.concat_tables([kept, new], promote_options="default").sort_by("key")  # old shards lack error_code
     pq.write_table(merged, f"{tmp}/merged.parquet")
-    stats = _recount(json.loads(Path(f"{raw_dir}/{name}_stats.json").read_text()), merged, len(new))
+    stats = _recount(storage.read_json(f"{raw_dir}/{name}_stats.json"), merged, len(new))
     Path(f"{tmp}/merged_stats.json").write_text(json.dumps(stats, indent=4))
     for suffix in (".tar", ".parquet", "_stats.json"):
-        os.replace(f"{tmp}/merged{suffix}", f"{raw_dir}/{name}{suffix}")
+        if storage.is_local(raw_dir):
+            os.replace(f"{tmp}/merged{suffix}", f"{storage.local_path(raw_dir)}/{name}{suffix}")
+        else:
+            storage.upload(f"{tmp}/merged{suffix}", f"{raw_dir}/{name}{suffix}")
 
 
 def _merge_tar(old: str, new: str, replaced: set[str], out: str) -> None:
     """Write ``out``: the members of ``old`` except those of keys in ``replaced``, then every member of ``new``."""
     with tarfile.open(out, "w") as dst:
         for path, skip in ((old, replaced), (new, set())):
-            with tarfile.open(path, "r|") as src:
+            with fsspec.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as src:
                 for member in src:
                     if member.name.rpartition(".")[0] not in skip:
                         dst.addfile(member, src.extractfile(member) if member.isfile() else None)

@@ -159,14 +159,20 @@ def _now() -> str:
 
 
 LEASE_TIMEOUT_S = 300.0
-"""A lease on object storage whose heartbeat is older than this was left by a dead writer and is taken over."""
+"""A lease on object storage whose heartbeat is older than this (seconds; environment variable
+``CURATE_LEASE_TIMEOUT_S`` overrides it) was left by a dead writer and is taken over."""
 
 HEARTBEAT_S = 30.0
-"""How often the holder of a lease rewrites its heartbeat."""
+"""How often the holder of a lease rewrites its heartbeat (at most a quarter of the timeout)."""
+
+
+def lease_timeout() -> float:
+    """:data:`LEASE_TIMEOUT_S`, or ``CURATE_LEASE_TIMEOUT_S`` from the environment."""
+    return float(os.environ.get("CURATE_LEASE_TIMEOUT_S", LEASE_TIMEOUT_S))
 
 
 def _expired(owner: dict) -> bool:
-    return time.time() - float(owner.get("heartbeat", 0)) > LEASE_TIMEOUT_S
+    return time.time() - float(owner.get("heartbeat", 0)) > lease_timeout()
 
 
 class Lease:
@@ -211,13 +217,13 @@ class Lease:
             if previous and not _expired(previous):
                 raise RunLocked(
                     f"{self.run_dir} is being written by {describe(previous)}. Wait for it to finish, or stop it "
-                    f"(a lease whose heartbeat is older than {LEASE_TIMEOUT_S:.0f} s is taken over); "
+                    f"(a lease whose heartbeat is older than {lease_timeout():.0f} s is taken over); "
                     "readers (curate stats, report, status) work meanwhile."
                 )
             self.took_over = previous or None
             print(
                 f"curate: taking over the stale lease on {self.run_dir} left by {describe(previous)}, "
-                f"whose heartbeat is older than {LEASE_TIMEOUT_S:.0f} s.",
+                f"whose heartbeat is older than {lease_timeout():.0f} s.",
                 file=sys.stderr,
             )
             self._client().delete_object(Bucket=self._bucket, Key=self._key)
@@ -244,7 +250,7 @@ class Lease:
 
     def _beat(self) -> None:
         client = self._client()
-        while not self._stop.wait(HEARTBEAT_S):
+        while not self._stop.wait(min(HEARTBEAT_S, lease_timeout() / 4)):
             try:
                 client.put_object(Bucket=self._bucket, Key=self._key, Body=self._record())
             except Exception as err:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 
 import pyarrow.parquet as pq
@@ -119,6 +121,11 @@ def test_run_decide_stats_report_status_on_s3(served_corpus, bucket, tmp_path):
     out = curate("stats", run, "SELECT count(*) AS n FROM read_parquet('/etc/passwd')", cwd=tmp_path, check=False)
     assert out.returncode != 0  # the sandbox holds for a run on s3 too
     assert "complete" in curate("status", run, cwd=tmp_path).stdout
+    from curate.train.data import dataset_size, expand_shards, iter_pairs
+
+    shards = expand_shards(f"{run}/shards")  # what `curate train clip --data s3://.../shards` reads
+    assert shards[0].startswith("s3://") and dataset_size(shards) == len(second)
+    assert sorted(key for key, _, _ in iter_pairs(shards)) == second
     fs.rm(f"{run}/report", recursive=True)
     curate("report", run, cwd=tmp_path)
     assert s3fs().exists(f"{run}/report/report.html")
@@ -141,3 +148,98 @@ def test_lease_refuses_a_second_writer_and_takes_over_a_stale_one(bucket):
     with lock.RunLock(run, command="third") as third:
         assert third.took_over["command"] == "dead"
         assert lock.holder(run)["command"] == "third"
+
+
+@pytest.fixture(scope="module")
+def slow_corpus(tmp_path_factory):
+    """Every object answers after 40 ms, so acquisition lasts long enough to be interrupted."""
+    import dataclasses
+
+    from curate.demo.corpus import build_corpus
+    from curate.demo.server import LoopbackServer, write_url_list
+
+    objects, rows = build_corpus(n_clean=60, seed=2, slow_delay_s=3.0)
+    objects = {p: dataclasses.replace(o, delay_s=max(o.delay_s, 0.04)) for p, o in objects.items()}
+    with LoopbackServer(objects) as server:
+        yield write_url_list(rows, server.base_url, tmp_path_factory.mktemp("slow") / "urls.parquet")
+
+
+def wait_until_stable(raw: str, quiet_s: float = 4.0, timeout: float = 60) -> set[str]:
+    """Complete shards once none has appeared for ``quiet_s`` (workers of a killed driver may finish theirs)."""
+    from curate.acquire import complete_shards
+
+    deadline = time.monotonic() + timeout
+    seen, since = complete_shards(raw), time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+        s3fs()
+        now = complete_shards(raw)
+        if now != seen:
+            seen, since = now, time.monotonic()
+    return seen
+
+
+@pytest.mark.slow
+def test_killed_run_on_s3_resumes_without_downloading_complete_shards(slow_corpus, bucket, tmp_path):
+    from curate.acquire import complete_shards
+    from curate.manifest import Manifest
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "CURATE_LEASE_TIMEOUT_S": "3"}
+    s3fs().put_file(str(slow_corpus), f"{bucket}/urls.parquet")
+    run = f"{bucket}/run"
+    args = ["run", "demo", "--input", f"{bucket}/urls.parquet", "--output", run]
+    args += ["--set", "acquire.samples_per_shard=10", "--set", "acquire.threads=1"]
+    cmd = [sys.executable, "-m", "curate", *args]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(complete_shards(f"{run}/raw")) < 2:
+        assert proc.poll() is None, f"run ended before it could be interrupted: {proc.stderr.read()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+        s3fs()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = wait_until_stable(f"{run}/raw")
+    total = Manifest(run).steps["acquire"]["shards"]
+    assert 2 <= len(done_before) < total, "the kill must land in the middle of acquisition"
+    assert s3fs().exists(f"{run}/curate.lock")  # the killed writer's lease, stale after 3 s
+
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "taking over the stale lease" in again.stderr
+    assert Manifest(run).steps["acquire"]["shards_downloaded"] == total - len(done_before)
+    assert kept(run) and kept(run) == metadata_keys(run)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_two_node_cluster_shares_only_the_bucket(served_corpus, bucket, tmp_path, monkeypatch):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from curate.manifest import Manifest
+    from curate.recipe import load_recipe
+    from curate.run import run_pipeline
+
+    s3fs().put_file(str(served_corpus.urls), f"{bucket}/urls.parquet")
+    monkeypatch.chdir(tmp_path)
+    if ray.is_initialized():
+        ray.shutdown()
+    head = {"num_cpus": 1, "include_dashboard": False, "temp_dir": os.environ["CURATE_RAY_TMPDIR"]}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    run = f"{bucket}/run"
+    try:
+        recipe = load_recipe("demo", ["acquire.samples_per_shard=20", "emit.samples_per_shard=40"])
+        result = run_pipeline(recipe, f"{bucket}/urls.parquet", run, address=cluster.address)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    nodes = Manifest(run).steps["acquire"]["nodes"]
+    assert len(nodes) == 2, f"acquire ran on {nodes}"
+    assert result.funnel["steps"]["kept"] == sum(r is None for r in served_corpus.expected_reasons())
+    assert kept(run) == metadata_keys(run) and sizes_total(run) == len(kept(run))
+    assert list(tmp_path.iterdir()) == [], "nothing of the run may land on local disk"
