@@ -56,8 +56,15 @@ def local_path(url: str | Path) -> str:
 
 
 def fs_path(url: str | Path) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem of ``url`` and the path inside it."""
-    return fsspec.core.url_to_fs(str(url))
+    """The fsspec filesystem of ``url`` and the path inside it.
+
+    Listings cached by fsspec are dropped for the path: other processes (Ray workers, another
+    command) write the run too, and a stale listing would hide their files.
+    """
+    fs, path = fsspec.core.url_to_fs(str(url))
+    if not is_local(url):
+        fs.invalidate_cache(path)
+    return fs, path
 
 
 def join(base: str | Path, *parts: str) -> str:
