@@ -97,7 +97,7 @@ def sizes_total(run: str) -> int:
 
 
 @pytest.mark.slow
-def test_run_decide_stats_report_status_on_s3(served_corpus, bucket, tmp_path):
+def test_run_decide_stats_report_status_on_s3(served_corpus, bucket, tmp_path, tmp_path_factory):
     fs = s3fs()
     fs.put_file(str(served_corpus.urls), f"{bucket}/in/urls.parquet")
     run = f"{bucket}/run"
@@ -126,6 +126,11 @@ def test_run_decide_stats_report_status_on_s3(served_corpus, bucket, tmp_path):
     shards = expand_shards(f"{run}/shards")  # what `curate train clip --data s3://.../shards` reads
     assert shards[0].startswith("s3://") and dataset_size(shards) == len(second)
     assert sorted(key for key, _, _ in iter_pairs(shards)) == second
+    from curate.train.clip import ClipTrainConfig, train_clip
+
+    tiny = {"steps": 3, "batch_size": 8, "data_workers": 1, "warmup_steps": 1, "save_every": 3, "log_every": 1}
+    cfg = ClipTrainConfig.from_yaml("configs/train/clip-tiny.yaml", tiny)
+    assert train_clip(cfg, f"{run}/shards", tmp_path_factory.mktemp("model"))["steps"] == 3
     fs.rm(f"{run}/report", recursive=True)
     curate("report", run, cwd=tmp_path)
     assert s3fs().exists(f"{run}/report/report.html")
