@@ -248,3 +248,19 @@ def test_two_node_cluster_shares_only_the_bucket(served_corpus, bucket, tmp_path
     assert result.funnel["steps"]["kept"] == sum(r is None for r in served_corpus.expected_reasons())
     assert kept(run) == metadata_keys(run) and sizes_total(run) == len(kept(run))
     assert list(tmp_path.iterdir()) == [], "nothing of the run may land on local disk"
+
+
+def test_commit_dir_on_s3_lists_only_the_new_version_and_removes_the_old(bucket):
+    from curate import storage
+
+    fs = s3fs()
+    for version, names in ((1, ["a.parquet", "b.parquet"]), (2, ["c.parquet"])):
+        tmp = f"{bucket}/run/.tmp/v{version}"
+        for name in names:
+            fs.pipe_file(f"{tmp}/{name}", str(version).encode())
+        storage.commit_dir(tmp, f"{bucket}/run/samples")
+        assert storage.files(f"{bucket}/run/samples") == [f"{bucket}/run/samples/{n}" for n in names]
+        assert not fs.exists(tmp)
+    assert sorted(storage.name(p) for p in fs.ls(f"{bucket}/run/samples", refresh=True)) == ["_COMMITTED", "c.parquet"]
+    fs.pipe_file(f"{bucket}/run/samples/stray.parquet", b"half-written by a killed writer")
+    assert storage.files(f"{bucket}/run/samples") == [f"{bucket}/run/samples/c.parquet"]  # readers trust the marker
