@@ -29,7 +29,6 @@ import contextlib
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -205,10 +204,6 @@ def duckdb_for(url: str | Path, con: duckdb.DuckDBPyConnection | None = None) ->
         fs, _ = fs_path(url)
         con.register_filesystem(fs)
     return con
-
-
-def temp_name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def local_tmp() -> str:
