@@ -27,11 +27,13 @@ from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from curate import storage
 from curate.fetch import MAX_ERROR_CHARS, AddressPolicy, FetchConfig, FetchError, fetch, user_agent
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks online at import
@@ -143,9 +145,9 @@ def is_fetchable(urls: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.fill_null(pc.match_substring_regex(urls, r"^(?i)https?://\S+$"), False)
 
 
-def complete_shards(raw_dir: Path) -> set[str]:
+def complete_shards(raw_dir: str | Path) -> set[str]:
     """Names of shards whose download finished (their ``_stats.json`` is present)."""
-    return {p.name[: -len("_stats.json")] for p in raw_dir.glob("*_stats.json")}
+    return {storage.name(p)[: -len("_stats.json")] for p in storage.files(raw_dir, "_stats.json")}
 
 
 BLOCKED_COLUMN = "curate_blocked_url"
@@ -163,11 +165,15 @@ def download_shard(shard_id: int, rows: pa.Table, raw_dir: str, layout: ShardLay
     Returns the shard's stats. Safe to call again after a crash.
     """
     name = layout.shard_name(shard_id)
-    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=raw_dir) as tmp:
+    local = storage.is_local(raw_dir)  # on object storage: download to local scratch, then upload
+    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=storage.local_path(raw_dir) if local else None) as tmp:
         _download_into(tmp, shard_id, rows, layout, cfg)
         for suffix in (".tar", ".parquet", "_stats.json"):  # stats last: it marks completion
-            shutil.move(f"{tmp}/{name}{suffix}", f"{raw_dir}/{name}{suffix}")
-    return json.loads(Path(f"{raw_dir}/{name}_stats.json").read_text())
+            if local:
+                shutil.move(f"{tmp}/{name}{suffix}", f"{storage.local_path(raw_dir)}/{name}{suffix}")
+            else:
+                storage.upload(f"{tmp}/{name}{suffix}", f"{raw_dir}/{name}{suffix}")
+    return storage.read_json(f"{raw_dir}/{name}_stats.json")
 
 
 FINAL_ERRORS = re.compile(
@@ -182,7 +188,8 @@ def retryable_keys(parquet: str | Path, reasons: Collection[str]) -> list[str]:
 
     Shards written before ``error_code`` existed count every failed download as ``download_error``.
     """
-    table = pq.read_table(parquet)
+    with fsspec.open(str(parquet), "rb") as f:
+        table = pq.read_table(f)
     codes = table.column("error_code") if "error_code" in table.column_names else pa.nulls(len(table), pa.string())
     keys = []
     for key, status, message, code in zip(
@@ -208,8 +215,10 @@ def retry_shard(
     (rows whose status or reason changed).
     """
     name = layout.shard_name(shard_id)
-    old = pq.read_table(f"{raw_dir}/{name}.parquet")
-    with tempfile.TemporaryDirectory(prefix=f".{name}-retry-", dir=raw_dir) as tmp:
+    with fsspec.open(f"{raw_dir}/{name}.parquet", "rb") as f:
+        old = pq.read_table(f)
+    scratch = storage.local_path(raw_dir) if storage.is_local(raw_dir) else None  # else local scratch, then upload
+    with tempfile.TemporaryDirectory(prefix=f".{name}-retry-", dir=scratch) as tmp:
         _download_into(tmp, shard_id, rows, layout, cfg, only=set(only))
         new = pq.read_table(f"{tmp}/{name}.parquet")
         before, after = _outcomes(old), _outcomes(new)
@@ -240,17 +249,20 @@ def _commit_retry(raw_dir: str, name: str, tmp: str, old: pa.Table, new: pa.Tabl
     kept = old.filter(pc.invert(pc.is_in(old.column("key"), retried)))
     merged = pa.concat_tables([kept, new], promote_options="default").sort_by("key")  # old shards lack error_code
     pq.write_table(merged, f"{tmp}/merged.parquet")
-    stats = _recount(json.loads(Path(f"{raw_dir}/{name}_stats.json").read_text()), merged, len(new))
+    stats = _recount(storage.read_json(f"{raw_dir}/{name}_stats.json"), merged, len(new))
     Path(f"{tmp}/merged_stats.json").write_text(json.dumps(stats, indent=4))
     for suffix in (".tar", ".parquet", "_stats.json"):
-        os.replace(f"{tmp}/merged{suffix}", f"{raw_dir}/{name}{suffix}")
+        if storage.is_local(raw_dir):
+            os.replace(f"{tmp}/merged{suffix}", f"{storage.local_path(raw_dir)}/{name}{suffix}")
+        else:
+            storage.upload(f"{tmp}/merged{suffix}", f"{raw_dir}/{name}{suffix}")
 
 
 def _merge_tar(old: str, new: str, replaced: set[str], out: str) -> None:
     """Write ``out``: the members of ``old`` except those of keys in ``replaced``, then every member of ``new``."""
     with tarfile.open(out, "w") as dst:
         for path, skip in ((old, replaced), (new, set())):
-            with tarfile.open(path, "r|") as src:
+            with fsspec.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as src:
                 for member in src:
                     if member.name.rpartition(".")[0] not in skip:
                         dst.addfile(member, src.extractfile(member) if member.isfile() else None)

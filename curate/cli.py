@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from curate import reasons as reason_codes
+from curate import storage
 from curate.recipe import RecipeError, load_recipe
 from curate.train.cli_eval import eval_clip
 from curate.urls import InputError
@@ -45,7 +46,7 @@ def run(
             "pattern); see input.format.",
         ),
     ],
-    output: Annotated[Path, typer.Option("--output", help="Run directory to create or resume.")],
+    output: Annotated[str, typer.Option("--output", help="Run directory to create or resume (a path or s3://...).")],
     set: SetOpt = None,
     address: AddressOpt = None,
     until: Annotated[
@@ -90,14 +91,15 @@ OUTPUTS = (
 )
 
 
-def existing_outputs(run_dir: Path) -> list[str]:
+def existing_outputs(run_dir: str | Path) -> list[str]:
     """``PATH (what)`` for each output the run has now: `--until acquire` has no shards to point at."""
-    return [f"{run_dir / name} ({what})" for name, what in OUTPUTS if (run_dir / name).exists()]
+    paths = [(storage.join(run_dir, name), what) for name, what in OUTPUTS]
+    return [f"{path} ({what})" for path, what in paths if storage.exists(path)]
 
 
 @app.command()
 def decide(
-    run_dir: Annotated[Path, typer.Argument(help="An existing run directory.")],
+    run_dir: Annotated[str, typer.Argument(help="An existing run directory (a path or s3://...).")],
     set: SetOpt = None,
     address: AddressOpt = None,
 ) -> None:
@@ -109,7 +111,7 @@ def decide(
 
 @app.command()
 def stats(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    run_dir: Annotated[str, typer.Argument(help="A run directory (a path or s3://...).")],
     sql: Annotated[
         list[str] | None,
         typer.Argument(
@@ -161,20 +163,20 @@ def stats(
         _print_sql(runs, sql_text, format, sandbox=not unsafe_sql)
 
 
-def _runs_and_sql(run_dir: Path, more: list[str] | str | None) -> tuple[list[Path], str | None]:
+def _runs_and_sql(run_dir: str | Path, more: list[str] | str | None) -> tuple[list[str], str | None]:
     """Split `stats` arguments into run directories and SQL (the last one, when it is not a directory)."""
     more = [more] if isinstance(more, str) else list(more or [])  # a str from Python callers
     sql = None
-    if more and not Path(more[-1]).is_dir() and any(c.isspace() for c in more[-1]):
+    if more and any(c.isspace() for c in more[-1]) and not storage.isdir(more[-1]):
         sql = more.pop()
-    runs = [Path(run_dir), *map(Path, more)]
+    runs = [str(run_dir), *map(str, more)]
     for run in runs:
-        if not run.is_dir():
+        if not storage.isdir(run):
             raise typer.BadParameter(f"{run}: not a run directory (SQL, if any, goes last)")
     return runs, sql
 
 
-def _print_canned(name: str, runs: list[Path], fmt: str) -> None:
+def _print_canned(name: str, runs: list[str], fmt: str) -> None:
     """Print canned query ``name`` for one run, or side by side for several."""
     from curate.report.stats import CANNED, NotInRun, compare
 
@@ -190,7 +192,7 @@ def _print_canned(name: str, runs: list[Path], fmt: str) -> None:
     print_rows(result.columns, result.rows, fmt)
 
 
-def _print_sql(runs: list[Path], sql: str, fmt: str, sandbox: bool = True) -> None:
+def _print_sql(runs: list[str], sql: str, fmt: str, sandbox: bool = True) -> None:
     """Run SQL on each run; with several runs, rows are stacked with a leading `run` column."""
     from contextlib import closing
 
@@ -212,7 +214,7 @@ def _print_sql(runs: list[Path], sql: str, fmt: str, sandbox: bool = True) -> No
     print_rows(columns if len(runs) == 1 else ["run", *columns], rows, fmt)
 
 
-def _sql_error(run: Path, err: Exception, sandbox: bool) -> str:
+def _sql_error(run: str, err: Exception, sandbox: bool) -> str:
     """One line for an SQL error: what DuckDB said, and which views there are."""
     import duckdb
 
@@ -224,7 +226,7 @@ def _sql_error(run: Path, err: Exception, sandbox: bool) -> str:
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+def report(run_dir: Annotated[str, typer.Argument(help="A run directory (a path or s3://...).")]) -> None:
     """Write RUN/report/report.html (self-contained, opens offline) and its PNG plots."""
     from curate.report.html import write_report
 
@@ -233,12 +235,14 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) ->
 
 
 @app.command()
-def status(run_dir: Annotated[Path, typer.Argument(help="A run directory, running, interrupted or done.")]) -> None:
+def status(
+    run_dir: Annotated[str, typer.Argument(help="A run directory, running, interrupted or done (a path or s3://...).")],
+) -> None:
     """Where a run stands: each step's status, start, seconds and counts, the funnel, and how to resume."""
     from curate.report.status import step_order, step_rows, where_it_stands
 
     _require_manifest(run_dir)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = storage.read_json(storage.join(run_dir, "manifest.json"))
     rows = step_rows(manifest, step_order())
     print_rows(rows.columns, rows.rows, "table")
     if manifest.get("funnel"):
@@ -247,8 +251,8 @@ def status(run_dir: Annotated[Path, typer.Argument(help="A run directory, runnin
         typer.echo(line)
 
 
-def _require_manifest(run_dir: Path) -> None:
-    if not (run_dir / "manifest.json").is_file():
+def _require_manifest(run_dir: str | Path) -> None:
+    if not storage.isfile(storage.join(run_dir, "manifest.json")):
         raise typer.BadParameter(f"{run_dir}: no manifest.json, so not a run directory (or the run never started)")
 
 

@@ -6,7 +6,6 @@ running or interrupted run stands.
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from curate import storage
 from curate.io import write_json
 
 TRACKED_PACKAGES = ("curate", "ray", "img2dataset", "pyarrow", "duckdb", "pillow", "webdataset")
@@ -35,8 +35,8 @@ class Manifest:
     """The run's manifest, loaded from disk when present."""
 
     def __init__(self, run_dir: str | Path) -> None:
-        self.path = Path(run_dir) / "manifest.json"
-        self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.path = storage.join(run_dir, "manifest.json")
+        self.data: dict[str, Any] = storage.read_json(self.path) if storage.isfile(self.path) else {}
         self.data.setdefault("steps", {})
 
     @property
@@ -45,7 +45,7 @@ class Manifest:
 
     def save(self) -> None:
         self.data["updated"] = _now()
-        write_json(str(self.path), self.data)
+        write_json(self.path, self.data)
 
     @contextmanager
     def step(self, name: str, **fields: Any) -> Iterator[dict[str, Any]]:

@@ -24,6 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from curate import storage
+
 BASE_COLUMNS: dict[str, pa.DataType] = {
     "key": pa.string(),
     "url": pa.string(),
@@ -113,9 +115,10 @@ def _raw_meta(path: str) -> pa.Table:
 
     Shards written before curate recorded ``error_code`` lack the column and keep img2dataset's status.
     """
-    names = pq.read_schema(path).names
+    fsys, path = storage.arrow_fs(path)
+    names = pq.read_schema(path, filesystem=fsys).names
     extra = [c for c in ("error_code", "url", "caption") if c in names]
-    meta = pq.read_table(path, columns=RAW_META_COLUMNS + extra)
+    meta = pq.read_table(path, filesystem=fsys, columns=RAW_META_COLUMNS + extra)
     for name in ("url", "caption"):  # what the shard says each key is, checked against the input
         column = meta.column(name).cast(pa.string()) if name in names else pa.nulls(len(meta), pa.string())
         meta = meta.drop_columns([name]) if name in names else meta
@@ -178,7 +181,8 @@ def _error(message: str) -> Exception:
 
 
 def _input_rows(run_dir: str, shard: str) -> pa.Table:
-    return pads.dataset(f"{run_dir}/input/urls.parquet").to_table(filter=pc.field("raw_shard") == shard)
+    fsys, path = storage.arrow_fs(storage.join(run_dir, "input", "urls.parquet"))
+    return pads.dataset(path, filesystem=fsys).to_table(filter=pc.field("raw_shard") == shard)
 
 
 def _tar_images(path: str) -> pa.Table:

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import runtime
+from curate import runtime, storage
 from curate.acquire import RETRIED, ShardLayout, complete_shards, download_shard, retry_shard, retryable_keys
 from curate.decide import decide
 from curate.decide.urls import acquire_blocklist
@@ -28,7 +28,7 @@ from curate.emit.parquet import write_parquet
 from curate.emit.shards import plan_shards, write_shard
 from curate.enrich.recaption import cache_key
 from curate.existing import check_input, detect_format, stage_existing
-from curate.io import parquet_files, replace_dir, write_json
+from curate.io import write_json
 from curate.lock import LOCK_NAME, RunLock
 from curate.manifest import Manifest, versions
 from curate.raw import shard_names
@@ -43,7 +43,7 @@ from curate.urls import InputError, download_rows, fingerprint, read_inputs
 class RunResult:
     """Where a run's outputs are and what happened."""
 
-    run_dir: Path
+    run_dir: str
     funnel: dict
     manifest: dict
 
@@ -83,7 +83,7 @@ def run_pipeline(
     if until not in STEPS:
         raise InputError(f"--until {until!r}: choose one of {', '.join(STEPS)}")
     retry = check_retry_reasons(retry_failed) if retry_failed is not None else ()
-    run_dir = Path(run_dir)
+    run_dir = str(run_dir)
     prepare_run_dir(run_dir)
     with RunLock(run_dir):
         clean_leftovers(run_dir)
@@ -96,6 +96,11 @@ def run_pipeline(
         if fmt == "urls":
             staged = stage_inputs(recipe, input_path, run_dir, manifest)  # read and checked before Ray starts
         else:
+            if not (storage.is_local(run_dir) and storage.is_local(str(input_path))):
+                raise InputError(
+                    f"{input_path}: curating already-downloaded shards ({fmt}) works with a local input folder and a "
+                    "local --output for now; copy them to local disk, or pass their URL list to download again."
+                )
             check_input(fmt, str(input_path))  # its shards listed before Ray starts
         with runtime.session(address):
             layout, inputs = staged or stage_existing_inputs(recipe, fmt, str(input_path), run_dir, manifest)
@@ -117,7 +122,7 @@ def redecide(run_dir: str | Path, overrides: list[str] | None = None, address: s
     """Re-run decide and emit from stored signals with the run's recipe plus ``overrides``."""
     from curate.recipe import apply_override
 
-    run_dir = Path(run_dir)
+    run_dir = str(run_dir)
     if not is_run(run_dir):
         raise InputError(f"{run_dir}: not a curate run directory (no manifest.json)")
     with RunLock(run_dir):
@@ -144,15 +149,15 @@ def preflight(recipe: Recipe) -> None:
                 raise RecipeError(f"{recipe.source}: {section}[{i}] (stage {stage.name!r}): {err}") from None
 
 
-def is_run(run_dir: Path) -> bool:
+def is_run(run_dir: str | Path) -> bool:
     """True when ``run_dir`` is a curate run directory (it has a manifest, or a writer's lock file)."""
-    return (run_dir / "manifest.json").is_file() or (run_dir / LOCK_NAME).is_file()
+    return storage.isfile(storage.join(run_dir, "manifest.json")) or storage.isfile(storage.join(run_dir, LOCK_NAME))
 
 
-def prepare_run_dir(run_dir: Path) -> None:
+def prepare_run_dir(run_dir: str | Path) -> None:
     """Create ``run_dir``, or check that it is a curate run: a non-empty folder curate did not make is
     refused, so nothing of the user's is ever overwritten or deleted."""
-    if run_dir.is_dir() and not is_run(run_dir) and any(run_dir.iterdir()):
+    if storage.entries(run_dir) and not is_run(run_dir):
         raise InputError(
             f"{run_dir} is not empty and is not a curate run (no manifest.json). curate writes only into a "
             "new or empty folder, or resumes its own run: choose another --output."
@@ -160,14 +165,15 @@ def prepare_run_dir(run_dir: Path) -> None:
     check_writable(run_dir)
 
 
-def check_writable(run_dir: Path) -> None:
+def check_writable(run_dir: str | Path) -> None:
     """Fail early, with the path, when the output directory cannot be written."""
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{uuid.uuid4().hex[:6]}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
+        storage.makedirs(run_dir)
+        probe = storage.join(run_dir, f".write-test-{uuid.uuid4().hex[:6]}")
+        with fsspec.open(probe, "wb") as f:
+            f.write(b"ok")
+        storage.rm(probe)
+    except (OSError, ValueError) as err:
         raise InputError(f"{run_dir}: output directory is not writable ({err}). Choose another --output.") from None
 
 
@@ -178,9 +184,12 @@ REPORT_TMP_GRACE_S = 600
 """``curate report`` needs no lock: its temp folder is left alone while it may still be in use."""
 
 
-def clean_leftovers(run_dir: Path) -> list[Path]:
+def clean_leftovers(run_dir: str | Path) -> list:
     """Delete what a killed writer left half-done: ``RUN/.tmp/*``, uncommitted temp files, and the temp
     folders of unfinished download shards. Called with the writer lock held; returns what it removed."""
+    if not storage.is_local(run_dir):
+        return _clean_remote(str(run_dir))
+    run_dir = Path(storage.local_path(run_dir))
     removed = []
     tmp = run_dir / ".tmp"
     now = time.time()
@@ -201,8 +210,20 @@ def clean_leftovers(run_dir: Path) -> list[Path]:
     return removed
 
 
+def _clean_remote(run_dir: str) -> list[str]:
+    """:func:`clean_leftovers` on object storage: temp prefixes (a report's too: no mtime to spare it) and temp files."""
+    removed = list(storage.entries(storage.join(run_dir, ".tmp")))
+    for folder in (run_dir, *(storage.join(run_dir, name) for name in OUTPUT_FOLDERS)):
+        removed += [
+            p for p in storage.entries(folder) if TEMP_FILE.search(storage.name(p)) or p.endswith(".parquet.tmp")
+        ]
+    for path in removed:
+        storage.rm(path)
+    return removed
+
+
 def stage_inputs(
-    recipe: Recipe, input_path: str | Path | Sequence[str | Path], run_dir: Path, manifest: Manifest
+    recipe: Recipe, input_path: str | Path | Sequence[str | Path], run_dir: str, manifest: Manifest
 ) -> tuple[ShardLayout, pa.Table]:
     """Write ``RUN/input/urls.parquet`` (keys assigned) or check that a resumed run has the same input."""
     inputs = read_inputs(input_path, recipe.input, recipe.acquire.samples_per_shard)
@@ -213,12 +234,12 @@ def stage_inputs(
 
 
 def stage_existing_inputs(
-    recipe: Recipe, fmt: str, input_path: str, run_dir: Path, manifest: Manifest
+    recipe: Recipe, fmt: str, input_path: str, run_dir: str, manifest: Manifest
 ) -> tuple[None, pa.Table]:
     """Stage an already-downloaded input (an img2dataset folder or WebDataset tars, see :mod:`curate.existing`):
     its shards become the run's raw shards, read in place. Needs Ray (tars are indexed by tasks)."""
     extra = list(recipe.input.save_additional_columns)
-    inputs = stage_existing(fmt, input_path, str(run_dir / "raw"), extra, runtime.run_tasks)
+    inputs = stage_existing(fmt, input_path, storage.join(run_dir, "raw"), extra, runtime.run_tasks)
     manifest.data["input_format"] = fmt
     _record_inputs(inputs, run_dir, manifest)
     return None, inputs
@@ -231,7 +252,7 @@ def input_format(input_path: str | Path | Sequence[str | Path], declared: str) -
     return detect_format(str(input_path), declared)
 
 
-def _record_inputs(inputs: pa.Table, run_dir: Path, manifest: Manifest) -> None:
+def _record_inputs(inputs: pa.Table, run_dir: str, manifest: Manifest) -> None:
     """Write ``RUN/input/urls.parquet``, or refuse a resumed run whose input differs."""
     digest = fingerprint(inputs)
     previous = manifest.data.get("input_fingerprint")
@@ -240,30 +261,30 @@ def _record_inputs(inputs: pa.Table, run_dir: Path, manifest: Manifest) -> None:
             f"{run_dir} was made from a different URL list or acquire.samples_per_shard. "
             f"Use a new --output, or delete {run_dir} to start over."
         )
-    target = run_dir / "input" / "urls.parquet"
-    if not target.exists():
-        write_parquet(str(target), inputs)
+    target = storage.join(run_dir, "input", "urls.parquet")
+    if not storage.exists(target):
+        write_parquet(target, inputs)
     manifest.data.update(input_fingerprint=digest, input_rows=len(inputs))
     manifest.save()
 
 
-def acquire(recipe: Recipe, layout: ShardLayout, inputs: pa.Table, run_dir: Path, manifest: Manifest) -> None:
+def acquire(recipe: Recipe, layout: ShardLayout, inputs: pa.Table, run_dir: str, manifest: Manifest) -> None:
     """Download every shard not yet complete in ``RUN/raw/``."""
-    raw = run_dir / "raw"
-    raw.mkdir(exist_ok=True)
+    raw = storage.join(run_dir, "raw")
+    storage.makedirs(raw)
     names = [layout.shard_name(i) for i in range(layout.n_shards)]
     done = complete_shards(raw)
     todo = [i for i, name in enumerate(names) if name not in done]
     extra = list(recipe.input.save_additional_columns)
     with manifest.step("acquire", shards=len(names), shards_downloaded=len(todo)) as record:
         blocked = acquire_blocklist(recipe.decide)  # url_filter applies before any request
-        calls = [(i, download_rows(inputs, layout, i, extra, blocked), str(raw), layout, recipe.acquire) for i in todo]
+        calls = [(i, download_rows(inputs, layout, i, extra, blocked), raw, layout, recipe.acquire) for i in todo]
         results = runtime.run_tasks(download_shard, calls, "acquire", recipe.acquire.num_cpus)
         record["nodes"] = sorted({node for _, node in results})
         record["downloaded_ok"] = sum(stats["successes"] for stats, _ in results)
 
 
-def skip_acquire(run_dir: Path, manifest: Manifest, retry: Sequence[str]) -> None:
+def skip_acquire(run_dir: str, manifest: Manifest, retry: Sequence[str]) -> None:
     """Record that the input's own shards are the raw shards: nothing is downloaded."""
     if retry:
         raise InputError(f"--retry-failed: {run_dir} curates already-downloaded shards; nothing is downloaded again.")
@@ -286,7 +307,7 @@ def check_retry_reasons(reasons: Sequence[str]) -> tuple[str, ...]:
 
 
 def acquire_retry(
-    recipe: Recipe, layout: ShardLayout, inputs: pa.Table, run_dir: Path, manifest: Manifest, reasons: Sequence[str]
+    recipe: Recipe, layout: ShardLayout, inputs: pa.Table, run_dir: str, manifest: Manifest, reasons: Sequence[str]
 ) -> None:
     """Download again the rows of complete raw shards whose download failed with one of ``reasons``.
 
@@ -294,11 +315,11 @@ def acquire_retry(
     an interruption can cost an extra annotate but never leave signals that miss recovered rows; when no
     retried row's outcome changed (no shard was rewritten), annotate's record is restored.
     """
-    raw = run_dir / "raw"
+    raw = storage.join(run_dir, "raw")
     plan = {
         name: keys
         for name in sorted(complete_shards(raw))
-        if (keys := retryable_keys(raw / f"{name}.parquet", reasons))
+        if (keys := retryable_keys(storage.join(raw, f"{name}.parquet"), reasons))
     }
     annotated = manifest.steps.get("annotate", {}).get("status")
     if plan and annotated is not None:
@@ -315,7 +336,7 @@ def acquire_retry(
 
 
 def _retry_calls(
-    recipe: Recipe, layout: ShardLayout, inputs: pa.Table, raw: Path, plan: dict[str, list[str]]
+    recipe: Recipe, layout: ShardLayout, inputs: pa.Table, raw: str, plan: dict[str, list[str]]
 ) -> list[tuple]:
     """Arguments of :func:`curate.acquire.retry_shard` for each shard of ``plan`` (shard name: keys to retry)."""
     blocked = acquire_blocklist(recipe.decide)
@@ -325,52 +346,62 @@ def _retry_calls(
     for name, failed in plan.items():
         shard_id = int(name)
         rows = download_rows(inputs, layout, shard_id, extra, blocked)
-        calls.append((shard_id, rows, [int(k) % scale for k in failed], str(raw), layout, recipe.acquire))
+        calls.append((shard_id, rows, [int(k) % scale for k in failed], raw, layout, recipe.acquire))
     return calls
 
 
-def annotate(recipe: Recipe, run_dir: Path, manifest: Manifest) -> None:
+def annotate(recipe: Recipe, run_dir: str, manifest: Manifest) -> None:
     """Compute signals for every raw shard into ``RUN/samples/`` unless they are up to date."""
-    shards = shard_names(run_dir, complete_shards(run_dir / "raw"))
+    shards = shard_names(run_dir, complete_shards(storage.join(run_dir, "raw")))
     stages = [{"stage": s.name, **s.config.cache_key()} for s in recipe.annotate]  # resources do not count
     key = {"raw_shards": shards, "stages": stages}
     if manifest.done("annotate", **key):
         return
-    tmp = run_dir / ".tmp" / f"annotate-{uuid.uuid4().hex[:8]}"
+    tmp = storage.join(run_dir, ".tmp", f"annotate-{uuid.uuid4().hex[:8]}")
     with manifest.step("annotate", **key) as record:
-        runtime.annotate(str(run_dir), shards, recipe.annotate, str(tmp / "all"))
+        runtime.annotate(run_dir, shards, recipe.annotate, storage.join(tmp, "all"))
         embedding_columns = [c for s in recipe.annotate for c in s.embedding_columns]
-        split_embeddings(tmp / "all", tmp / "samples", tmp / "embeddings", embedding_columns)
-        replace_dir(tmp / "samples", run_dir / "samples")
+        split_embeddings(*(storage.join(tmp, part) for part in ("all", "samples", "embeddings")), embedding_columns)
+        storage.commit_dir(storage.join(tmp, "samples"), storage.join(run_dir, "samples"))
         if embedding_columns:
-            replace_dir(tmp / "embeddings", run_dir / "embeddings")
-        shutil.rmtree(tmp, ignore_errors=True)
-        record["rows"] = pq.ParquetDataset(run_dir / "samples").read(columns=["key"]).num_rows
+            storage.commit_dir(storage.join(tmp, "embeddings"), storage.join(run_dir, "embeddings"))
+        storage.rm(tmp)
+        record["rows"] = count_rows(storage.files(storage.join(run_dir, "samples")))
         record["models"] = {s.name: s.model_id for s in recipe.annotate if hasattr(s, "model_id")}
 
 
-def split_embeddings(source: Path, samples: Path, embeddings: Path, columns: list[str]) -> None:
+def count_rows(paths: list[str]) -> int:
+    """The number of rows of the Parquet files ``paths`` (from their footers)."""
+    total = 0
+    for path in paths:
+        with fsspec.open(path, "rb") as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
+def split_embeddings(source: str, samples: str, embeddings: str, columns: list[str]) -> None:
     """Move embedding columns out of the annotate output into ``embeddings/`` (with ``key``), file by file."""
-    samples.mkdir(parents=True, exist_ok=True)
-    embeddings.mkdir(parents=True, exist_ok=True)
-    for path in sorted(source.glob("*.parquet")):
-        table = pq.read_table(path)
+    storage.makedirs(samples)
+    storage.makedirs(embeddings)
+    for path in storage.files(source):
+        with fsspec.open(path, "rb") as f:
+            table = pq.read_table(f)
         present = [c for c in columns if c in table.column_names]
-        pq.write_table(table.drop_columns(present), samples / path.name)
+        write_parquet(storage.join(samples, storage.name(path)), table.drop_columns(present))
         if present:
-            pq.write_table(table.select(["key", *present]), embeddings / path.name)
+            write_parquet(storage.join(embeddings, storage.name(path)), table.select(["key", *present]))
 
 
-def decide_and_emit(recipe: Recipe, run_dir: Path, manifest: Manifest, until: str = "emit") -> RunResult:
+def decide_and_emit(recipe: Recipe, run_dir: str, manifest: Manifest, until: str = "emit") -> RunResult:
     """Decide keep/reject for every sample, enrich the kept ones, write the curated shards and the funnel."""
-    samples = parquet_files(run_dir / "samples")
+    samples = storage.files(storage.join(run_dir, "samples"))
     with manifest.step("decide") as record:
         record["policies"] = {}  # what policies chose, e.g. balance's cap t
         record["rejected"] = decide(
             samples,
             recipe.decide,
-            run_dir / "decisions" / "decisions.parquet",
-            run_dir / "embeddings",
+            storage.join(run_dir, "decisions", "decisions.parquet"),
+            storage.join(run_dir, "embeddings"),
             record["policies"],
         )
     if until != "decide":
@@ -387,7 +418,7 @@ def decide_and_emit(recipe: Recipe, run_dir: Path, manifest: Manifest, until: st
     return RunResult(run_dir, result, manifest.data)
 
 
-def enrich(recipe: Recipe, run_dir: Path, manifest: Manifest) -> None:
+def enrich(recipe: Recipe, run_dir: str, manifest: Manifest) -> None:
     """Run the enrich stages on kept samples that have no stored result for the same settings.
 
     Results are kept in ``RUN/enrich/{stage}.parquet`` by key, so re-deciding captions only the
@@ -400,75 +431,82 @@ def enrich(recipe: Recipe, run_dir: Path, manifest: Manifest) -> None:
             record[stage.name] = _enrich_stage(stage, run_dir)
 
 
-def _enrich_stage(stage, run_dir: Path) -> dict:
+def _read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
+    with fsspec.open(url, "rb") as f:
+        return pq.read_table(f, columns=columns)
+
+
+def _enrich_stage(stage, run_dir: str) -> dict:
     settings = cache_key(stage)
-    store, meta = run_dir / "enrich" / f"{stage.name}.parquet", run_dir / "enrich" / f"{stage.name}.json"
-    fresh = not (store.is_file() and meta.is_file() and json.loads(meta.read_text()) == settings)
-    done = pa.table({"key": pa.array([], pa.string())}) if fresh else pq.read_table(store)
-    con = duckdb.connect()
+    store = storage.join(run_dir, "enrich", f"{stage.name}.parquet")
+    meta = storage.join(run_dir, "enrich", f"{stage.name}.json")
+    fresh = not (storage.isfile(store) and storage.isfile(meta) and storage.read_json(meta) == settings)
+    done = pa.table({"key": pa.array([], pa.string())}) if fresh else _read_parquet(store)
+    con = storage.duckdb_for(run_dir)
     con.register("done", done.select(["key"]))
-    optional = (
-        ", s.caption_norm"
-        if "caption_norm" in pq.read_schema(next((run_dir / "samples").glob("*.parquet"))).names
-        else ""
-    )
+    samples = storage.files(storage.join(run_dir, "samples"))
+    with fsspec.open(samples[0], "rb") as f:
+        optional = ", s.caption_norm" if "caption_norm" in pq.read_schema(f).names else ""
     todo = con.sql(
         f"""SELECT s.key, s.raw_shard, s.image_offset, s.image_size, s.caption{optional}
             FROM read_parquet($samples) s JOIN read_parquet($decisions) d USING (key)
             WHERE d.keep AND s.key NOT IN (SELECT key FROM done) ORDER BY s.raw_shard, s.image_offset""",
-        params={"samples": parquet_files(run_dir / "samples"), "decisions": parquet_files(run_dir / "decisions")},
+        params={"samples": samples, "decisions": storage.files(storage.join(run_dir, "decisions"))},
     ).to_arrow_table()
     if len(todo):
-        tmp = run_dir / ".tmp" / f"enrich-{uuid.uuid4().hex[:8]}"
-        runtime.enrich(str(run_dir), todo, stage, str(tmp))
-        new = pq.ParquetDataset(tmp).read().select(["key", *stage.writes])
+        tmp = storage.join(run_dir, ".tmp", f"enrich-{uuid.uuid4().hex[:8]}")
+        runtime.enrich(run_dir, todo, stage, tmp)
+        new = pa.concat_tables([_read_parquet(p) for p in storage.files(tmp)]).select(["key", *stage.writes])
         done = new if fresh else pa.concat_tables([done, new.cast(done.schema)])
-        write_parquet(str(store), done.sort_by("key"))
-        shutil.rmtree(tmp, ignore_errors=True)
-    write_json(str(meta), settings)
+        write_parquet(store, done.sort_by("key"))
+        storage.rm(tmp)
+    write_json(meta, settings)
     return {"model": stage.model_id, "processed": len(todo), "reused": len(done) - len(todo)}
 
 
-def emit(recipe: Recipe, run_dir: Path, previous: dict | None = None) -> dict:
+def emit(recipe: Recipe, run_dir: str, previous: dict | None = None) -> dict:
     """Write ``shards/`` (tars + sizes.json) and ``metadata/`` for the kept rows, replacing old ones.
 
     ``previous`` is the manifest's record of the last emit: an old ``llava/`` is removed only when
     that emit wrote it (a folder curate did not write is never deleted).
     """
     previous = previous or {}
-    captions = run_dir / "enrich" / "recaption.parquet"
-    joined = any(s.name == "recaption" for s in recipe.enrich) and captions.is_file()
-    paths = {"samples": parquet_files(run_dir / "samples"), "decisions": parquet_files(run_dir / "decisions")}
-    kept = duckdb.sql(
-        f"""SELECT s.*{", e.* EXCLUDE (key)" if joined else ""}
+    captions = storage.join(run_dir, "enrich", "recaption.parquet")
+    joined = any(s.name == "recaption" for s in recipe.enrich) and storage.isfile(captions)
+    paths = {name: storage.files(storage.join(run_dir, name)) for name in ("samples", "decisions")}
+    kept = (
+        storage.duckdb_for(run_dir)
+        .sql(
+            f"""SELECT s.*{", e.* EXCLUDE (key)" if joined else ""}
             FROM read_parquet($samples) s JOIN read_parquet($decisions) d USING (key)
             {"LEFT JOIN read_parquet($captions) e USING (key)" if joined else ""}
             WHERE d.keep""",
-        params=paths | ({"captions": str(captions)} if joined else {}),
-    ).to_arrow_table()
+            params=paths | ({"captions": str(captions)} if joined else {}),
+        )
+        .to_arrow_table()
+    )
     plans = plan_shards(kept, recipe.emit)
     digits = max(5, len(str(len(plans))))
     names = [f"{i:0{digits}d}" for i in range(len(plans))]
-    tmp = run_dir / ".tmp" / f"emit-{uuid.uuid4().hex[:8]}"
+    tmp = storage.join(run_dir, ".tmp", f"emit-{uuid.uuid4().hex[:8]}")
     calls = [
-        (plan, str(run_dir), str(tmp), name, recipe.emit, recipe.caption_policy)
-        for plan, name in zip(plans, names, strict=True)
+        (plan, run_dir, tmp, name, recipe.emit, recipe.caption_policy) for plan, name in zip(plans, names, strict=True)
     ]
     results = [result for result, _ in runtime.run_tasks(write_shard, calls, "emit")]
     counts = [n for n, _ in results]
     sizes = {f"{name}.tar": n for name, n in zip(names, counts, strict=True)}
     write_json(f"{tmp}/shards/sizes.json", sizes)
-    (tmp / "metadata").mkdir(parents=True, exist_ok=True)
+    storage.makedirs(storage.join(tmp, "metadata"))
     parts = ["shards", "metadata"]
     if recipe.emit.llava:
         for kind, file in (("pretrain", "pretrain.json"), ("instruct", "instruct.json")):
             write_json(f"{tmp}/llava/{file}", [r for _, records in results for r in records[kind]])
         parts.append("llava")
-    elif (run_dir / "llava").exists() and "llava_records" in previous:
-        shutil.rmtree(run_dir / "llava")  # the export of an earlier emit would no longer match
+    elif storage.exists(storage.join(run_dir, "llava")) and "llava_records" in previous:
+        storage.rm(storage.join(run_dir, "llava"))  # the export of an earlier emit would no longer match
     for part in parts:
-        replace_dir(tmp / part, run_dir / part)
-    shutil.rmtree(tmp, ignore_errors=True)
+        storage.commit_dir(storage.join(tmp, part), storage.join(run_dir, part))
+    storage.rm(tmp)
     return {
         "shards": len(names),
         "samples": sum(counts),

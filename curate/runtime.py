@@ -18,6 +18,7 @@ import pyarrow as pa
 import ray
 from tqdm.auto import tqdm
 
+from curate import storage
 from curate.raw import read_images, read_shard
 from curate.stage import Stage
 
@@ -139,14 +140,20 @@ def annotate(run_dir: str, shards: Sequence[str], stages: Sequence[Stage], out_d
     for stage in stages:
         ds = apply_stage(ds, stage)
     ds = ds.drop_columns(["image"])
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
     try:
-        ds.write_parquet(out_dir)
+        _write_parquet(ds, out_dir)
     except Exception as err:
         cause = input_error(err)
         if cause is None:
             raise
         raise cause from None
+
+
+def _write_parquet(ds: ray.data.Dataset, out_dir: str) -> None:
+    """Write ``ds`` as Parquet files into ``out_dir``, a local folder or an object-storage URL."""
+    storage.makedirs(out_dir)
+    fsys, path = storage.arrow_fs(out_dir)
+    ds.write_parquet(path, filesystem=fsys)
 
 
 def input_error(err: BaseException) -> Exception | None:
@@ -178,8 +185,7 @@ def enrich(run_dir: str, rows: pa.Table, stage: Stage, out_dir: str) -> None:
     ds = ray.data.from_arrow(rows).repartition(max(1, len(rows) // stage.config.batch_size))
     ds = ds.map_batches(_attach_images, fn_kwargs={"run_dir": run_dir}, batch_format="pyarrow", batch_size=None)
     ds = apply_stage(ds, stage).select_columns(["key", *stage.writes])
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    ds.write_parquet(out_dir)
+    _write_parquet(ds, out_dir)
 
 
 def _train_worker(config: dict) -> None:

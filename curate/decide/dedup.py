@@ -17,6 +17,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
+from curate import storage
 from curate.decide.base import DecideDB, Policy, PolicyConfig
 from curate.decide.neardup import DEFAULT_K  # pHash bits; the measurement behind it is there
 
@@ -150,9 +151,11 @@ class SemanticDedup(Policy):
 
 def _with_embeddings(rows: pa.Table, folder: Path | None, column: str) -> tuple[pa.Table, np.ndarray]:
     """``rows`` that have a non-null embedding (in the same order) and the (n, d) matrix."""
-    if folder is None or not any(Path(folder).glob("*.parquet")):
+    found = storage.files(str(folder)) if folder is not None else []
+    if not found:
         raise ValueError(f"semantic_dedup needs {column} in RUN/embeddings: add the clip stage to annotate")
-    table = pads.dataset(str(folder)).to_table(columns=["key", column])
+    fsys, paths = storage.arrow_paths(found)
+    table = pads.dataset(paths, filesystem=fsys, format="parquet").to_table(columns=["key", column])
     table = table.filter(pc.is_valid(table.column(column)))
     position = pa.table({"key": table.column("key"), "_row": pa.array(np.arange(len(table)))})
     joined = rows.join(position, "key").sort_by("rank")  # float16 lists cannot pass through a join

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import duckdb
 
-from curate import reasons
+from curate import reasons, storage
 from curate.io import replace_dir
 from curate.manifest import Manifest
 from curate.report import grid, plots, stats, status
@@ -33,7 +33,7 @@ DEDUP_POLICIES = ("exact_dedup", "near_dedup", "semantic_dedup", "decontaminate"
 class Context:
     """What every section reads: the run, an open DuckDB over it, its manifest, and where PNGs go."""
 
-    run_dir: Path
+    run_dir: str
     out: Path
     con: duckdb.DuckDBPyConnection
     manifest: dict
@@ -58,10 +58,15 @@ class Section:
     body: str
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write ``RUN/report/`` (report.html and the PNG plots), replacing an older report; return the HTML path."""
-    run_dir = Path(run_dir)
-    tmp = run_dir / ".tmp" / f"report-{uuid.uuid4().hex[:8]}"
+def write_report(run_dir: str | Path) -> Path | str:
+    """Write ``RUN/report/`` (report.html and the PNG plots), replacing an older report; return the HTML path.
+
+    On object storage the report is built in a local scratch folder, uploaded under ``RUN/.tmp/`` and committed.
+    """
+    run_dir = str(run_dir)
+    local = storage.is_local(run_dir)
+    name = f"report-{uuid.uuid4().hex[:8]}"
+    tmp = Path(storage.local_path(run_dir), ".tmp", name) if local else Path(storage.local_tmp(), name)
     tmp.mkdir(parents=True)
     try:
         with stats.opened(run_dir) as con:
@@ -75,10 +80,19 @@ def write_report(run_dir: str | Path) -> Path:
             )
             sections = [s for s in (build(ctx) for build in SECTIONS) if s is not None]
         (tmp / "report.html").write_text(page(run_dir, ctx.manifest, sections), encoding="utf-8")
-        replace_dir(tmp, run_dir / "report")
+        if local:
+            replace_dir(tmp, Path(storage.local_path(run_dir), "report"))
+        else:
+            staged = storage.join(run_dir, ".tmp", name)
+            storage.upload_dir(tmp, staged)
+            storage.commit_dir(staged, storage.join(run_dir, "report"))
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return run_dir / "report" / "report.html"
+        shutil.rmtree(tmp if local else tmp.parent, ignore_errors=True)
+    return (
+        Path(storage.local_path(run_dir), "report", "report.html")
+        if local
+        else storage.join(run_dir, "report", "report.html")
+    )
 
 
 def overview(ctx: Context) -> Section:
@@ -265,7 +279,7 @@ def table(rows: stats.Rows) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def page(run_dir: Path, manifest: dict, sections: list[Section]) -> str:
+def page(run_dir: str, manifest: dict, sections: list[Section]) -> str:
     """The whole HTML document: inline CSS, no script, no external reference."""
     name = escape(str(manifest.get("recipe", {}).get("name", "run")))
     nav = " · ".join(f'<a href="#{s.id}">{escape(s.title.split(":")[0])}</a>' for s in sections)
@@ -274,8 +288,8 @@ def page(run_dir: Path, manifest: dict, sections: list[Section]) -> str:
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<link rel="icon" href="data:,"><title>curate report: {escape(run_dir.name)}</title><style>{CSS}</style></head>'
-        f"<body><header><h1>{escape(run_dir.name)} <small>recipe {name}</small></h1><nav>{nav}</nav></header>"
+        f'<link rel="icon" href="data:,"><title>curate report: {escape(storage.name(run_dir))}</title><style>{CSS}</style></head>'
+        f"<body><header><h1>{escape(storage.name(run_dir))} <small>recipe {name}</small></h1><nav>{nav}</nav></header>"
         f"<main>{body}</main><footer>Written by curate report at {made}.</footer></body></html>"
     )
 

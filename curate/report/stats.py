@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from curate import storage
 from curate.manifest import Manifest
 
 VIEWS = {"samples": "samples", "decisions": "decisions", "kept": "metadata"}
@@ -33,10 +34,12 @@ def connect(run_dir: str | Path, sandbox: bool = True) -> duckdb.DuckDBPyConnect
     """
     con = duckdb.connect()
     for view, folder in VIEWS.items():
-        files = [str(p) for p in sorted(Path(run_dir, folder).glob("*.parquet"))]
+        fsys, files = storage.arrow_paths(storage.files(storage.join(run_dir, folder)))
         if files:
-            schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
-            con.register(view, ds.dataset(files, schema=schema, format="parquet"))  # union by name
+            schemas = [pq.read_schema(f, filesystem=fsys) for f in files]
+            schema = pa.unify_schemas(schemas, promote_options="permissive")
+            dataset = ds.dataset(files, schema=schema, format="parquet", filesystem=fsys)
+            con.register(view, dataset)  # union by name
     if sandbox:
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")

@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from curate import storage
 from curate.lock import describe, holder
 from curate.report.stats import Rows
 
@@ -96,10 +97,12 @@ def where_it_stands(run_dir: str | Path, manifest: dict, order: Sequence[str] = 
     """Plain sentences: complete, running, failed (with the error) or stopped, and the command that resumes."""
     steps = manifest.get("steps", {})
     state = states(manifest, order)
-    report = Path(run_dir) / "report" / "report.html"
+    report = storage.join(run_dir, "report", "report.html")
     if "report" in state and state["report"] != "running":
         # runs made before the report was a step have the file only; a deleted report is not written
-        state["report"] = "done" if report.is_file() else ("failed" if state["report"] == "failed" else "not started")
+        state["report"] = (
+            "done" if storage.isfile(report) else ("failed" if state["report"] == "failed" else "not started")
+        )
     failed = [n for n, st in state.items() if st == "failed"]
     running = [n for n, st in state.items() if st == "running"]
     missing = [n for n, st in state.items() if st in ("not started", "stale")]  # stale: inputs changed since

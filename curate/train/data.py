@@ -3,24 +3,40 @@
 from __future__ import annotations
 
 import glob
+import importlib
 import json
 import os
 from collections.abc import Callable, Iterator
 from functools import partial
-from pathlib import Path
 
 import braceexpand
+import fsspec
 import webdataset as wds
 from PIL import Image
 
+from curate import storage
 from curate.images import decode
 
 
+def _gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **_: object) -> object:
+    """webdataset opener for object-storage URLs webdataset has no handler for (``s3://``, ``abfs://``, ...)."""
+    return fsspec.open(url, mode).open()
+
+
+for _scheme in ("s3", "s3a", "abfs", "az", "hf", "hdfs", "gcs"):
+    importlib.import_module("webdataset.gopen").gopen_schemes.setdefault(_scheme, _gopen_fsspec)
+
+
 def expand_shards(data: str | list[str]) -> list[str]:
-    """Tar paths from a folder, a glob, a brace pattern (``{00000..00009}.tar``) or a list."""
+    """Tar paths from a folder, a glob, a brace pattern (``{00000..00009}.tar``) or a list.
+
+    A folder on object storage (``s3://bkt/run/shards``) lists the tars its ``_COMMITTED`` marker names.
+    """
     if isinstance(data, list):
         return [s for item in data for s in expand_shards(item)]
-    if os.path.isdir(data):
+    if not storage.is_local(data) and "{" not in data and "*" not in data and storage.isdir(data):
+        shards = storage.files(data, ".tar")
+    elif os.path.isdir(data):
         shards = sorted(glob.glob(os.path.join(data, "*.tar")))
     elif "{" in data:
         shards = list(braceexpand.braceexpand(data))
@@ -36,10 +52,10 @@ def dataset_size(shards: list[str]) -> int | None:
     """Samples in ``shards`` from the ``sizes.json`` beside them (as open_clip reads it), else None."""
     total = 0
     for folder in sorted({os.path.dirname(s) for s in shards}):
-        sizes_file = Path(folder) / "sizes.json"
-        if not sizes_file.is_file():
+        sizes_file = storage.join(folder, "sizes.json")
+        if not storage.isfile(sizes_file):
             return None
-        sizes = json.loads(sizes_file.read_text())
+        sizes = json.loads(storage.read_text(sizes_file))
         total += sum(int(sizes[os.path.basename(s)]) for s in shards if os.path.dirname(s) == folder)
     return total
 
