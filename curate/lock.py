@@ -175,6 +175,19 @@ def _expired(owner: dict) -> bool:
     return time.time() - float(owner.get("heartbeat", 0)) > lease_timeout()
 
 
+def boto_kwargs() -> dict:
+    """``boto3.client("s3")`` arguments from fsspec's ``s3`` config (a recipe's ``storage_options.s3``), so the
+    lease uses s3fs's endpoint and credentials; what is not set there comes from the standard environment."""
+    import fsspec
+
+    conf = fsspec.config.conf.get("s3", {})
+    names = {"endpoint_url": "endpoint_url", "key": "aws_access_key_id", "secret": "aws_secret_access_key"}
+    names |= {"token": "aws_session_token"}
+    kwargs = dict(conf.get("client_kwargs") or {})
+    kwargs |= {boto: conf[s3fs] for s3fs, boto in names.items() if conf.get(s3fs) is not None}
+    return kwargs
+
+
 class Lease:
     """Writer lock on a run directory on S3: a conditionally created ``RUN/curate.lock`` with a heartbeat."""
 
@@ -193,7 +206,7 @@ class Lease:
     def _client(self):
         import boto3
 
-        return boto3.client("s3")  # endpoint and credentials from the standard environment (AWS_ENDPOINT_URL, ...)
+        return boto3.client("s3", **boto_kwargs())
 
     def read(self) -> dict:
         """The lease's owner record; empty when there is none."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import fsspec
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -68,7 +69,7 @@ POLICIES: dict[str, type[Policy]] = {
 PIPELINES_DIR = resources.folder("recipe")
 """The bundled recipes (``pipelines/``, inside the wheel as ``curate.pipelines``)."""
 
-SECTIONS = ("name", "description", "input", "acquire", "annotate", "decide", "enrich", "emit")
+SECTIONS = ("name", "description", "input", "acquire", "annotate", "decide", "enrich", "emit", "storage_options")
 
 
 class RecipeError(ValueError):
@@ -109,6 +110,8 @@ class Recipe:
     emit: EmitConfig
     enrich: list[Stage] = field(default_factory=list)
     description: str = ""
+    storage_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """fsspec options by protocol (``{"s3": {"endpoint_url": ..., "key": ..., "secret": ...}}``); never recorded."""
 
     @property
     def caption_policy(self) -> str:
@@ -116,7 +119,11 @@ class Recipe:
         return next((s.config.caption for s in self.enrich if s.name == "recaption"), "alt")
 
     def to_dict(self) -> dict[str, Any]:
-        """The fully resolved recipe (defaults filled in), as recorded in the manifest."""
+        """The fully resolved recipe (defaults filled in), as recorded in the manifest.
+
+        Without ``storage_options``: they may hold credentials, and a run's readers need them before
+        they can read its manifest anyway.
+        """
         return {
             "name": self.name,
             "description": self.description,
@@ -178,10 +185,28 @@ def build_recipe(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
             _entry(e, i, "enrich", "stage", ENRICH_STAGES, source) for i, e in enumerate(_list(data, "enrich", source))
         ],
         emit=_config(EmitConfig, data.get("emit"), f"{source}: emit"),
+        storage_options=_storage_options(data.get("storage_options"), source),
     )
     check_columns(recipe)
     recipe.enrich = [_default_selector(s, recipe.annotate) for s in recipe.enrich]
     return recipe
+
+
+def _storage_options(value: Any, source: str) -> dict[str, dict[str, Any]]:
+    """``storage_options``: a mapping from fsspec protocol (``s3``, ``gcs``, ...) to that filesystem's options."""
+    value = value or {}
+    fix = "e.g. 'storage_options: {s3: {endpoint_url: https://minio.example:9000}}'"
+    if not isinstance(value, dict):
+        raise RecipeError(f"{source}: storage_options must map a protocol to its options, {fix}")
+    known = fsspec.available_protocols()
+    for protocol, options in value.items():
+        if protocol not in known:
+            raise RecipeError(
+                f"{source}: storage_options: unknown protocol {protocol!r}{_suggest(str(protocol), known)}"
+            )
+        if not isinstance(options, dict):
+            raise RecipeError(f"{source}: storage_options.{protocol} must be a mapping of options, {fix}")
+    return {str(p): dict(o) for p, o in value.items()}
 
 
 def _default_selector(stage: Stage, annotate: list[Stage]) -> Stage:

@@ -84,6 +84,7 @@ def run_pipeline(
         raise InputError(f"--until {until!r}: choose one of {', '.join(STEPS)}")
     retry = check_retry_reasons(retry_failed) if retry_failed is not None else ()
     run_dir = str(run_dir)
+    storage.configure(recipe.storage_options)  # before any storage call; runtime.session hands them to workers
     prepare_run_dir(run_dir)
     with RunLock(run_dir):
         clean_leftovers(run_dir)

@@ -30,6 +30,9 @@ def session(address: str | None = None, num_cpus: int | None = None) -> Iterator
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+        env = storage.worker_env()  # the recipe's storage_options, the same on every worker
+        if env:
+            kwargs["runtime_env"] = {"env_vars": env}
         if address:
             ray.init(address=address, **kwargs)
         else:

@@ -4,7 +4,9 @@ Every module that reads or writes a run directory goes through here, with the ru
 string (``Path`` would fold ``s3://`` into ``s3:/``). Credentials and endpoints come from the
 standard environment and config files of each filesystem (for S3: ``AWS_ENDPOINT_URL``,
 ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, ``~/.aws``), so the
-driver and every Ray worker open the same run the same way.
+driver and every Ray worker open the same run the same way. A recipe's ``storage_options``
+(:func:`configure`) go into fsspec's config, and :func:`worker_env` hands fsspec's config to Ray
+workers as fsspec's own environment variables (``FSSPEC_S3='{"endpoint_url": ...}'``).
 
 Commits without rename (object storage has none):
 
@@ -40,6 +42,21 @@ if TYPE_CHECKING:
 
 COMMITTED = "_COMMITTED"
 """Marker in a folder committed on object storage: the JSON list of the current version's files."""
+
+
+def configure(options: dict[str, dict[str, Any]]) -> None:
+    """Make ``options`` (``{protocol: {option: value}}``, e.g. ``{"s3": {"endpoint_url": ...}}``) the defaults
+    of every filesystem this process opens (fsspec's config, read by ``fsspec.filesystem`` and ``url_to_fs``)."""
+    for protocol, values in options.items():
+        fsspec.config.conf.setdefault(protocol, {}).update(values)
+
+
+def worker_env() -> dict[str, str]:
+    """fsspec's config of this process as environment variables (``FSSPEC_<PROTOCOL>``, a JSON object) for Ray
+    workers, which read them when they import fsspec: they open filesystems as the driver does."""
+    return {
+        f"FSSPEC_{protocol.upper()}": json.dumps(values) for protocol, values in fsspec.config.conf.items() if values
+    }
 
 
 def is_local(url: str | Path) -> bool:

@@ -264,3 +264,40 @@ def test_commit_dir_on_s3_lists_only_the_new_version_and_removes_the_old(bucket)
     assert sorted(storage.name(p) for p in fs.ls(f"{bucket}/run/samples", refresh=True)) == ["_COMMITTED", "c.parquet"]
     fs.pipe_file(f"{bucket}/run/samples/stray.parquet", b"half-written by a killed writer")
     assert storage.files(f"{bucket}/run/samples") == [f"{bucket}/run/samples/c.parquet"]  # readers trust the marker
+
+
+@pytest.mark.slow
+def test_storage_options_in_the_recipe_reach_driver_workers_and_lease(served_corpus, bucket, tmp_path, monkeypatch):
+    """The endpoint and credentials only in the recipe (the environment points at a closed port): the run
+    completes on the driver, the Ray workers and the lease, and the secret is not in the manifest."""
+    import copy
+
+    import fsspec
+    import ray
+
+    from curate.recipe import load_recipe
+    from curate.run import run_pipeline
+
+    s3fs().put_file(str(served_corpus.urls), f"{bucket}/in/urls.parquet")
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    monkeypatch.setattr(fsspec.config, "conf", copy.deepcopy(fsspec.config.conf))  # undone after the test
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")  # nothing listens there
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    if ray.is_initialized():
+        ray.shutdown()
+    secret = "s3cr3t-" + uuid.uuid4().hex
+    options = [f"storage_options.s3.endpoint_url={endpoint}", "storage_options.s3.key=x"]
+    options.append(f"storage_options.s3.secret={secret}")
+    recipe = load_recipe("demo", ["acquire.samples_per_shard=60", "emit.samples_per_shard=64", *options])
+    run = f"{bucket}/run"
+    result = run_pipeline(recipe, f"{bucket}/in/urls.parquet", run)
+    assert result.funnel["steps"]["kept"] == sum(r is None for r in served_corpus.expected_reasons())
+    manifest = s3fs().cat(f"{run}/manifest.json").decode()
+    assert "storage_options" not in json.loads(manifest)["recipe"] and secret not in manifest
+    assert kept(run) == metadata_keys(run)
+    monkeypatch.setenv("FSSPEC_S3", json.dumps(recipe.storage_options["s3"]))  # readers: fsspec's own variable
+    out = curate("stats", run, "SELECT count(*) AS n FROM kept", "--format", "csv", cwd=tmp_path).stdout
+    assert out.split()[-1] == str(len(kept(run)))
+    assert list(tmp_path.iterdir()) == []

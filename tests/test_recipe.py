@@ -115,3 +115,33 @@ def test_unusable_models_stop_the_run_before_any_download(tmp_path):
     with pytest.raises(RecipeError, match=r"stage 'language'.*lid.bin"):
         run_pipeline(no_model, urls, tmp_path / "run")
     assert not (tmp_path / "run" / "raw").exists()
+
+
+def test_storage_options_are_checked_applied_and_never_recorded(monkeypatch):
+    import copy
+    import json
+
+    import fsspec
+
+    from curate import lock, storage
+
+    monkeypatch.setattr(fsspec.config, "conf", copy.deepcopy(fsspec.config.conf))
+    with pytest.raises(RecipeError, match=r"unknown protocol 's33'.*'s3'"):
+        load_recipe("demo", ["storage_options.s33.endpoint_url=http://127.0.0.1:9"])
+    with pytest.raises(RecipeError, match=r"storage_options\.s3 must be a mapping"):
+        load_recipe("demo", ["storage_options.s3=http://127.0.0.1:9"])
+    options = ["storage_options.s3.endpoint_url=http://127.0.0.1:9", "storage_options.s3.secret=hidden"]
+    recipe = load_recipe("demo", [*options, "storage_options.s3.client_kwargs.region_name=eu-west-1"])
+    assert "storage_options" not in recipe.to_dict() and "hidden" not in json.dumps(recipe.to_dict())
+    storage.configure(recipe.storage_options)
+    assert fsspec.filesystem("s3").endpoint_url == "http://127.0.0.1:9"  # the default of every s3 filesystem
+    env = storage.worker_env()
+    assert json.loads(env["FSSPEC_S3"])["secret"] == "hidden"
+    conf: dict = {}
+    fsspec.config.set_conf_env(conf, env)  # what a Ray worker's fsspec reads at import
+    assert conf["s3"] == recipe.storage_options["s3"]
+    assert lock.boto_kwargs() == {
+        "endpoint_url": "http://127.0.0.1:9",
+        "aws_secret_access_key": "hidden",
+        "region_name": "eu-west-1",
+    }
