@@ -14,6 +14,10 @@ and on every worker), and ``RUN/input/urls.parquet`` from the input's own keys, 
   ``{key}.json`` (its ``url``). One task per tar (:func:`index_tar`) streams it once and writes the
   per-shard Parquet curate needs into ``RUN/raw/``; the tar is read in place.
 
+The input and the run directory may each be local or on object storage (fsspec URLs, through
+:mod:`curate.storage`): a folder there is a prefix, listed; sources.json records full URLs (local
+paths resolved), which the driver and every worker open the same way.
+
 ``input.format`` (``auto``, ``urls``, ``img2dataset``, ``webdataset``) names the kind; ``auto``
 decides by what the path holds (see :func:`detect_format`).
 """
