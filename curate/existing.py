@@ -129,10 +129,26 @@ def webdataset_tars(path: str) -> list[str]:
             tars += [_absolute(m) for m in _glob(pattern)] if glob.has_magic(pattern) else [_absolute(pattern)]
     if not tars:
         raise InputError(f"{text}: no .tar files; pass a folder of WebDataset tars, a glob or a brace pattern.")
-    for tar in tars:
-        if not storage.isfile(tar):
-            raise InputError(f"{tar}: no such WebDataset tar (from --input {text}).")
+    missing = _missing(tars)
+    if missing:
+        raise InputError(f"{missing}: no such WebDataset tar (from --input {text}).")
     return list(dict.fromkeys(tars))
+
+
+def _missing(paths: list[str]) -> str | None:
+    """The first of ``paths`` that is not a file; on object storage one listing per folder, not a request per file."""
+    listed: dict[str, set[str]] = {}
+    for path in paths:
+        if storage.is_local(path):
+            if not storage.isfile(path):
+                return path
+            continue
+        folder = path.rsplit("/", 1)[0]
+        if folder not in listed:
+            listed[folder] = set(storage.entries(folder))
+        if path not in listed[folder]:
+            return path
+    return None
 
 
 def _glob(pattern: str) -> list[str]:
