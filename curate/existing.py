@@ -14,6 +14,10 @@ and on every worker), and ``RUN/input/urls.parquet`` from the input's own keys, 
   ``{key}.json`` (its ``url``). One task per tar (:func:`index_tar`) streams it once and writes the
   per-shard Parquet curate needs into ``RUN/raw/``; the tar is read in place.
 
+The input and the run directory may each be local or on object storage (fsspec URLs, through
+:mod:`curate.storage`): a folder there is a prefix, listed; sources.json records full URLs (local
+paths resolved), which the driver and every worker open the same way.
+
 ``input.format`` (``auto``, ``urls``, ``img2dataset``, ``webdataset``) names the kind; ``auto``
 decides by what the path holds (see :func:`detect_format`).
 """
@@ -32,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate import storage
 from curate.acquire import is_fetchable
 from curate.emit.parquet import write_parquet
 from curate.io import write_json
@@ -61,10 +66,11 @@ def detect_format(path: str, declared: str = "auto") -> str:
     if declared != "auto":
         return declared
     text = str(path)
-    if Path(text).is_dir():
-        if any(Path(text).glob("*_stats.json")):
+    if _is_folder(text):
+        listed = storage.entries(text)
+        if any(p.endswith("_stats.json") for p in listed):
             return "img2dataset"
-        if any(Path(text).glob("*.tar")):
+        if any(p.endswith(".tar") for p in listed):
             return "webdataset"
         return "urls"
     if text.endswith(".tar") or text.endswith(".tar}"):
@@ -72,49 +78,85 @@ def detect_format(path: str, declared: str = "auto") -> str:
     return "urls"
 
 
+def _is_folder(url: str) -> bool:
+    """A local folder, or a prefix on object storage that holds objects (a pattern is never one)."""
+    if storage.is_local(url):
+        return Path(storage.local_path(url)).is_dir()
+    return not glob.has_magic(url) and "{" not in url and storage.isdir(url)
+
+
+def _absolute(url: str) -> str:
+    """``url`` as sources.json records it: a resolved local path, or the URL itself."""
+    return str(Path(storage.local_path(url)).resolve()) if storage.is_local(url) else url
+
+
 def img2dataset_shards(folder: str) -> dict[str, dict[str, str]]:
     """Each complete shard of an img2dataset output folder (it has ``_stats.json``): its tar and Parquet, or
     (``parquet`` output format) its Parquet and the column holding the images."""
-    root = Path(folder)
-    if not root.is_dir():
+    if not storage.isdir(folder):
         raise InputError(f"{folder}: not a folder; an img2dataset input is its output folder (input.format).")
-    names = sorted(p.name[: -len("_stats.json")] for p in root.glob("*_stats.json"))
+    listed = {storage.name(p): p for p in storage.entries(folder)}
+    names = sorted(n[: -len("_stats.json")] for n in listed if n.endswith("_stats.json"))
     if not names:
         raise InputError(f"{folder}: no *_stats.json: not an img2dataset output folder (or no shard finished).")
     shards = {}
     for name in names:
-        tar, parquet = root / f"{name}.tar", root / f"{name}.parquet"
-        if not parquet.is_file():
-            raise InputError(f"{folder}: shard {name} has no {parquet.name}; run img2dataset with save_metadata.")
-        if tar.is_file():
-            shards[name] = {".tar": str(tar.resolve()), ".parquet": str(parquet.resolve())}
+        tar, parquet = listed.get(f"{name}.tar"), listed.get(f"{name}.parquet")
+        if parquet is None:
+            raise InputError(f"{folder}: shard {name} has no {name}.parquet; run img2dataset with save_metadata.")
+        if tar is not None:
+            shards[name] = {".tar": _absolute(tar), ".parquet": _absolute(parquet)}
             continue
-        columns = [c for c in IMAGE_EXTS if c in pq.read_schema(parquet).names]
+        fsys, path = storage.arrow_fs(parquet)
+        columns = [c for c in IMAGE_EXTS if c in pq.read_schema(path, filesystem=fsys).names]
         if not columns:
             raise InputError(
-                f"{folder}: shard {name} has no {tar.name} and {parquet.name} has no image column (jpg, png, webp): "
+                f"{folder}: shard {name} has no {name}.tar and {name}.parquet has no image column (jpg, png, webp): "
                 "img2dataset's output_format 'webdataset' or 'parquet' is read; download again with one of them."
             )
-        shards[name] = {".parquet": str(parquet.resolve()), "image_column": columns[0]}
+        shards[name] = {".parquet": _absolute(parquet), "image_column": columns[0]}
     return shards
 
 
 def webdataset_tars(path: str) -> list[str]:
-    """The tar files ``path`` names: a folder (its ``*.tar``), a file, a glob, or a brace pattern."""
+    """The tar files ``path`` names: a folder (its ``*.tar``), a file, a glob, or a brace pattern (any filesystem)."""
     text = str(path)
-    if Path(text).is_dir():
-        tars = sorted(str(p.resolve()) for p in Path(text).glob("*.tar"))
+    if _is_folder(text):
+        tars = [_absolute(p) for p in storage.entries(text) if p.endswith(".tar")]
     else:
         tars = []
         for pattern in braceexpand.braceexpand(text):
-            matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-            tars += [str(Path(m).resolve()) for m in matches]
+            tars += [_absolute(m) for m in _glob(pattern)] if glob.has_magic(pattern) else [_absolute(pattern)]
     if not tars:
         raise InputError(f"{text}: no .tar files; pass a folder of WebDataset tars, a glob or a brace pattern.")
-    for tar in tars:
-        if not Path(tar).is_file():
-            raise InputError(f"{tar}: no such WebDataset tar (from --input {text}).")
+    missing = _missing(tars)
+    if missing:
+        raise InputError(f"{missing}: no such WebDataset tar (from --input {text}).")
     return list(dict.fromkeys(tars))
+
+
+def _missing(paths: list[str]) -> str | None:
+    """The first of ``paths`` that is not a file; on object storage one listing per folder, not a request per file."""
+    listed: dict[str, set[str]] = {}
+    for path in paths:
+        if storage.is_local(path):
+            if not storage.isfile(path):
+                return path
+            continue
+        folder = path.rsplit("/", 1)[0]
+        if folder not in listed:
+            listed[folder] = set(storage.entries(folder))
+        if path not in listed[folder]:
+            return path
+    return None
+
+
+def _glob(pattern: str) -> list[str]:
+    """The files matching glob ``pattern``, sorted, as local paths or URLs like the pattern."""
+    if storage.is_local(pattern):
+        return sorted(glob.glob(storage.local_path(pattern)))
+    fs, path = storage.fs_path(pattern)
+    return sorted(fs.unstrip_protocol(p) for p in fs.glob(path))
 
 
 def index_tar(tar_path: str, out_parquet: str) -> int:
@@ -174,7 +216,8 @@ def stage_existing(
 
     ``run_tasks`` is :func:`curate.runtime.run_tasks` (indexes WebDataset tars as tasks).
     """
-    Path(raw_dir).mkdir(parents=True, exist_ok=True)
+    storage.makedirs(raw_dir)
+    run_dir = raw_dir.rstrip("/").rsplit("/", 1)[0]
     if fmt == "img2dataset":
         shards = img2dataset_shards(input_path)
     elif fmt == "webdataset":
@@ -182,18 +225,19 @@ def stage_existing(
         digits = max(5, len(str(len(tars) - 1)))
         shards = {f"{i:0{digits}d}": {".tar": tar} for i, tar in enumerate(tars)}
         calls = [(s[".tar"], f"{raw_dir}/{name}.parquet") for name, s in shards.items()]
-        before = raw_sources(str(Path(raw_dir).parent)).get("shards", {})
+        before = raw_sources(run_dir).get("shards", {})
+        indexed = set(storage.entries(raw_dir))
         calls = [  # a resumed run indexed these already
             (tar, out)
             for (name, files), (tar, out) in zip(shards.items(), calls, strict=True)
-            if not (Path(out).is_file() and before.get(name, {}).get(".tar") == files[".tar"])
+            if not (out in indexed and before.get(name, {}).get(".tar") == files[".tar"])
         ]
         if calls:
             run_tasks(index_tar, calls, "index tars", num_cpus)
     else:
         raise InputError(f"input.format {fmt!r}: not already-downloaded data")
     write_json(f"{raw_dir}/{SOURCES}", {"format": fmt, "input": str(input_path), "shards": shards})
-    forget_sources(str(Path(raw_dir).parent))
+    forget_sources(run_dir)
     return input_table(fmt, raw_dir, shards, extra, input_path)
 
 
@@ -202,14 +246,17 @@ def input_table(fmt: str, raw_dir: str, shards: dict[str, dict[str, str]], extra
     parts = []
     for name, files in shards.items():
         path = files.get(".parquet", f"{raw_dir}/{name}.parquet")
-        names = pq.read_schema(path).names
+        fsys, in_fs = storage.arrow_fs(path)
+        names = pq.read_schema(in_fs, filesystem=fsys).names
         missing = [c for c in ("key", "url", "status", *extra) if c not in names]
         if missing:
             raise InputError(
                 f"{path}: no column {missing[0]!r} (columns: {', '.join(names)}); not an img2dataset shard."
             )
         has_caption = "caption" in names  # img2dataset run without caption_col saves none: null captions
-        table = pq.read_table(path, columns=["key", "url", *(["caption"] if has_caption else []), *extra])
+        table = pq.read_table(
+            in_fs, filesystem=fsys, columns=["key", "url", *(["caption"] if has_caption else []), *extra]
+        )
         columns = {"key": to_text(table.column("key")), "url": _text_or_null(table.column("url"))}
         captions = table.column("caption") if has_caption else pa.nulls(len(table), pa.string())
         columns["caption"] = _text_or_null(captions)

@@ -225,7 +225,7 @@ def _fix_status(table: pa.Table) -> pa.Table:
 
 def _parquet_images(path: str, column: str) -> pa.Table:
     """Key, row index (as ``image_offset``), size and bytes of every image of an img2dataset Parquet shard."""
-    table = pq.read_table(path, columns=["key", column])
+    table = _read_parquet(path, ["key", column])
     table = table.append_column("image_offset", pa.array(range(len(table)), pa.int64()))
     table = table.filter(pc.is_valid(table.column(column)))
     sizes = pc.binary_length(table.column(column)).cast(pa.int64())
@@ -234,11 +234,16 @@ def _parquet_images(path: str, column: str) -> pa.Table:
     return pa.table(columns, schema=pa.schema([(n, BASE_COLUMNS[n]) for n in columns]))
 
 
+def _read_parquet(url: str, columns: list[str]) -> pa.Table:
+    fsys, path = storage.arrow_fs(url)
+    return pq.read_table(path, filesystem=fsys, columns=columns)
+
+
 def read_span(run_dir: str | Path, shard: str, offset: int, size: int) -> bytes:
     """One image's bytes: ``size`` bytes at ``offset`` of the shard's tar (or row ``offset`` of its Parquet)."""
     column = image_column(run_dir, shard)
     if column:
-        table = pq.read_table(raw_file(run_dir, shard, ".parquet"), columns=[column])
+        table = _read_parquet(raw_file(run_dir, shard, ".parquet"), [column])
         return table.column(column)[offset].as_py()
     with fsspec.open(raw_file(run_dir, shard, ".tar"), "rb") as f:
         f.seek(offset)
@@ -257,7 +262,7 @@ def read_images(rows: pa.Table, run_dir: str) -> dict[str, bytes]:
     for shard, spans in by_shard.items():
         column = image_column(run_dir, shard)
         if column:  # img2dataset's parquet output format: offset is the row
-            table = pq.read_table(raw_file(run_dir, shard, ".parquet"), columns=[column])
+            table = _read_parquet(raw_file(run_dir, shard, ".parquet"), [column])
             images |= {key: table.column(column)[offset].as_py() for offset, _, key in spans}
             continue
         with fsspec.open(raw_file(run_dir, shard, ".tar"), "rb") as f:

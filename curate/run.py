@@ -97,11 +97,6 @@ def run_pipeline(
         if fmt == "urls":
             staged = stage_inputs(recipe, input_path, run_dir, manifest)  # read and checked before Ray starts
         else:
-            if not (storage.is_local(run_dir) and storage.is_local(str(input_path))):
-                raise InputError(
-                    f"{input_path}: curating already-downloaded shards ({fmt}) works with a local input folder and a "
-                    "local --output for now; copy them to local disk, or pass their URL list to download again."
-                )
             check_input(fmt, str(input_path))  # its shards listed before Ray starts
         with runtime.session(address):
             layout, inputs = staged or stage_existing_inputs(recipe, fmt, str(input_path), run_dir, manifest)

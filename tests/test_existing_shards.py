@@ -39,13 +39,13 @@ def emitted(run: Path) -> dict[str, dict[str, bytes]]:
 @pytest.fixture(scope="module")
 def downloaded(served_corpus, ray_session, tmp_path_factory) -> Path:
     """A whole demo run that downloaded the corpus: its raw/ is an img2dataset output folder."""
-    return run_pipeline(load_recipe("demo"), served_corpus.urls, tmp_path_factory.mktemp("dl") / "run").run_dir
+    return Path(run_pipeline(load_recipe("demo"), served_corpus.urls, tmp_path_factory.mktemp("dl") / "run").run_dir)
 
 
 @pytest.mark.slow
 def test_img2dataset_folder_gives_the_same_decisions_without_a_request(served_corpus, downloaded, tmp_path):
     hits = sum(served_corpus.server.hits.values())
-    run2 = run_pipeline(load_recipe("demo"), downloaded / "raw", tmp_path / "run2").run_dir
+    run2 = Path(run_pipeline(load_recipe("demo"), downloaded / "raw", tmp_path / "run2").run_dir)
     assert sum(served_corpus.server.hits.values()) == hits  # nothing downloaded
     assert decisions(run2) == decisions(downloaded)
     assert not list((run2 / "raw").glob("*.tar"))  # read in place, not copied
@@ -77,7 +77,7 @@ def test_img2dataset_parquet_output_format_is_read_in_place(served_corpus, downl
         pq.write_table(meta.append_column("jpg", jpg), folder / f"{name}.parquet")
         shutil.copy(downloaded / "raw" / f"{name}_stats.json", folder)
     hits = sum(served_corpus.server.hits.values())
-    run = run_pipeline(load_recipe("demo"), folder, tmp_path / "run").run_dir
+    run = Path(run_pipeline(load_recipe("demo"), folder, tmp_path / "run").run_dir)
     assert sum(served_corpus.server.hits.values()) == hits
     assert decisions(run) == decisions(downloaded)
     first, second = emitted(downloaded), emitted(run)
@@ -127,7 +127,7 @@ def test_webdataset_tars_are_curated_in_place(ray_session, tmp_path):
                 members[f"{key}.json"] = json.dumps({"url": f"https://example.org/{key}.{ext}"}).encode()
         write_tar(shards / f"{i:05d}.tar", members)
     recipe = load_recipe("demo", ["input.format=webdataset"])
-    run = run_pipeline(recipe, f"{shards}/{{00000..00001}}.tar", tmp_path / "run").run_dir
+    run = Path(run_pipeline(recipe, f"{shards}/{{00000..00001}}.tar", tmp_path / "run").run_dir)
     assert decisions(run) == {key: (True, None) for key in images}
     out = emitted(run)
     for key, (ext, data) in images.items():  # each image with its own caption (emit re-encodes PNG/WebP as JPEG)
@@ -169,7 +169,7 @@ def test_webdataset_samples_without_caption_or_with_a_broken_image_still_get_a_r
         "lonely.json": b"{not json",
     }
     write_tar(tmp_path / "one.tar", members)  # auto-detected: a .tar file
-    run = run_pipeline(load_recipe("demo"), tmp_path / "one.tar", tmp_path / "run").run_dir
+    run = Path(run_pipeline(load_recipe("demo"), tmp_path / "one.tar", tmp_path / "run").run_dir)
     got = decisions(run)
     assert got["good"] == (True, None)
     assert got["broken"] == (False, "decode_error")
@@ -187,9 +187,9 @@ def test_webdataset_keys_must_be_unique_across_tars(ray_session, tmp_path):
 
 @pytest.mark.slow
 def test_raw_shards_of_another_layout_are_refused_not_mis_paired(served_corpus, ray_session, tmp_path):
-    first = run_pipeline(load_recipe("demo"), served_corpus.urls, tmp_path / "run1", until="acquire").run_dir
+    first = Path(run_pipeline(load_recipe("demo"), served_corpus.urls, tmp_path / "run1", until="acquire").run_dir)
     recipe = load_recipe("demo", ["acquire.samples_per_shard=50"])
-    second = run_pipeline(recipe, served_corpus.urls, tmp_path / "run2", until="acquire").run_dir
+    second = Path(run_pipeline(recipe, served_corpus.urls, tmp_path / "run2", until="acquire").run_dir)
     for path in (first / "raw").iterdir():  # another samples_per_shard: same shard and key names, other rows
         shutil.copy(path, second / "raw" / path.name)
     with pytest.raises(InputError, match=r"raw shard 00000 \(.*\): key '\d+'.*Use a new --output"):
@@ -200,9 +200,8 @@ def test_raw_shards_of_another_layout_are_refused_not_mis_paired(served_corpus, 
 @pytest.fixture(scope="module")
 def acquired(served_corpus, ray_session, tmp_path_factory) -> Path:
     """A run of the demo corpus downloaded up to acquire (tests copy it before changing it)."""
-    return run_pipeline(
-        load_recipe("demo"), served_corpus.urls, tmp_path_factory.mktemp("acq") / "run", until="acquire"
-    ).run_dir
+    run = run_pipeline(load_recipe("demo"), served_corpus.urls, tmp_path_factory.mktemp("acq") / "run", until="acquire")
+    return Path(run.run_dir)
 
 
 def test_a_shard_swapped_with_another_is_refused(served_corpus, acquired, tmp_path, monkeypatch, capsys):
@@ -265,7 +264,7 @@ def test_a_folder_written_by_img2dataset_itself(output_format, ray_session, tmp_
             disallowed_header_directives=[],
         )
         hits = sum(server.hits.values())
-        run = run_pipeline(load_recipe("demo"), folder, tmp_path / "run").run_dir
+        run = Path(run_pipeline(load_recipe("demo"), folder, tmp_path / "run").run_dir)
         assert sum(server.hits.values()) == hits
     listed = pq.read_table(urls, columns=["url", "caption"]).to_pylist()
     raw = [r for p in sorted(folder.glob("*.parquet")) for r in pq.read_table(p, columns=["key", "status"]).to_pylist()]

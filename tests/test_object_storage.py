@@ -130,7 +130,11 @@ def test_run_decide_stats_report_status_on_s3(served_corpus, bucket, tmp_path, t
 
     tiny = {"steps": 3, "batch_size": 8, "data_workers": 1, "warmup_steps": 1, "save_every": 3, "log_every": 1}
     cfg = ClipTrainConfig.from_yaml("configs/train/clip-tiny.yaml", tiny)
-    assert train_clip(cfg, f"{run}/shards", tmp_path_factory.mktemp("model"))["steps"] == 3
+    model = tmp_path_factory.mktemp("model")
+    assert train_clip(cfg, f"{run}/shards", model)["steps"] == 3
+    from curate.train.eval import evaluate_clip  # what `curate eval clip MODEL --data s3://.../shards` reads
+
+    assert evaluate_clip(str(model), f"{run}/shards", batch_size=64, device="cpu")["retrieval"]["n"] == len(second)
     fs.rm(f"{run}/report", recursive=True)
     curate("report", run, cwd=tmp_path)
     assert s3fs().exists(f"{run}/report/report.html")

@@ -1,0 +1,79 @@
+"""Curate what is already downloaded when it is on object storage (a real S3 API server on loopback)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from test_existing_shards import CAPTIONS, decisions, image_bytes, write_tar
+from test_object_storage import bucket, s3_server, s3fs  # noqa: F401 (fixtures)
+
+from curate.recipe import load_recipe
+from curate.run import run_pipeline
+
+
+@pytest.fixture(scope="module")
+def s3_ray(s3_server):  # noqa: F811
+    """One embedded Ray started after the S3 environment is set, so its workers reach the bucket too."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=os.environ["CURATE_RAY_TMPDIR"])
+    yield
+    ray.shutdown()
+
+
+def s3_decisions(run: str) -> dict[str, tuple[bool, str | None]]:
+    with s3fs().open(f"{run}/decisions/decisions.parquet", "rb") as f:
+        table = pq.read_table(f, columns=["key", "keep", "reason"])
+    return {r["key"]: (r["keep"], r["reason"]) for r in table.to_pylist()}
+
+
+@pytest.mark.slow
+def test_img2dataset_folder_in_a_bucket_curated_into_a_bucket(served_corpus, s3_ray, bucket, tmp_path):  # noqa: F811
+    local = Path(run_pipeline(load_recipe("demo"), served_corpus.urls, tmp_path / "dl").run_dir)
+    fs = s3fs()
+    for path in sorted((local / "raw").iterdir()):  # an img2dataset output folder: NNNNN.tar/.parquet/_stats.json
+        fs.put_file(str(path), f"{bucket}/i2d/{path.name}")
+    hits = sum(served_corpus.server.hits.values())
+    run = f"{bucket}/run2"
+    run_pipeline(load_recipe("demo"), f"{bucket}/i2d", run)
+    assert sum(served_corpus.server.hits.values()) == hits  # nothing downloaded
+    assert s3_decisions(run) == decisions(local)
+    sources = json.loads(s3fs().cat(f"{run}/raw/sources.json"))
+    assert sources["format"] == "img2dataset"
+    assert all(files[".tar"].startswith(f"{bucket}/i2d/") for files in sources["shards"].values())
+    assert not [p for p in s3fs().ls(f"{run}/raw") if p.endswith(".tar")]  # read in place, not copied
+    assert list(tmp_path.iterdir()) == [tmp_path / "dl"], "nothing of the s3 run may land on local disk"
+
+
+@pytest.mark.slow
+def test_webdataset_tars_in_a_bucket_curated_into_a_local_run(s3_ray, bucket, tmp_path):  # noqa: F811
+    images = {
+        "cat": ("jpg", image_bytes("JPEG", (200, 30, 30))),
+        "dog": ("png", image_bytes("PNG", (30, 30, 200))),
+        "owl": ("webp", image_bytes("WEBP", (220, 220, 20))),
+        "elk": ("jpeg", image_bytes("JPEG", (240, 240, 240))),
+    }
+    fs = s3fs()
+    for i, keys in enumerate((("cat", "dog"), ("owl", "elk"))):
+        members = {}
+        for key in keys:
+            ext, data = images[key]
+            members |= {f"{key}.{ext}": data, f"{key}.txt": CAPTIONS[key].encode()}
+        write_tar(tmp_path / f"{i:05d}.tar", members)
+        fs.put_file(str(tmp_path / f"{i:05d}.tar"), f"{bucket}/wds/{i:05d}.tar")
+    want = {key: (True, None) for key in images}
+    recipe = load_recipe("demo", ["input.format=webdataset"])
+    run = Path(run_pipeline(recipe, f"{bucket}/wds/{{00000..00001}}.tar", tmp_path / "run").run_dir)
+    assert decisions(run) == want
+    sources = json.loads((run / "raw" / "sources.json").read_text())
+    assert [s[".tar"] for s in sources["shards"].values()] == [f"{bucket}/wds/0000{i}.tar" for i in (0, 1)]
+    run2 = Path(
+        run_pipeline(load_recipe("demo"), f"{bucket}/wds", tmp_path / "run2").run_dir
+    )  # a folder, auto-detected
+    assert decisions(run2) == want
