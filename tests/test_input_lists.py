@@ -222,6 +222,8 @@ def test_a_list_served_over_http(tmp_path, name):
 def s3_bucket(monkeypatch):
     """A bucket on moto's S3 server on loopback, reached through the standard AWS environment variables."""
     moto_server = pytest.importorskip("moto.server")
+    from s3fs import S3FileSystem
+
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server.get_host_and_port()
@@ -232,10 +234,12 @@ def s3_bucket(monkeypatch):
         "AWS_DEFAULT_REGION": "us-east-1",
     }.items():
         monkeypatch.setenv(key, value)
+    S3FileSystem.clear_instance_cache()  # a filesystem cached for another server must not be reused
     fsspec.filesystem("s3", skip_instance_cache=True).mkdir("curate-lists")
     try:
         yield "curate-lists"
     finally:
+        S3FileSystem.clear_instance_cache()
         server.stop()
 
 

@@ -33,15 +33,24 @@ def s3_server():
     env = {**S3_ENV, "AWS_ENDPOINT_URL": f"http://{host}:{port}", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    clear_s3_instances()  # fsspec caches filesystems: one made for another server must not be reused
     try:
         yield env
     finally:
+        clear_s3_instances()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
         server.stop()
+
+
+def clear_s3_instances() -> None:
+    """Forget fsspec's cached S3 filesystems (each holds the endpoint it was made with)."""
+    from s3fs import S3FileSystem
+
+    S3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture
