@@ -35,6 +35,17 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def slow_corpus(tmp_path_factory) -> Path:
+    """A URL list whose every object answers after 40 ms, so acquisition lasts long enough to be interrupted."""
+    import dataclasses
+
+    objects, rows = build_corpus(n_clean=60, seed=2, slow_delay_s=3.0)
+    objects = {p: dataclasses.replace(o, delay_s=max(o.delay_s, 0.04)) for p, o in objects.items()}
+    with LoopbackServer(objects) as server:
+        yield write_url_list(rows, server.base_url, tmp_path_factory.mktemp("slow") / "urls.parquet")
+
+
 class ServedCorpus:
     """The demo corpus on a live loopback server, with its URL list written to disk."""
 

@@ -168,20 +168,6 @@ def test_lease_refuses_a_second_writer_and_takes_over_a_stale_one(bucket):
         assert lock.holder(run)["command"] == "third"
 
 
-@pytest.fixture(scope="module")
-def slow_corpus(tmp_path_factory):
-    """Every object answers after 40 ms, so acquisition lasts long enough to be interrupted."""
-    import dataclasses
-
-    from curate.demo.corpus import build_corpus
-    from curate.demo.server import LoopbackServer, write_url_list
-
-    objects, rows = build_corpus(n_clean=60, seed=2, slow_delay_s=3.0)
-    objects = {p: dataclasses.replace(o, delay_s=max(o.delay_s, 0.04)) for p, o in objects.items()}
-    with LoopbackServer(objects) as server:
-        yield write_url_list(rows, server.base_url, tmp_path_factory.mktemp("slow") / "urls.parquet")
-
-
 def wait_until_stable(raw: str, quiet_s: float = 4.0, timeout: float = 60) -> set[str]:
     """Complete shards once none has appeared for ``quiet_s`` (workers of a killed driver may finish theirs)."""
     from curate.acquire import complete_shards

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import subprocess
@@ -15,8 +14,6 @@ import ray
 from ray.cluster_utils import Cluster
 
 from curate.acquire import complete_shards
-from curate.demo.corpus import build_corpus
-from curate.demo.server import LoopbackServer, write_url_list
 from curate.manifest import Manifest
 from curate.recipe import load_recipe
 from curate.run import run_pipeline
@@ -61,15 +58,6 @@ def wait_until_stable(raw_dir, quiet_s: float = 4.0, timeout: float = 60) -> set
         if now != seen:
             seen, since = now, time.monotonic()
     return seen
-
-
-@pytest.fixture(scope="module")
-def slow_corpus(tmp_path_factory):
-    """Every object answers after 40 ms, so acquisition lasts long enough to be interrupted."""
-    objects, rows = build_corpus(n_clean=60, seed=2, slow_delay_s=3.0)
-    objects = {p: dataclasses.replace(o, delay_s=max(o.delay_s, 0.04)) for p, o in objects.items()}
-    with LoopbackServer(objects) as server:
-        yield write_url_list(rows, server.base_url, tmp_path_factory.mktemp("slow") / "urls.parquet")
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(slow_corpus, tmp_path):
