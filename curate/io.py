@@ -85,9 +85,3 @@ def _exchange(a: Path, b: Path) -> bool:
     if errno in (38, 22, 95):  # ENOSYS, EINVAL, EOPNOTSUPP: this kernel or filesystem cannot swap
         return False
     raise OSError(errno, os.strerror(errno), str(b))
-
-
-def parquet_files(folder: str | Path) -> list[str]:
-    """The Parquet files in ``folder``, sorted: a list for DuckDB's ``read_parquet``, so no character
-    of the folder's path (``*``, ``[``, ``'``) is read as a glob or as SQL."""
-    return [str(p) for p in sorted(Path(folder).glob("*.parquet"))]
