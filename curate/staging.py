@@ -75,17 +75,18 @@ def shard_digest(rows: pa.Table) -> str:
     return digest.hexdigest()
 
 
-def _canonical(column: pa.ChunkedArray) -> tuple[bytes, bytes]:
+def _canonical(column: pa.ChunkedArray) -> tuple[bytes, memoryview]:
     """A text column as (lengths, -1 for null, little-endian int64; the values' bytes, concatenated)."""
     array = column.combine_chunks().cast(pa.string())
     if len(array) == 0:
-        return b"", b""
+        return b"", memoryview(b"")
     valid = pc.is_valid(array).to_numpy(zero_copy_only=False)
     array = pc.fill_null(array, "")
     offsets = np.frombuffer(array.buffers()[1], np.int32)[array.offset : array.offset + len(array) + 1]
     lengths = np.where(valid, np.diff(offsets), -1).astype("<i8")
-    data = array.buffers()[2]
-    return lengths.tobytes(), b"" if data is None else data.to_pybytes()[offsets[0] : offsets[-1]]
+    data = array.buffers()[2]  # a slice shares its parent's buffer: hash only its own span
+    span = memoryview(b"") if data is None else memoryview(data)[int(offsets[0]) : int(offsets[-1])]
+    return lengths.tobytes(), span
 
 
 def commit_shard(rows: pa.Table, out: str | None) -> str:
