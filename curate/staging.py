@@ -157,14 +157,20 @@ def stage_table(inputs: pa.Table, layout: ShardLayout, folder: str | None) -> St
 
 
 def stage_lists(
-    files: list[ListFile], cfg: InputConfig, samples_per_shard: int, run_dir: str, folder: str | None, run_tasks
+    files: list[ListFile],
+    cfg: InputConfig,
+    samples_per_shard: int,
+    run_dir: str,
+    folder: str | None,
+    run_tasks: Callable,
+    source: str,
 ) -> tuple[ShardLayout, Staged]:
     """Stage URL lists in Ray tasks (``run_tasks`` is :func:`curate.runtime.run_tasks`) into ``folder`` (None:
-    only digest them): the driver holds row counts and per-shard digests, never rows."""
+    only digest them): the driver holds row counts and per-shard digests, never rows. ``source`` names the
+    lists in errors."""
     tmp = storage.join(run_dir, ".tmp", f"input-{uuid.uuid4().hex[:8]}")
     calls = [(file, cfg, storage.join(tmp, f"{i:05d}.arrow")) for i, file in enumerate(files)]
     scanned = [result for result, _ in run_tasks(scan_list, calls, "read URL lists")]
-    source = spec_name([file.name for file in files])
     schema = _unify([s for _, s in scanned], source)
     starts = np.cumsum([0, *(n for n, _ in scanned)]).tolist()
     if starts[-1] == 0:
@@ -246,7 +252,8 @@ def stage_urls(
     if large and run_tasks is None:
         return None
     if large:
-        return stage_lists(files, cfg, samples_per_shard, run_dir, input_target(run_dir, manifest), run_tasks)
+        folder = input_target(run_dir, manifest)
+        return stage_lists(files, cfg, samples_per_shard, run_dir, folder, run_tasks, spec_name(spec))
     inputs = read_inputs(spec, cfg, samples_per_shard)
     layout = ShardLayout(len(inputs), samples_per_shard)
     return layout, stage_table(inputs, layout, input_target(run_dir, manifest))

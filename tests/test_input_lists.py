@@ -524,3 +524,24 @@ def test_duplicate_keys_across_or_within_existing_shards_are_refused(tmp_path):
         check_unique_keys([shard("00000", ["a", "b"]), shard("00001", ["c", "b"])], "in")
     with pytest.raises(InputError, match=r"key 'c' is in more than one shard \(raw shards 00002, 00002\)"):
         check_unique_keys([shard("00002", ["c", "c"])], "in")
+
+
+def test_the_distributed_path_refuses_what_the_driver_path_refuses(tmp_path):
+    (tmp_path / "clash").mkdir()
+    pq.write_table(
+        pa.table({"url": ["http://a/0.jpg"], "caption": ["a"], "n": ["text"]}), tmp_path / "clash" / "a.parquet"
+    )
+    pq.write_table(
+        pa.table({"url": ["http://a/1.jpg"], "caption": ["b"], "n": [[1]]}), tmp_path / "clash" / "b.parquet"
+    )
+    (tmp_path / "empty").mkdir()
+    pq.write_table(
+        pa.table(
+            {"url": pa.array([], pa.string()), "caption": pa.array([], pa.string()), "n": pa.array([], pa.int64())}
+        ),
+        tmp_path / "empty" / "a.parquet",
+    )
+    for folder, message in (("clash", "the list files disagree on a column's type"), ("empty", "no rows")):
+        for max_bytes in (1 << 30, 0):
+            with pytest.raises(InputError, match=rf"^{tmp_path / folder}: {message}"):
+                stage(tmp_path / folder, tmp_path / f"run-{folder}-{max_bytes}", max_bytes=max_bytes)
