@@ -545,3 +545,26 @@ def test_the_distributed_path_refuses_what_the_driver_path_refuses(tmp_path):
         for max_bytes in (1 << 30, 0):
             with pytest.raises(InputError, match=rf"^{tmp_path / folder}: {message}"):
                 stage(tmp_path / folder, tmp_path / f"run-{folder}-{max_bytes}", max_bytes=max_bytes)
+
+
+@pytest.mark.slow
+def test_a_run_staged_by_tasks_downloads_each_shard_from_its_own_input_file(served_corpus, ray_session, tmp_path):
+    from curate import staging
+    from curate.run import run_pipeline
+
+    recipe = load_recipe("demo", ["acquire.samples_per_shard=40", "input.driver_max_bytes=0"])
+    run_dir = tmp_path / "run"
+    result = run_pipeline(recipe, served_corpus.urls, run_dir, until="acquire")
+    (tmp_path / "driver").mkdir()
+    cfg = recipe.input.model_copy(update={"driver_max_bytes": 1 << 30})
+    layout, expected = staging.stage_urls(served_corpus.urls, cfg, 40, str(tmp_path / "driver"), {}, None)
+    assert input_bytes(run_dir) == input_bytes(tmp_path / "driver")
+    assert result.manifest["input_fingerprint"] == expected.fingerprint
+    assert result.manifest["steps"]["acquire"]["shards"] == layout.n_shards
+    raw = pa.concat_tables(pq.read_table(p, columns=["key"]) for p in sorted((run_dir / "raw").glob("*.parquet")))
+    raw = raw.sort_by("key")
+    staged = pq.read_table(run_dir / "input", columns=["key"]).sort_by("key")
+    assert raw.column("key").equals(staged.column("key"))  # every input row went to its own shard's download
+    hits = sum(served_corpus.server.hits.values())
+    run_pipeline(load_recipe("demo", ["acquire.samples_per_shard=40"]), served_corpus.urls, run_dir, until="acquire")
+    assert sum(served_corpus.server.hits.values()) == hits  # the driver path resumes it: same fingerprint
