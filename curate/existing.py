@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import glob
 import json
+import shutil
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import braceexpand
 import fsspec
@@ -40,8 +42,11 @@ from curate.acquire import is_fetchable
 from curate.emit.parquet import write_parquet
 from curate.io import write_json
 from curate.raw import IMAGE_EXTS, SOURCES, forget_sources, raw_sources, split_member
-from curate.staging import Staged, commit_shard
+from curate.staging import Staged, commit_shard, shard_path
 from curate.urls import InputError, to_text
+
+if TYPE_CHECKING:
+    import duckdb
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -253,17 +258,13 @@ def stage_inputs(
     """Write each raw shard's ``RUN/input/{shard}.parquet`` in a task (into ``folder``; None: only digest them),
     then refuse a key that is in two rows (:func:`check_unique_keys`)."""
     calls = [
-        (fmt, name, files.get(".parquet", f"{raw_dir}/{name}.parquet"), extra, _out(folder, name))
+        (fmt, name, files.get(".parquet", f"{raw_dir}/{name}.parquet"), extra, shard_path(folder, name))
         for name, files in shards.items()
     ]
     results = [result for result, _ in run_tasks(shard_input, calls, "stage input shards")]
-    if folder is not None:
-        check_unique_keys([out for *_, out in calls], source)
+    if folder is not None:  # a task: DuckDB's hash table of every key must not live in the driver
+        run_tasks(check_unique_keys, [([out for *_, out in calls], source)], "check unique keys")
     return Staged(sum(rows for rows, _ in results), [digest for _, digest in results])
-
-
-def _out(folder: str | None, shard: str) -> str | None:
-    return None if folder is None else storage.join(folder, f"{shard}.parquet")
 
 
 def shard_input(fmt: str, name: str, path: str, extra: list[str], out: str | None) -> tuple[int, str]:
@@ -296,9 +297,20 @@ def _text_or_null(column: pa.ChunkedArray) -> pa.ChunkedArray:
 def check_unique_keys(paths: list[str], source: str) -> None:
     """Every key names one sample: two rows with the same key cannot be told apart in decisions. Checked by
     DuckDB over the input files (out of core), not with every key on the driver."""
+    import duckdb
+
     if not paths:
         return
-    con = storage.duckdb_for(paths[0])
+    scratch = storage.local_tmp()  # where DuckDB spills the key counts beyond its memory limit
+    try:
+        con = storage.duckdb_for(paths[0], duckdb.connect(config={"temp_directory": scratch}))
+        _check_unique_keys(con, paths, source)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _check_unique_keys(con: duckdb.DuckDBPyConnection, paths: list[str], source: str) -> None:
+    """Raise :class:`InputError` naming the first key found in two rows of ``paths`` and the shards holding it."""
     params = {"files": paths}
     found = con.sql(
         "SELECT key FROM read_parquet($files) GROUP BY key HAVING count(*) > 1 LIMIT 1", params=params

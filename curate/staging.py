@@ -151,7 +151,8 @@ def stage_table(inputs: pa.Table, layout: ShardLayout, folder: str | None) -> St
     """Write the input table ``inputs`` (:func:`curate.urls.read_inputs`, on the driver) shard by shard."""
     per = layout.samples_per_shard
     digests = [
-        commit_shard(inputs.slice(i * per, per), _out(folder, layout.shard_name(i))) for i in range(layout.n_shards)
+        commit_shard(inputs.slice(i * per, per), shard_path(folder, layout.shard_name(i)))
+        for i in range(layout.n_shards)
     ]
     return Staged(len(inputs), digests)
 
@@ -179,13 +180,14 @@ def stage_lists(
     shards = []
     for i in range(layout.n_shards):
         pieces = _pieces(starts, [c[2] for c in calls], i * layout.samples_per_shard, layout)
-        shards.append((i, pieces, schema, layout, _out(folder, layout.shard_name(i))))
+        shards.append((i, pieces, schema, layout, shard_path(folder, layout.shard_name(i))))
     digests = [digest for digest, _ in run_tasks(write_list_shard, shards, "stage input shards")]
     storage.rm(tmp)
     return layout, Staged(starts[-1], digests)
 
 
-def _out(folder: str | None, shard: str) -> str | None:
+def shard_path(folder: str | None, shard: str) -> str | None:
+    """``folder/{shard}.parquet``, or None without a folder (nothing is written)."""
     return None if folder is None else storage.join(folder, f"{shard}.parquet")
 
 
