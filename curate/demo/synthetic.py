@@ -24,7 +24,7 @@ def tiny_image(i: int, fmt: str = "JPEG") -> bytes:
 
 def synthetic_run(run_dir: str | Path, rows: int, raw_shards: int, keep_every: int = 2, png_every: int = 0) -> int:
     """Write ``rows`` samples over ``raw_shards`` raw shards into ``run_dir``; every ``keep_every``-th
-    is kept (the rest rejected ``too_small``), every ``png_every``-th image is a PNG. Returns the kept count."""
+    is kept (none when 0; the rest rejected ``too_small``), every ``png_every``-th image is a PNG. Returns the kept count."""
     run_dir = Path(run_dir)
     for folder in ("raw", "samples", "decisions"):
         (run_dir / folder).mkdir(parents=True, exist_ok=True)
@@ -34,7 +34,7 @@ def synthetic_run(run_dir: str | Path, rows: int, raw_shards: int, keep_every: i
         ids = range(s * per_shard, min(rows, (s + 1) * per_shard))
         samples = _raw_shard(run_dir, f"{s:05d}", ids, png_every)
         pq.write_table(samples, run_dir / "samples" / f"{s:05d}.parquet")
-        keep = pa.array([i % keep_every == 0 for i in ids])
+        keep = pa.array([bool(keep_every) and i % keep_every == 0 for i in ids])
         decisions.append(
             pa.table(
                 {
@@ -45,7 +45,7 @@ def synthetic_run(run_dir: str | Path, rows: int, raw_shards: int, keep_every: i
             )
         )
     pq.write_table(pa.concat_tables(decisions), run_dir / "decisions" / "decisions.parquet")
-    return sum(1 for i in range(rows) if i % keep_every == 0)
+    return sum(1 for i in range(rows) if keep_every and i % keep_every == 0)
 
 
 def _raw_shard(run_dir: Path, shard: str, ids: range, png_every: int) -> pa.Table:
