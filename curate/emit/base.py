@@ -25,7 +25,8 @@ class Sample:
 
     key: str
     jpeg: bytes
-    """The image as JPEG (bytes copied from ``raw/``, or re-encoded when the source was not JPEG)."""
+    """The image as JPEG (bytes copied from ``raw/``, or re-encoded when the source was not JPEG); empty
+    when no selected format reads images (:attr:`Writer.images`)."""
     caption: str
     """The caption to train on (:func:`curate.emit.shards.final_caption`)."""
     meta: dict[str, Any]
@@ -39,6 +40,8 @@ class Writer:
     """The format's name in the recipe's ``emit.formats``."""
     folder: ClassVar[str]
     """The folder of ``RUN/`` the format writes (committed as a whole, replacing the previous one)."""
+    images: ClassVar[bool] = True
+    """Whether the format reads :attr:`Sample.jpeg` (when no selected format does, no image is read)."""
 
     def __init__(self, out_dir: str, cfg: EmitConfig) -> None:
         self.out_dir = out_dir

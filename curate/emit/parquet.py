@@ -20,6 +20,7 @@ class MetadataFormat(Writer):
 
     name = "parquet"
     folder = "metadata"
+    images = False
 
     def open(self, shard: str, schema: pa.Schema) -> None:
         super().open(shard, schema)

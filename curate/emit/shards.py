@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curate import storage
 from curate.emit.base import Sample, Writer
-from curate.emit.webdataset import to_jpeg
+from curate.emit.webdataset import as_jpeg
 from curate.raw import read_images
 
 INTERNAL_COLUMNS = (
@@ -163,7 +163,7 @@ def write_shard(
 ) -> tuple[int, list[dict]]:
     """Write shard ``name`` of ``rows`` (in order) with each writer class of ``formats``, image bytes read
     from ``raw/`` by offset; return the number of rows and each writer's summary."""
-    images = read_images(rows, run_dir)
+    images = read_images(rows, run_dir) if any(cls.images for cls in formats) else None
     dropped = [c for c in (*INTERNAL_COLUMNS, ORDER) if c in rows.column_names]
     meta = final_caption(rows.drop_columns(dropped), caption_policy)
     writers = [cls(out_dir, cfg) for cls in formats]
@@ -171,8 +171,7 @@ def write_shard(
         writer.open(name, meta.schema)
     try:
         for record, fmt in zip(meta.to_pylist(), rows.column("format").to_pylist(), strict=True):
-            image = images[record["key"]]
-            jpeg = image if fmt == "jpeg" else to_jpeg(image, cfg.jpeg_quality)
+            jpeg = b"" if images is None else as_jpeg(images[record["key"]], fmt, cfg.jpeg_quality)
             sample = Sample(record["key"], jpeg, record["caption"], record)
             for writer in writers:
                 writer.write(sample)

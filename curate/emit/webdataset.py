@@ -35,7 +35,7 @@ class WebDatasetWriter:
 
     def write(self, key: str, image: bytes, image_format: str | None, caption: str, meta: dict) -> bytes:
         """Add one sample; ``image_format`` is Pillow's lower-case format name. Returns the JPEG written."""
-        jpg = image if image_format == "jpeg" else to_jpeg(image, self.jpeg_quality)
+        jpg = as_jpeg(image, image_format, self.jpeg_quality)
         self._add(f"{key}.jpg", jpg)
         self._add(f"{key}.txt", (caption or "").encode())
         self._add(f"{key}.json", json.dumps(meta, default=str).encode())
@@ -47,6 +47,11 @@ class WebDatasetWriter:
         info.size = len(data)
         info.mtime = int(time.time())
         self._tar.addfile(info, io.BytesIO(data))
+
+
+def as_jpeg(image: bytes, image_format: str | None, quality: int) -> bytes:
+    """``image`` as JPEG: JPEG bytes pass through untouched, any other format is re-encoded (:func:`to_jpeg`)."""
+    return image if image_format == "jpeg" else to_jpeg(image, quality)
 
 
 def to_jpeg(image: bytes, quality: int) -> bytes:
