@@ -12,6 +12,7 @@ import uuid
 from functools import partial
 
 from curate import runtime, storage
+from curate.emit.base import Writer
 from curate.emit.formats import FORMATS, selected
 from curate.emit.shards import ORDER, EmitConfig, kept_schema, ordered_kept_rows, write_shard
 
@@ -37,8 +38,9 @@ def emit(run_dir: str, cfg: EmitConfig, caption_policy: str, enrich: dict[str, l
         "emit",
     )
     record = {"formats": [f.name for f in formats], "shards": len(results), "samples": sum(n for n, _ in results)}
-    for i, writer in enumerate(formats):
-        record |= writer.finish(tmp, cfg, [summaries[i] for _, summaries in results])
+    calls = [(writer, tmp, cfg, [summaries[i] for _, summaries in results]) for i, writer in enumerate(formats)]
+    for finished, _ in runtime.run_tasks(finish, calls, "emit finish"):  # e.g. LLaVA's JSON, streamed in a task
+        record |= finished
     for writer in formats:
         storage.commit_dir(writer.root(tmp), storage.join(run_dir, writer.folder))
     for writer in FORMATS.values():
@@ -52,3 +54,8 @@ def emit(run_dir: str, cfg: EmitConfig, caption_policy: str, enrich: dict[str, l
 def shard_name(index: int, count: int) -> str:
     """Emitted shard ``index`` of ``count``: zero-padded to 5 digits, more when there are more shards."""
     return f"{index:0{max(5, len(str(count)))}d}"
+
+
+def finish(writer: type[Writer], out_dir: str, cfg: EmitConfig, summaries: list[dict]) -> dict:
+    """``writer.finish`` (a task: what it streams never passes through the driver)."""
+    return writer.finish(out_dir, cfg, summaries)
