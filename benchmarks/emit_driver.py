@@ -5,6 +5,15 @@
 Builds one run directory (every 2nd row kept), then for each ``--code`` tree runs ``curate.run.emit``
 in a fresh driver process under an embedded Ray and prints: kept rows, emit seconds, the driver's
 VmHWM before emit (Ray and imports) and after, from /proc/self/status. Writes the table as JSON.
+
+Measured 2026-11-30 (2 shared cores, load ~14; 15 sample columns; --samples-per-shard 2000 / 5000):
+
+| kept rows | emit before (driver query + shuffle) | emit after (Ray Data sort, per-shard tasks) |
+|---|---|---|
+| 20,000  | 6.2 s, VmHWM +64 MB (270 → 334)   | 36.3 s*, VmHWM +15 MB (269 → 284) |
+| 100,000 | 35.1 s, VmHWM +135 MB (270 → 405) | 34.0 s, VmHWM +15 MB (270 → 285) |
+
+(*) under heavier load; Ray Data's sort costs ~10 s of fixed overhead on this machine.
 """
 
 from __future__ import annotations
