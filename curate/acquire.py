@@ -208,11 +208,18 @@ def retryable_keys(parquet: str | Path, reasons: Collection[str]) -> list[str]:
 
 
 def retry_shard(
-    shard_id: int, rows: pa.Table, only: Collection[int], raw_dir: str, layout: ShardLayout, cfg: AcquireConfig
+    shard_id: int,
+    rows: pa.Table,
+    only: Collection[int],
+    raw_dir: str,
+    layout: ShardLayout,
+    cfg: AcquireConfig,
+    invalidate: Collection[str] = (),
 ) -> dict:
     """Download rows ``only`` (indices into ``rows``, the shard's rows as for :func:`download_shard`) of a
     complete shard again, and commit a new version of it: its images plus the recovered ones, the retried
-    rows' records replaced, the stats recounted. When no retried row's outcome changed, nothing is written.
+    rows' records replaced, the stats recounted. When no retried row's outcome changed, nothing is written;
+    else the files ``invalidate`` (what was computed from the old version) are removed first.
 
     The tar is replaced first, then the Parquet, then the stats, so a crash at any point leaves a readable
     shard (an image whose record still says failed is downloaded again by the next retry). Returns counts:
@@ -229,6 +236,8 @@ def retry_shard(
         before, after = _outcomes(old), _outcomes(new)
         changed = sum(before.get(key) != outcome for key, outcome in after.items())
         if changed:
+            for path in invalidate:
+                storage.rm(path)
             _commit_retry(raw_dir, name, tmp, old, new)
     status = new.column("status").to_pylist()
     recovered, failing = status.count("success"), status.count("failed_to_download")

@@ -1,8 +1,8 @@
 """The steps of one run directory: acquire → annotate → decide → emit, each recorded in the manifest.
 
 ``run_pipeline`` is what ``curate run`` calls; ``redecide`` is ``curate decide``. Steps are
-idempotent: acquire skips complete shards, annotate is reused while its inputs and config are
-unchanged, decide and emit always re-run (they are cheap) and replace their outputs atomically.
+idempotent: acquire skips complete shards, annotate skips raw shards already annotated with the same
+stage settings, decide and emit always re-run (they are cheap) and replace their outputs atomically.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import runtime, staging, storage
+from curate import annotated, runtime, staging, storage
 from curate.acquire import RETRIED, ShardLayout, complete_shards, retryable_keys
 from curate.decide import decide
 from curate.decide.urls import acquire_blocklist
@@ -311,8 +312,9 @@ def acquire_retry(
 ) -> None:
     """Download again the rows of complete raw shards whose download failed with one of ``reasons``.
 
-    Complete samples are never requested again. Annotate is marked stale before any download starts, so
-    an interruption can cost an extra annotate but never leave signals that miss recovered rows; when no
+    Complete samples are never requested again. A shard whose rows changed loses its annotate files
+    (``samples/``, ``embeddings/``) before its new version is committed, so only it is annotated again and
+    no crash can leave signals that miss recovered rows. Annotate is marked stale while this runs; when no
     retried row's outcome changed (no shard was rewritten), annotate's record is restored.
     """
     raw = storage.join(run_dir, "raw")
@@ -321,8 +323,8 @@ def acquire_retry(
         for name in sorted(complete_shards(raw))
         if (keys := retryable_keys(storage.join(raw, f"{name}.parquet"), reasons))
     }
-    annotated = manifest.steps.get("annotate", {}).get("status")
-    if plan and annotated is not None:
+    signals = manifest.steps.get("annotate", {}).get("status")
+    if plan and signals is not None:
         manifest.steps["annotate"]["status"] = "stale"  # saved as the step below starts
     retried = sum(len(keys) for keys in plan.values())
     with manifest.step("acquire_retry", reasons=list(reasons), shards=len(plan), rows_retried=retried) as record:
@@ -331,8 +333,8 @@ def acquire_retry(
         results = [r for r, _ in retried_shards]
         for field in ("recovered", "still_failing", "changed"):
             record[field] = sum(r[field] for r in results)
-    if plan and annotated is not None and record["changed"] == 0:
-        manifest.steps["annotate"]["status"] = annotated
+    if plan and signals is not None and record["changed"] == 0:
+        manifest.steps["annotate"]["status"] = signals
         manifest.save()
 
 
@@ -348,45 +350,29 @@ def _retry_calls(recipe: Recipe, layout: ShardLayout, run_dir: str, plan: dict[s
 
 
 def annotate(recipe: Recipe, run_dir: str, manifest: Manifest) -> None:
-    """Compute signals for every raw shard into ``RUN/samples/`` unless they are up to date."""
+    """Compute signals into ``RUN/samples/{shard}.parquet`` (+ ``embeddings/``) for every raw shard that has none.
+
+    Each shard is committed as it finishes (:mod:`curate.annotated`), so a killed annotate resumes with
+    the unfinished shards and a grown input annotates only its new ones; changed stage settings (not
+    resources) re-annotate every shard.
+    """
     shards = shard_names(run_dir, complete_shards(storage.join(run_dir, "raw")))
     stages = [{"stage": s.name, **s.config.cache_key()} for s in recipe.annotate]  # resources do not count
     key = {"raw_shards": shards, "stages": stages}
     if manifest.done("annotate", **key):
         return
-    tmp = storage.join(run_dir, ".tmp", f"annotate-{uuid.uuid4().hex[:8]}")
-    with manifest.step("annotate", **key) as record:
-        runtime.annotate(run_dir, shards, recipe.annotate, storage.join(tmp, "all"))
-        embedding_columns = [c for s in recipe.annotate for c in s.embedding_columns]
-        split_embeddings(*(storage.join(tmp, part) for part in ("all", "samples", "embeddings")), embedding_columns)
-        storage.commit_dir(storage.join(tmp, "samples"), storage.join(run_dir, "samples"))
-        if embedding_columns:
-            storage.commit_dir(storage.join(tmp, "embeddings"), storage.join(run_dir, "embeddings"))
-        storage.rm(tmp)
-        record["rows"] = count_rows(storage.files(storage.join(run_dir, "samples")))
+    changed = manifest.steps.get("annotate", {}).get("stages") != stages
+    reused = annotated.prune(run_dir, shards, everything=changed)  # before the new stages are recorded
+    todo = [s for s in shards if s not in reused]
+    with manifest.step("annotate", **key, shards_annotated=len(todo), shards_reused=len(shards) - len(todo)) as record:
+        counts = annotated.input_counts(run_dir)
+        columns = [c for s in recipe.annotate for c in s.embedding_columns]
+        commit = partial(annotated.commit_shard, run_dir=run_dir, embedding_columns=columns)
+        parts = storage.join(run_dir, ".tmp", annotated.PARTS)
+        runtime.annotate(run_dir, todo, recipe.annotate, parts, {s: counts.get(s, 0) for s in todo}, commit)
+        storage.rm(parts)
+        record["rows"] = sum(counts.get(s, 0) for s in shards)
         record["models"] = {s.name: s.model_id for s in recipe.annotate if hasattr(s, "model_id")}
-
-
-def count_rows(paths: list[str]) -> int:
-    """The number of rows of the Parquet files ``paths`` (from their footers)."""
-    total = 0
-    for path in paths:
-        with fsspec.open(path, "rb") as f:
-            total += pq.ParquetFile(f).metadata.num_rows
-    return total
-
-
-def split_embeddings(source: str, samples: str, embeddings: str, columns: list[str]) -> None:
-    """Move embedding columns out of the annotate output into ``embeddings/`` (with ``key``), file by file."""
-    storage.makedirs(samples)
-    storage.makedirs(embeddings)
-    for path in storage.files(source):
-        with fsspec.open(path, "rb") as f:
-            table = pq.read_table(f)
-        present = [c for c in columns if c in table.column_names]
-        write_parquet(storage.join(samples, storage.name(path)), table.drop_columns(present))
-        if present:
-            write_parquet(storage.join(embeddings, storage.name(path)), table.select(["key", *present]))
 
 
 def decide_and_emit(recipe: Recipe, run_dir: str, manifest: Manifest, until: str = "emit") -> RunResult:

@@ -53,6 +53,10 @@ def _quiet_data_context() -> None:
     ctx.print_on_execution_start = False
 
 
+def _call(fn: Callable, *args: Any) -> Any:
+    return fn(*args)
+
+
 def _on_node(fn: Callable, args: tuple) -> tuple[Any, str]:
     return fn(*args), ray.get_runtime_context().get_node_id()
 
@@ -138,9 +142,27 @@ def run_stage(table: pa.Table, stage: Stage) -> pa.Table:
     return pa.concat_tables(ray.get(refs))
 
 
-def annotate(run_dir: str, shards: Sequence[str], stages: Sequence[Stage], out_dir: str) -> None:
-    """Stream raw ``shards`` through ``stages`` and write the signals (no image bytes) to ``out_dir``."""
-    ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=max(1, len(shards)))
+def annotate(
+    run_dir: str,
+    shards: Sequence[str],
+    stages: Sequence[Stage],
+    parts_dir: str,
+    expected: dict[str, int],
+    commit: Callable[[str, list[str]], int],
+) -> dict[str, int]:
+    """Stream raw ``shards`` through ``stages``; commit each shard as soon as all its rows are through.
+
+    The pipeline's last op writes part files (:func:`curate.annotated.write_parts`) and returns only their
+    summaries; this driver tallies rows per shard against ``expected`` (input rows per shard) and runs
+    ``commit(shard, part_paths)`` as a Ray task for each complete shard. Memory here is O(shards in flight).
+    Returns rows committed per shard. On a failure, shards already complete are committed before it is raised.
+    """
+    from curate.annotated import write_parts
+
+    todo = [s for s in shards if expected.get(s, 0) > 0]
+    if not todo:
+        return {}
+    ds = ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo))
     ds = ds.map_batches(
         _read_shards,
         fn_kwargs={"run_dir": run_dir, "chunk_rows": 512},
@@ -150,13 +172,79 @@ def annotate(run_dir: str, shards: Sequence[str], stages: Sequence[Stage], out_d
     for stage in stages:
         ds = apply_stage(ds, stage)
     ds = ds.drop_columns(["image"])
+    ds = ds.map_batches(write_parts, fn_kwargs={"parts_dir": parts_dir}, batch_format="pyarrow", batch_size=None)
+    committer = _ShardCommitter(commit, expected, len(todo))
     try:
-        _write_parquet(ds, out_dir)
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
+            committer.add(batch)
+        committer.check_finished()
     except Exception as err:
+        committer.drain(raise_errors=False)
         cause = input_error(err)
         if cause is None:
             raise
         raise cause from None
+    return committer.drain()
+
+
+class _ShardCommitter:
+    """The driver's side of annotate: part summaries in, one commit task per shard once its rows are all there."""
+
+    def __init__(self, commit: Callable[[str, list[str]], int], expected: dict[str, int], total: int) -> None:
+        self.commit = commit
+        self.remote = ray.remote(_call).options(num_cpus=0.5, max_retries=1)
+        self.expected, self.rows = expected, dict.fromkeys(expected, 0)
+        self.parts: dict[str, list[str]] = {}
+        self.pending: dict[Any, str] = {}
+        self.done: dict[str, int] = {}
+        self.bar = tqdm(total=total, desc="annotate", unit="shard")
+
+    def add(self, summary: pa.Table) -> None:
+        """Tally one batch of part summaries; start the commit of every shard it completes."""
+        for shard, rows, path in zip(*(summary.column(c).to_pylist() for c in ("shard", "rows", "path")), strict=True):
+            self.rows[shard] += rows
+            self.parts.setdefault(shard, []).append(path)
+            if self.rows[shard] > self.expected[shard]:
+                raise RuntimeError(
+                    f"annotate: raw shard {shard} gave {self.rows[shard]} rows, its input has {self.expected[shard]}"
+                )
+            if self.rows[shard] == self.expected[shard]:
+                self.pending[self.remote.remote(self.commit, shard, self.parts.pop(shard))] = shard
+        self._collect(timeout=0)
+
+    def check_finished(self) -> None:
+        """After the stream: every shard got all its rows (a stage that drops rows would lose samples)."""
+        short = {s: (self.rows[s], n) for s, n in self.expected.items() if 0 < n != self.rows[s]}
+        if short:
+            shard, (got, want) = min(short.items())
+            raise RuntimeError(
+                f"annotate: raw shard {shard} gave {got} rows, its input has {want} ({len(short)} short)"
+            )
+
+    def _collect(self, timeout: float | None) -> None:
+        if not self.pending:
+            return
+        ready, _ = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=timeout)
+        for ref in ready:
+            self._finish(ref)
+
+    def _finish(self, ref: Any) -> None:
+        shard = self.pending.pop(ref)
+        self.done[shard] = ray.get(ref)
+        self.bar.update(1)
+
+    def drain(self, raise_errors: bool = True) -> dict[str, int]:
+        """Wait for every commit started; returns rows per committed shard."""
+        try:
+            for ref in list(self.pending):
+                try:
+                    self._finish(ref)
+                except Exception:
+                    if raise_errors:
+                        raise
+        finally:
+            self.bar.close()
+        return self.done
 
 
 def _write_parquet(ds: ray.data.Dataset, out_dir: str) -> None:

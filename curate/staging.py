@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from curate import storage
 from curate.acquire import AcquireConfig, ShardLayout, download_shard, retry_shard
+from curate.annotated import FOLDERS, shard_file
 from curate.emit.parquet import write_parquet
 from curate.raw import LEGACY_INPUT, _input_rows
 from curate.recipe import InputConfig
@@ -275,6 +276,9 @@ def acquire_shard(
 def retry_input_shard(
     shard_id: int, run_dir: str, only: list[int], layout: ShardLayout, cfg: AcquireConfig, extra: list[str], blocklist
 ) -> dict:
-    """Task: :func:`curate.acquire.retry_shard` of raw shard ``shard_id``, reading its rows from ``RUN/input/``."""
-    rows = shard_rows(_input_rows(run_dir, layout.shard_name(shard_id)), extra, blocklist)
-    return retry_shard(shard_id, rows, only, storage.join(run_dir, "raw"), layout, cfg)
+    """Task: :func:`curate.acquire.retry_shard` of raw shard ``shard_id``, reading its rows from ``RUN/input/``;
+    when the shard changes, its annotate files go first (only it is annotated again)."""
+    name = layout.shard_name(shard_id)
+    rows = shard_rows(_input_rows(run_dir, name), extra, blocklist)
+    stale = [shard_file(run_dir, folder, name) for folder in FOLDERS]
+    return retry_shard(shard_id, rows, only, storage.join(run_dir, "raw"), layout, cfg, stale)

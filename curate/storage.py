@@ -14,7 +14,9 @@ Commits without rename (object storage has none):
   moves it, which is a server-side copy), so a reader sees the old object or the new one;
 * a raw shard: ``NAME.tar`` and ``NAME.parquet`` are uploaded first and ``NAME_stats.json`` last;
   the stats file is the completion marker acquire trusts (a shard without it is downloaded again);
-* a folder (``samples/``, ``embeddings/``, ``shards/``, ``metadata/``, ``llava/``, ``report/``):
+* annotate's ``samples/{shard}.parquet`` and ``embeddings/{shard}.parquet``: one file each, as above, with no
+  folder marker (a folder's stale ``_COMMITTED`` is removed first, see :mod:`curate.annotated`);
+* a folder (``shards/``, ``metadata/``, ``llava/``, ``report/``):
   :func:`commit_dir` writes the new version under ``RUN/.tmp/...``, copies its files into the
   folder, then writes ``FOLDER/_COMMITTED`` (a JSON list of the version's files, one PUT), then
   deletes the files no longer listed. Readers list a folder with :func:`files`, which returns
