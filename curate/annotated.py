@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from pathlib import PurePosixPath
 
 import fsspec
 import pyarrow as pa
@@ -27,6 +26,9 @@ PARTS = "annotate-parts"
 
 FOLDERS = ("samples", "embeddings")
 """Where annotate writes, one ``{raw_shard}.parquet`` in each per shard (embeddings only when computed)."""
+
+LAYOUT = "per_shard"
+"""The annotate record's ``layout``: runs without it wrote ``samples/`` as a whole (any file names)."""
 
 SUMMARY = pa.schema([("shard", pa.string()), ("rows", pa.int64()), ("path", pa.string())])
 """What :func:`write_parts` returns for each part file it wrote."""
@@ -51,6 +53,12 @@ def input_counts(run_dir: str) -> dict[str, int]:
     return {shard: int(n) for shard, n in rows}
 
 
+def committed(run_dir: str) -> set[str]:
+    """The raw shards whose ``samples/{shard}.parquet`` exists."""
+    names = (storage.name(p) for p in storage.entries(storage.join(run_dir, "samples")))
+    return {n.removesuffix(".parquet") for n in names if n.endswith(".parquet")}
+
+
 def prune(run_dir: str, shards: Sequence[str], everything: bool = False) -> set[str]:
     """Remove what annotate must not reuse and return the shards whose samples are committed.
 
@@ -67,7 +75,7 @@ def prune(run_dir: str, shards: Sequence[str], everything: bool = False) -> set[
         for name in sorted(found - wanted):
             storage.rm(storage.join(base, name))
         kept[folder] = found & wanted
-    return {PurePosixPath(n).stem for n in kept["samples"]}
+    return {n.removesuffix(".parquet") for n in kept["samples"]}
 
 
 def write_parts(batch: pa.Table, parts_dir: str) -> pa.Table:

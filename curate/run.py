@@ -359,12 +359,15 @@ def annotate(recipe: Recipe, run_dir: str, manifest: Manifest) -> None:
     shards = shard_names(run_dir, complete_shards(storage.join(run_dir, "raw")))
     stages = [{"stage": s.name, **s.config.cache_key()} for s in recipe.annotate]  # resources do not count
     key = {"raw_shards": shards, "stages": stages}
-    if manifest.done("annotate", **key):
-        return
-    changed = manifest.steps.get("annotate", {}).get("stages") != stages
-    reused = annotated.prune(run_dir, shards, everything=changed)  # before the new stages are recorded
+    previous = manifest.steps.get("annotate", {})
+    if manifest.done("annotate", **key) and (
+        previous.get("layout") != annotated.LAYOUT or set(shards) <= annotated.committed(run_dir)
+    ):
+        return  # every shard annotated (a run from before per-shard files: as a whole)
+    reused = annotated.prune(run_dir, shards, everything=previous.get("stages") != stages)  # before they are recorded
     todo = [s for s in shards if s not in reused]
-    with manifest.step("annotate", **key, shards_annotated=len(todo), shards_reused=len(shards) - len(todo)) as record:
+    fields = {**key, "layout": annotated.LAYOUT, "shards_annotated": len(todo), "shards_reused": len(reused)}
+    with manifest.step("annotate", **fields) as record:
         counts = annotated.input_counts(run_dir)
         columns = [c for s in recipe.annotate for c in s.embedding_columns]
         commit = partial(annotated.commit_shard, run_dir=run_dir, embedding_columns=columns)

@@ -166,6 +166,8 @@ def test_annotate_is_stale_while_the_retry_downloads_and_runs_again(runs):
     assert ("running", "done") not in runs["watched"]  # a crash now could not leave signals without the retried rows
     annotate = runs["second"]["steps"]["annotate"]
     assert (annotate["executions"], annotate["status"]) == (2, "done")
+    changed = {runs["key_of"][p][:5] for p in [*runs["flaky"], runs["slow"]]}  # shards with a recovered row
+    assert annotate["shards_annotated"] == len(changed) < len(annotate["raw_shards"])  # only they lost their signals
 
 
 def test_a_retry_that_changes_nothing_keeps_the_signals(runs):
