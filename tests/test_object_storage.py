@@ -116,6 +116,16 @@ def test_run_decide_stats_report_status_on_s3(served_corpus, bucket, tmp_path, t
     assert first and first == metadata_keys(run) and sizes_total(run) == len(first)
     assert fs.exists(f"{run}/report/report.html") and not fs.exists(f"{run}/curate.lock")
     assert not fs.ls(f"{run}/.tmp") if fs.exists(f"{run}/.tmp") else True
+    shards = json.loads(fs.cat(f"{run}/manifest.json"))["steps"]["annotate"]["raw_shards"]
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{run}/samples", refresh=True))
+    assert names == [f"{s}.parquet" for s in shards]  # one file per raw shard, no folder marker
+
+    fs.rm(f"{run}/samples/{shards[0]}.parquet")  # as if annotate was killed before this shard was committed
+    fs.pipe_file(f"{run}/samples/_COMMITTED", json.dumps([]).encode())  # a marker of the folder-at-once layout
+    curate("run", "demo", "--input", f"{bucket}/in/urls.parquet", "--output", run, *SMALL, cwd=tmp_path)
+    annotate = json.loads(fs.cat(f"{run}/manifest.json"))["steps"]["annotate"]
+    assert (annotate["shards_annotated"], annotate["shards_reused"]) == (1, len(shards) - 1)
+    assert not fs.exists(f"{run}/samples/_COMMITTED") and kept(run) == first
 
     curate("decide", run, "--set", "decide.image_size.min_side=200", cwd=tmp_path)
     second = kept(run)
