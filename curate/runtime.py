@@ -168,6 +168,9 @@ def annotate(
         fn_kwargs={"run_dir": run_dir, "chunk_rows": 512},
         batch_size=1,
         batch_format="pyarrow",
+        # A concurrency of its own keeps this op from being fused into the stages, whose batch_size would make
+        # one task read up to batch_size shards in turn (one core for them all, no shard committed before its end).
+        concurrency=len(todo),
     )
     for stage in stages:
         ds = apply_stage(ds, stage)

@@ -164,3 +164,47 @@ def test_input_counts_reads_either_input_layout(tmp_path):
             rows.filter(pa.compute.equal(rows["raw_shard"], shard)), tmp_path / "new" / "input" / f"{shard}.parquet"
         )
     assert input_counts(str(tmp_path / "new")) == {"00000": 2, "00001": 1}
+
+
+def failing_stage(shard: str, flag: Path, samples: Path):
+    """A stage that fails on raw shard ``shard`` the first time (until ``flag`` exists), once the other shards'
+    commits have settled; defined in a function so Ray ships the class to its workers by value."""
+    from curate.stage import Stage
+
+    class FailOnce(Stage):
+        name = "fail_once"
+
+        def process(self, batch: pa.Table) -> pa.Table:
+            if shard in batch["raw_shard"].to_pylist() and not flag.exists():
+                seen, since = -1, time.monotonic()
+                while time.monotonic() - since < 3.0:
+                    time.sleep(0.2)
+                    if (now := len(list(samples.glob("*.parquet")))) != seen:
+                        seen, since = now, time.monotonic()
+                flag.touch()
+                raise RuntimeError(f"planted failure in raw shard {shard}")
+            return batch
+
+    return FailOnce(FailOnce.Config(batch_size=10))
+
+
+def test_a_failed_annotate_keeps_the_finished_shards(full_run, served_corpus, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    shards = Manifest(run).steps["annotate"]["raw_shards"]
+    small = [f"annotate.{s}.batch_size=10" for s in ("image", "hashes", "caption", "language")]  # ~ a task a shard
+    recipe = load_recipe("demo", [*SETTINGS, *small])
+    recipe.annotate.append(failing_stage(shards[-1], tmp_path / "failed-once", run / "samples"))
+    with pytest.raises(Exception, match="planted failure"):
+        run_pipeline(recipe, served_corpus.urls, run)  # a new stage: every shard is annotated again
+    before = committed(run)
+    assert 1 <= len(before) < len(shards) and shards[-1] not in before
+    assert Manifest(run).steps["annotate"]["status"] == "failed"
+
+    run_pipeline(recipe, served_corpus.urls, run)
+    annotate = Manifest(run).steps["annotate"]
+    assert (annotate["shards_annotated"], annotate["shards_reused"]) == (len(shards) - len(before), len(before))
+    after = committed(run)
+    assert sorted(after) == shards and {s: after[s] for s in before} == before
