@@ -97,7 +97,7 @@ def test_a_killed_annotate_resumes_with_only_the_unfinished_shards(served_corpus
     assert {s: after[s] for s in before} == before  # the committed shards were not written again
     assert not list((run / ".tmp").glob("*")) if (run / ".tmp").exists() else True
     samples = pq.read_table(run / "samples", columns=["key", "raw_shard"])
-    inputs = pq.read_table(run / "input" / "urls.parquet", columns=["key"])
+    inputs = pq.read_table(run / "input", columns=["key"])
     assert sorted(samples["key"].to_pylist()) == sorted(inputs["key"].to_pylist())  # each row once
     for shard in shards:  # each file holds its own shard's rows, sorted by key
         keys = pq.read_table(run / "samples" / f"{shard}.parquet", columns=["key", "raw_shard"])
