@@ -396,7 +396,7 @@ def decide_and_emit(recipe: Recipe, run_dir: str, manifest: Manifest, until: str
         record["rejected"] = decide(
             samples,
             recipe.decide,
-            storage.join(run_dir, "decisions", "decisions.parquet"),
+            storage.join(run_dir, "decisions"),
             storage.join(run_dir, "embeddings"),
             record["policies"],
         )
