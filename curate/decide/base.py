@@ -53,6 +53,15 @@ class DecideDB:
         )
         self.con.unregister("_rejected")
 
+    def reject_query(self, query: str, reason: str, stage: str, params: dict | None = None) -> None:
+        """Reject the keys SQL ``query`` returns (columns ``key``, ``dup_of``), computed inside DuckDB (out of core)."""
+        reasons.check(reason)
+        self.con.execute(
+            f"""UPDATE verdict SET reason = $reason, stage = $stage, dup_of = r.dup_of
+                FROM ({query}) r WHERE verdict.key = r.key AND verdict.reason IS NULL""",
+            {"reason": reason, "stage": stage, **(params or {})},
+        )
+
 
 class Policy:
     """Base class: subclasses set ``name``, ``Config``, ``reads``, ``reasons`` and ``apply``."""
