@@ -2,7 +2,7 @@
 
 The table is written the way Ray's annotate writes it (part files that each mix raw shards), with
 10,000 rows per raw shard, 1 % exact duplicates spread across shards, and the columns the policies
-read. Each size runs in a fresh process, so its peak RSS is decide's alone (DuckDB runs in process).
+read. Decide runs in a fresh process per size, so its peak RSS is decide's alone (DuckDB runs in process).
 
     python benchmarks/decide_scale.py --rows 100000 1000000 [--memory 1GB] [--json out.json]
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -65,29 +64,27 @@ def write_samples(folder: Path, n: int, seed: int = 0) -> None:
         pq.write_table(table, folder / f"part-{part:05d}.parquet")
 
 
-def measure(n: int, memory: str) -> dict:
-    """Decide over ``n`` rows in this process: seconds, peak RSS, files written."""
+def peak_rss_mib() -> int:
+    """This process's peak resident set (VmHWM; unlike ru_maxrss, not inherited from the parent across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024)
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def measure(samples: Path, out: Path, memory: str) -> dict:
+    """Decide over the samples folder in this (fresh) process: seconds, peak RSS, files written."""
     from curate.decide import decide
     from curate.recipe import build_recipe
 
-    with tempfile.TemporaryDirectory(prefix="decide-scale-") as tmp:
-        write_samples(Path(tmp, "samples"), n)
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        start = time.perf_counter()
-        counts = decide(
-            str(Path(tmp, "samples", "*.parquet")),
-            build_recipe(RECIPE).decide,
-            Path(tmp, "decisions"),
-            memory_limit=memory,
-        )
-        seconds = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        files = len(list(Path(tmp, "decisions").iterdir()))
-    return {
-        "rows": n,
-        "seconds": round(seconds, 2),
-        "peak_rss_mib": round(peak / 1024),
-        "rss_before_mib": round(base / 1024),
+    policies = build_recipe(RECIPE).decide
+    base = peak_rss_mib()
+    start = time.perf_counter()
+    counts = decide(str(samples / "*.parquet"), policies, out, memory_limit=memory)
+    seconds = time.perf_counter() - start
+    peak = peak_rss_mib()
+    files = len(list(out.iterdir()))
+    return {"seconds": round(seconds, 2), "peak_rss_mib": peak, "rss_before_mib": base} | {
         "files": files,
         "rejected": counts,
     }
@@ -98,25 +95,22 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--memory", default="1GB", help="DuckDB memory_limit for decide")
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child: measure one size
+    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # child: SAMPLES OUT
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.memory)))
+        print(json.dumps(measure(Path(args.one[0]), Path(args.one[1]), args.memory)))
         return
     results = []
     for n in args.rows:
-        out = subprocess.run(
-            [sys.executable, __file__, "--one", str(n), "--memory", args.memory],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        with tempfile.TemporaryDirectory(prefix="decide-scale-") as tmp:
+            write_samples(Path(tmp, "samples"), n)
+            child = [sys.executable, __file__, "--one", f"{tmp}/samples", f"{tmp}/decisions", "--memory", args.memory]
+            out = subprocess.run(child, check=True, capture_output=True, text=True)
+        results.append({"rows": n, **json.loads(out.stdout.strip().splitlines()[-1])})
     print(f"{'rows':>10} {'seconds':>8} {'s/million':>10} {'peak RSS MiB':>13} {'files':>6}")
     for r in results:
-        print(
-            f"{r['rows']:>10,} {r['seconds']:>8} {r['seconds'] / r['rows'] * 1e6:>10.1f} {r['peak_rss_mib']:>13} {r['files']:>6}"
-        )
+        per = r["seconds"] / r["rows"] * 1e6
+        print(f"{r['rows']:>10,} {r['seconds']:>8} {per:>10.1f} {r['peak_rss_mib']:>13} {r['files']:>6}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

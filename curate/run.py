@@ -451,14 +451,14 @@ def _enrich_stage(stage, run_dir: str) -> dict:
     ]
     counts = [n for n, _ in runtime.run_tasks(enrich_store.select_todo, calls, f"{stage.name}: select")]
     todo = [s for s, (n, _) in zip(shards, counts, strict=True) if n]
+    processed = sum(n for n, _ in counts)
     if todo:
-        runtime.enrich(run_dir, storage.files(f"{tmp}/todo"), stage, f"{tmp}/out")
+        runtime.enrich(run_dir, storage.files(f"{tmp}/todo"), processed, stage, f"{tmp}/out")
         folder = enrich_store.folder(run_dir, stage.name)
         merges = [(["key", *writes], f"{tmp}/out/raw_shard={s}", f"{folder}/{s}.parquet") for s in todo]
         runtime.run_tasks(enrich_store.merge, merges, f"{stage.name}: merge")
     storage.rm(tmp)
     enrich_store.finish(run_dir, stage.name, settings)
-    processed = sum(n for n, _ in counts)
     reused = sum(done for _, done in counts)
     return {"model": getattr(stage, "model_id", None), "processed": processed, "reused": reused}
 

@@ -159,3 +159,36 @@ def test_decisions_are_one_file_per_raw_shard_covering_every_sample_once(tmp_pat
 
     decide(str(tmp_path / "samples" / "*.parquet"), [], out)  # a re-decide replaces the folder whole
     assert pq.read_table(out).column("keep").to_pylist().count(False) == 0
+
+
+def test_keep_top_and_url_filter_run_inside_duckdb_batch_by_batch(tmp_path, monkeypatch):
+    """keep_top keeps exactly round(f * n) rows by score, ties broken by key; url_filter streams batches."""
+    import curate.decide.urls as urls
+
+    monkeypatch.setattr(urls, "BATCH_ROWS", 7)  # several batches
+    n = 50
+    table = pa.table(
+        {
+            "key": [f"{i:03d}" for i in range(n)],
+            "url": [f"http://{'bad' if i % 10 == 3 else 'ok'}.example/{i}" for i in range(n)],
+            "caption": ["c"] * n,
+            "status": ["success"] * n,
+            "width": [100] * n,
+            "height": [100] * n,
+            "decode_error": pa.nulls(n, pa.string()),
+            "clip_score": pa.array([float(i % 5) for i in range(n)], pa.float32()),  # ties
+        }
+    )
+    pq.write_table(table, tmp_path / "samples.parquet")
+    recipe = build_recipe(
+        {
+            "annotate": ["image", {"stage": "clip", "model": "clip-tiny"}],
+            "decide": [{"policy": "url_filter", "domains": ["bad.example"]}, {"policy": "clip_score", "keep_top": 0.3}],
+        }
+    )
+    counts = decide(str(tmp_path / "samples.parquet"), recipe.decide, tmp_path / "d")
+    got = pq.read_table(tmp_path / "d").to_pylist()
+    assert counts == {"blocked_url": 5, "low_clip_score": 45 - round(0.3 * 45)}
+    survivors = [r for r in table.to_pylist() if r["key"][-1] != "3"]
+    want = sorted(survivors, key=lambda r: (-r["clip_score"], r["key"]))[: round(0.3 * 45)]
+    assert {r["key"] for r in got if r["keep"]} == {r["key"] for r in want}

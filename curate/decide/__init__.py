@@ -62,6 +62,7 @@ def decide(
         db = DecideDB(con, embeddings_dir)
         for policy in [Availability(), *policies]:
             policy.apply(db)
+            con.execute("CHECKPOINT")  # updates move to disk: DuckDB keeps uncheckpointed ones in memory
         if info is not None:
             info.update(db.info)
         build = Path(scratch, "decisions")
@@ -75,7 +76,10 @@ def decide(
 
 
 def write_by_shard(con: duckdb.DuckDBPyConnection, folder: Path) -> int:
-    """Stream the decisions, sorted by (raw shard, key), into ``folder/{raw_shard}.parquet``; returns the files written."""
+    """Stream the decisions, sorted by (raw shard, key), into ``folder/{raw_shard}.parquet``.
+
+    Returns the number of files written.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     have = {row[0] for row in con.sql("DESCRIBE samples").fetchall()}
     shard = "s.raw_shard::VARCHAR" if "raw_shard" in have else "NULL"
@@ -121,7 +125,8 @@ def _file_name(shard: str) -> str:
 
 
 def commit(build: Path, out_dir: str) -> None:
-    """Make local folder ``build`` the decisions folder ``out_dir``: swapped locally, uploaded then committed remotely."""
+    """Make local folder ``build`` the decisions folder ``out_dir``: swapped in locally, uploaded and
+    committed (:func:`curate.storage.commit_dir`) on object storage."""
     if storage.is_local(out_dir):
         final = Path(storage.local_path(out_dir))
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -72,10 +72,11 @@ def read(url: str, columns: list[str] | None = None) -> pa.Table | None:
 def select_todo(
     run_dir: str, stage: str, writes: list[str], shard: str, samples: list[str], out: str
 ) -> tuple[int, int]:
-    """Write to ``out`` the kept samples of raw shard ``shard`` that have no ``stage`` result yet (when there are any).
+    """Write to ``out`` the kept samples of raw shard ``shard`` that have no ``stage`` result yet (if any).
 
-    ``writes``: the stage's result columns. ``samples``: the samples files that may hold the shard's rows (its own ``{shard}.parquet`` when
-    annotate writes one per shard). Returns (rows to enrich, results already stored for the shard).
+    ``writes``: the stage's result columns. ``samples``: the samples files that may hold the shard's
+    rows (only its own ``{shard}.parquet`` when annotate writes one per shard). Returns (rows to
+    enrich, results already stored for the shard).
     """
     decisions = read(storage.join(run_dir, "decisions", f"{shard}.parquet"), ["key", "keep"])
     if decisions is None:
