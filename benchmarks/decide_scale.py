@@ -105,7 +105,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="decide-scale-") as tmp:
             write_samples(Path(tmp, "samples"), n)
             child = [sys.executable, __file__, "--one", f"{tmp}/samples", f"{tmp}/decisions", "--memory", args.memory]
-            out = subprocess.run(child, check=True, capture_output=True, text=True)
+            out = subprocess.run(child, capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(f"decide failed at {n:,} rows:\n{out.stderr[-3000:]}")
         results.append({"rows": n, **json.loads(out.stdout.strip().splitlines()[-1])})
     print(f"{'rows':>10} {'seconds':>8} {'s/million':>10} {'peak RSS MiB':>13} {'files':>6}")
     for r in results:
