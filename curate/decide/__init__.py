@@ -55,9 +55,12 @@ def decide(
         con.execute("SET memory_limit = $limit", {"limit": memory_limit})
         con.execute("SET preserve_insertion_order = false")
         con.read_parquet(samples).create_view("samples")  # a path is data, never SQL text
-        con.execute(
-            "CREATE TABLE verdict AS SELECT key, NULL::VARCHAR AS reason, "
-            "NULL::VARCHAR AS stage, NULL::VARCHAR AS dup_of FROM samples"
+        have = {row[0] for row in con.sql("DESCRIBE samples").fetchall()}
+        shard = "raw_shard::VARCHAR" if "raw_shard" in have else "NULL"
+        con.execute(  # what the decisions files carry, so writing them is a sort, not a join
+            f"""CREATE TABLE verdict AS SELECT key, NULL::VARCHAR AS reason, NULL::VARCHAR AS stage,
+                    NULL::VARCHAR AS dup_of, coalesce({shard}, '{UNSHARDED}') AS _shard, url, caption
+                FROM samples"""
         )
         db = DecideDB(con, embeddings_dir)
         for policy in [Availability(), *policies]:
@@ -81,12 +84,9 @@ def write_by_shard(con: duckdb.DuckDBPyConnection, folder: Path) -> int:
     Returns the number of files written.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    have = {row[0] for row in con.sql("DESCRIBE samples").fetchall()}
-    shard = "s.raw_shard::VARCHAR" if "raw_shard" in have else "NULL"
     reader = con.sql(
-        f"""SELECT coalesce({shard}, '{UNSHARDED}') AS _shard, v.key, s.url, s.caption,
-                   v.reason IS NULL AS keep, v.reason, v.stage, v.dup_of
-            FROM verdict v JOIN samples s USING (key) ORDER BY _shard, v.key"""
+        """SELECT _shard, key, url, caption, reason IS NULL AS keep, reason, stage, dup_of
+           FROM verdict ORDER BY _shard, key"""
     ).fetch_arrow_reader(BATCH_ROWS)
     writer: pq.ParquetWriter | None = None
     current, written = None, 0

@@ -23,7 +23,8 @@ class PolicyConfig(BaseModel):
 
 
 class DecideDB:
-    """A DuckDB connection with view ``samples`` and table ``verdict(key, reason, stage, dup_of)``."""
+    """A DuckDB connection with view ``samples`` and table ``verdict(key, reason, stage, dup_of, ...)``
+    (it also carries what the decisions files need: raw shard, url, caption)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, embeddings_dir: Path | None = None) -> None:
         self.con = con
