@@ -28,6 +28,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -133,11 +134,15 @@ class ShardLayout:
     def shard_name(self, shard_id: int) -> str:
         return f"{shard_id:0{self.shard_digits}d}"
 
-    def keys(self) -> list[str]:
-        """img2dataset's key of every input row, in row order."""
-        width = self.shard_digits + self.sample_digits
+    def keys(self, start: int = 0, stop: int | None = None) -> pa.StringArray:
+        """img2dataset's key of input rows ``start`` to ``stop`` (all by default), in row order.
+
+        Computed in Arrow (no Python object per row): row i is shard ``i // per``, sample ``i % per``.
+        """
+        rows = np.arange(start, self.n_rows if stop is None else stop, dtype=np.int64)
         per, scale = self.samples_per_shard, 10**self.sample_digits
-        return [f"{(i // per) * scale + i % per:0{width}d}" for i in range(self.n_rows)]
+        numbers = pa.array((rows // per) * scale + rows % per).cast(pa.string())
+        return pc.utf8_lpad(numbers, width=self.shard_digits + self.sample_digits, padding="0")
 
 
 def is_fetchable(urls: pa.ChunkedArray) -> pa.ChunkedArray:

@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import glob
 import json
+import shutil
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import braceexpand
 import fsspec
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate import storage
@@ -41,7 +42,11 @@ from curate.acquire import is_fetchable
 from curate.emit.parquet import write_parquet
 from curate.io import write_json
 from curate.raw import IMAGE_EXTS, SOURCES, forget_sources, raw_sources, split_member
+from curate.staging import Staged, commit_shard, shard_path
 from curate.urls import InputError, to_text
+
+if TYPE_CHECKING:
+    import duckdb
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -210,9 +215,9 @@ def check_input(fmt: str, input_path: str) -> None:
 
 
 def stage_existing(
-    fmt: str, input_path: str, raw_dir: str, extra: list[str], run_tasks: Callable, num_cpus: float = 1.0
-) -> pa.Table:
-    """Write ``raw_dir/sources.json`` and return the input table (key, url, caption, extras, raw_shard, fetchable).
+    fmt: str, input_path: str, raw_dir: str, run_tasks: Callable, num_cpus: float = 1.0
+) -> dict[str, dict[str, str]]:
+    """Write ``raw_dir/sources.json`` and return its shards (name: files), in shard order.
 
     ``run_tasks`` is :func:`curate.runtime.run_tasks` (indexes WebDataset tars as tasks).
     """
@@ -238,51 +243,86 @@ def stage_existing(
         raise InputError(f"input.format {fmt!r}: not already-downloaded data")
     write_json(f"{raw_dir}/{SOURCES}", {"format": fmt, "input": str(input_path), "shards": shards})
     forget_sources(run_dir)
-    return input_table(fmt, raw_dir, shards, extra, input_path)
+    return shards
 
 
-def input_table(fmt: str, raw_dir: str, shards: dict[str, dict[str, str]], extra: list[str], source: str) -> pa.Table:
-    """``RUN/input/urls.parquet``'s rows from each raw shard's Parquet (one shard at a time)."""
-    parts = []
-    for name, files in shards.items():
-        path = files.get(".parquet", f"{raw_dir}/{name}.parquet")
-        fsys, in_fs = storage.arrow_fs(path)
-        names = pq.read_schema(in_fs, filesystem=fsys).names
-        missing = [c for c in ("key", "url", "status", *extra) if c not in names]
-        if missing:
-            raise InputError(
-                f"{path}: no column {missing[0]!r} (columns: {', '.join(names)}); not an img2dataset shard."
-            )
-        has_caption = "caption" in names  # img2dataset run without caption_col saves none: null captions
-        table = pq.read_table(
-            in_fs, filesystem=fsys, columns=["key", "url", *(["caption"] if has_caption else []), *extra]
-        )
-        columns = {"key": to_text(table.column("key")), "url": _text_or_null(table.column("url"))}
-        captions = table.column("caption") if has_caption else pa.nulls(len(table), pa.string())
-        columns["caption"] = _text_or_null(captions)
-        columns |= {c: table.column(c) for c in extra}
-        columns["raw_shard"] = pa.array([name] * len(table), pa.string())
-        # img2dataset kept the status of an unfetchable URL (bad_url, as for a URL list); a WebDataset
-        # sample's URL is only a note (often null): its status comes from the tar alone.
-        columns["fetchable"] = is_fetchable(columns["url"]) if fmt == "img2dataset" else pa.array([True] * len(table))
-        parts.append(pa.table(columns))
-    inputs = pa.concat_tables(parts).combine_chunks()
-    _check_unique_keys(inputs, source)
-    return inputs
+def stage_inputs(
+    fmt: str,
+    raw_dir: str,
+    shards: dict[str, dict[str, str]],
+    extra: list[str],
+    source: str,
+    folder: str | None,
+    run_tasks: Callable,
+) -> Staged:
+    """Write each raw shard's ``RUN/input/{shard}.parquet`` in a task (into ``folder``; None: only digest them),
+    then refuse a key that is in two rows (:func:`check_unique_keys`)."""
+    calls = [
+        (fmt, name, files.get(".parquet", f"{raw_dir}/{name}.parquet"), extra, shard_path(folder, name))
+        for name, files in shards.items()
+    ]
+    results = [result for result, _ in run_tasks(shard_input, calls, "stage input shards")]
+    if folder is not None:  # a task: DuckDB's hash table of every key must not live in the driver
+        run_tasks(check_unique_keys, [([out for *_, out in calls], source)], "check unique keys")
+    return Staged(sum(rows for rows, _ in results), [digest for _, digest in results])
+
+
+def shard_input(fmt: str, name: str, path: str, extra: list[str], out: str | None) -> tuple[int, str]:
+    """Task: raw shard ``name``'s input rows (key, url, caption, extras, raw_shard, fetchable) from its Parquet at
+    ``path``, written to ``out`` (None: not written); returns their number and digest."""
+    fsys, in_fs = storage.arrow_fs(path)
+    names = pq.read_schema(in_fs, filesystem=fsys).names
+    missing = [c for c in ("key", "url", "status", *extra) if c not in names]
+    if missing:
+        raise InputError(f"{path}: no column {missing[0]!r} (columns: {', '.join(names)}); not an img2dataset shard.")
+    has_caption = "caption" in names  # img2dataset run without caption_col saves none: null captions
+    table = pq.read_table(in_fs, filesystem=fsys, columns=["key", "url", *(["caption"] if has_caption else []), *extra])
+    columns = {"key": to_text(table.column("key")), "url": _text_or_null(table.column("url"))}
+    captions = table.column("caption") if has_caption else pa.nulls(len(table), pa.string())
+    columns["caption"] = _text_or_null(captions)
+    columns |= {c: table.column(c) for c in extra}
+    columns["raw_shard"] = pa.repeat(pa.scalar(name, pa.string()), len(table))
+    # img2dataset kept the status of an unfetchable URL (bad_url, as for a URL list); a WebDataset
+    # sample's URL is only a note (often null): its status comes from the tar alone.
+    fetchable = pa.repeat(pa.scalar(True), len(table))
+    columns["fetchable"] = is_fetchable(columns["url"]) if fmt == "img2dataset" else fetchable
+    rows = pa.table(columns)
+    return len(rows), commit_shard(rows, out)
 
 
 def _text_or_null(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return to_text(column) if not pa.types.is_null(column.type) else column.cast(pa.string())
 
 
-def _check_unique_keys(inputs: pa.Table, source: str) -> None:
-    """Every key names one sample: two shards with the same key cannot be told apart in decisions."""
-    counts = pc.value_counts(inputs.column("key"))
-    dup = pc.filter(counts, pc.greater(counts.field("counts"), 1))
-    if len(dup):
-        key = dup[0]["values"].as_py()
-        shards = pc.filter(inputs.column("raw_shard"), pc.equal(inputs.column("key"), key)).to_pylist()
-        raise InputError(
-            f"{source}: key {key!r} is in more than one shard (raw shards {', '.join(shards)}): keys must be "
-            "unique across the input. Rename the members, or curate the shards in separate runs."
-        )
+def check_unique_keys(paths: list[str], source: str) -> None:
+    """Every key names one sample: two rows with the same key cannot be told apart in decisions. Checked by
+    DuckDB over the input files (out of core), not with every key on the driver."""
+    import duckdb
+
+    if not paths:
+        return
+    scratch = storage.local_tmp()  # where DuckDB spills the key counts beyond its memory limit
+    try:
+        con = storage.duckdb_for(paths[0], duckdb.connect(config={"temp_directory": scratch}))
+        _check_unique_keys(con, paths, source)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _check_unique_keys(con: duckdb.DuckDBPyConnection, paths: list[str], source: str) -> None:
+    """Raise :class:`InputError` naming the first key found in two rows of ``paths`` and the shards holding it."""
+    params = {"files": paths}
+    found = con.sql(
+        "SELECT key FROM read_parquet($files) GROUP BY key HAVING count(*) > 1 LIMIT 1", params=params
+    ).fetchall()
+    if not found:
+        return
+    key = found[0][0]
+    shards = con.sql(
+        "SELECT raw_shard FROM read_parquet($files) WHERE key = $key ORDER BY raw_shard",
+        params=params | {"key": key},
+    ).fetchall()
+    raise InputError(
+        f"{source}: key {key!r} is in more than one shard (raw shards {', '.join(s for (s,) in shards)}): keys "
+        "must be unique across the input. Rename the members, or curate the shards in separate runs."
+    )

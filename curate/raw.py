@@ -5,7 +5,8 @@ download curate refused or cut off, its reason code (``download_timeout``, ``too
 ``blocked_address``, ``blocked_redirect``, ``robots_disallowed``, ``blocked_url``; see ``curate.fetch``);
 ``bad_url``, ``missing`` and ``missing_image`` name what img2dataset cannot (see ``_fix_status``).
 
-The input table (``RUN/input/urls.parquet``) is the source of truth for which rows exist;
+The input rows (``RUN/input/{shard}.parquet``, or one ``RUN/input/urls.parquet`` in runs made by earlier
+versions) are the source of truth for which rows exist;
 img2dataset's per-shard Parquet adds the download status and the tar adds the bytes. A row
 img2dataset lost still comes out, with status ``missing``, so nothing is dropped silently.
 """
@@ -180,9 +181,25 @@ def _error(message: str) -> Exception:
     return InputError(message)
 
 
+LEGACY_INPUT = "urls.parquet"
+"""``RUN/input/urls.parquet``: every input row in one file, as runs made by earlier versions have it."""
+
+
+def input_file(run_dir: str | Path, shard: str) -> str:
+    """``RUN/input/{shard}.parquet``: raw shard ``shard``'s input rows (key, url, caption, extras, raw_shard,
+    fetchable), in key order."""
+    return storage.join(str(run_dir), "input", f"{shard}.parquet")
+
+
 def _input_rows(run_dir: str, shard: str) -> pa.Table:
-    fsys, path = storage.arrow_fs(storage.join(run_dir, "input", "urls.parquet"))
-    return pads.dataset(path, filesystem=fsys).to_table(filter=pc.field("raw_shard") == shard)
+    """Raw shard ``shard``'s input rows: its own file, or its rows of an earlier version's ``urls.parquet``."""
+    own = input_file(run_dir, shard)
+    legacy = storage.join(run_dir, "input", LEGACY_INPUT)
+    if not storage.exists(own) and storage.exists(legacy):
+        fsys, path = storage.arrow_fs(legacy)
+        return pads.dataset(path, filesystem=fsys).to_table(filter=pc.field("raw_shard") == shard)
+    fsys, path = storage.arrow_fs(own)
+    return pq.read_table(path, filesystem=fsys)
 
 
 def _tar_images(path: str) -> pa.Table:

@@ -95,6 +95,13 @@ class InputConfig(BaseModel):
         "auto: a folder with *_stats.json is img2dataset, .tar files are webdataset, else a URL list. "
         "Already-downloaded input is curated in place; nothing is downloaded.",
     )
+    driver_max_bytes: int = Field(
+        64 * 2**20,
+        ge=0,
+        description="URL lists whose files total more bytes than this (as stored, compressed or not) are read "
+        "by Ray tasks, one per list file, never collected on the driver; smaller ones are read on the driver, "
+        "so their errors come before Ray starts. Both give the same input/ files.",
+    )
 
 
 @dataclass

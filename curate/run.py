@@ -12,16 +12,15 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import runtime, storage
-from curate.acquire import RETRIED, ShardLayout, complete_shards, download_shard, retry_shard, retryable_keys
+from curate import runtime, staging, storage
+from curate.acquire import RETRIED, ShardLayout, complete_shards, retryable_keys
 from curate.decide import decide, shard_of
 from curate.decide.urls import acquire_blocklist
 from curate.emit.parquet import write_parquet
@@ -29,6 +28,7 @@ from curate.emit.shards import plan_shards, write_shard
 from curate.enrich import store as enrich_store
 from curate.enrich.recaption import cache_key
 from curate.existing import check_input, detect_format, stage_existing
+from curate.existing import stage_inputs as stage_existing_shards
 from curate.io import write_json
 from curate.lock import LOCK_NAME, RunLock
 from curate.manifest import Manifest, versions
@@ -37,7 +37,7 @@ from curate.reasons import REASONS
 from curate.recipe import Recipe, RecipeError, build_recipe
 from curate.report.html import write_report
 from curate.report.stats import funnel
-from curate.urls import InputError, download_rows, fingerprint, read_inputs
+from curate.urls import InputError
 
 
 @dataclass
@@ -94,19 +94,22 @@ def run_pipeline(
         manifest.data["input"] = str(input_path) if isinstance(input_path, str | Path) else [str(p) for p in input_path]
         preflight(recipe)
         fmt = input_format(input_path, recipe.input.format)
-        staged = None
+        layout = None
         if fmt == "urls":
-            staged = stage_inputs(recipe, input_path, run_dir, manifest)  # read and checked before Ray starts
+            layout = stage_inputs(recipe, input_path, run_dir, manifest)  # a small list: before Ray starts
         else:
             check_input(fmt, str(input_path))  # its shards listed before Ray starts
         with runtime.session(address):
-            layout, inputs = staged or stage_existing_inputs(recipe, fmt, str(input_path), run_dir, manifest)
+            if fmt == "urls":
+                layout = layout or stage_inputs(recipe, input_path, run_dir, manifest, runtime.run_tasks)
+            else:
+                stage_existing_inputs(recipe, fmt, str(input_path), run_dir, manifest)
             if layout is None:  # already-downloaded input (curate.existing): nothing to download
                 skip_acquire(run_dir, manifest, retry)
             else:
-                acquire(recipe, layout, inputs, run_dir, manifest)
+                acquire(recipe, layout, run_dir, manifest)
                 if retry:
-                    acquire_retry(recipe, layout, inputs, run_dir, manifest, retry)
+                    acquire_retry(recipe, layout, run_dir, manifest, retry)
             if until == "acquire":
                 return RunResult(run_dir, {}, manifest.data)
             annotate(recipe, run_dir, manifest)
@@ -220,26 +223,36 @@ def _clean_remote(run_dir: str) -> list[str]:
 
 
 def stage_inputs(
-    recipe: Recipe, input_path: str | Path | Sequence[str | Path], run_dir: str, manifest: Manifest
-) -> tuple[ShardLayout, pa.Table]:
-    """Write ``RUN/input/urls.parquet`` (keys assigned) or check that a resumed run has the same input."""
-    inputs = read_inputs(input_path, recipe.input, recipe.acquire.samples_per_shard)
-    layout = ShardLayout(len(inputs), recipe.acquire.samples_per_shard)
+    recipe: Recipe,
+    input_path: str | Path | Sequence[str | Path],
+    run_dir: str,
+    manifest: Manifest,
+    run_tasks: Callable | None = None,
+) -> ShardLayout | None:
+    """Write ``RUN/input/{shard}.parquet`` (keys assigned) or check that a resumed run has the same input.
+
+    A list larger than ``input.driver_max_bytes`` is read by ``run_tasks`` (:func:`curate.runtime.run_tasks`);
+    without them it is left for later (None).
+    """
+    cfg, per = recipe.input, recipe.acquire.samples_per_shard
+    staged = staging.stage_urls(input_path, cfg, per, run_dir, manifest.data, run_tasks)
+    if staged is None:
+        return None
     manifest.data["input_format"] = "urls"
-    _record_inputs(inputs, run_dir, manifest)
-    return layout, inputs
+    _record_inputs(staged[1], run_dir, manifest)
+    return staged[0]
 
 
-def stage_existing_inputs(
-    recipe: Recipe, fmt: str, input_path: str, run_dir: str, manifest: Manifest
-) -> tuple[None, pa.Table]:
+def stage_existing_inputs(recipe: Recipe, fmt: str, input_path: str, run_dir: str, manifest: Manifest) -> None:
     """Stage an already-downloaded input (an img2dataset folder or WebDataset tars, see :mod:`curate.existing`):
     its shards become the run's raw shards, read in place. Needs Ray (tars are indexed by tasks)."""
     extra = list(recipe.input.save_additional_columns)
-    inputs = stage_existing(fmt, input_path, storage.join(run_dir, "raw"), extra, runtime.run_tasks)
+    raw = storage.join(run_dir, "raw")
+    shards = stage_existing(fmt, input_path, raw, runtime.run_tasks)
+    folder = staging.input_target(run_dir, manifest.data)
+    staged = stage_existing_shards(fmt, raw, shards, extra, input_path, folder, runtime.run_tasks)
     manifest.data["input_format"] = fmt
-    _record_inputs(inputs, run_dir, manifest)
-    return None, inputs
+    _record_inputs(staged, run_dir, manifest)
 
 
 def input_format(input_path: str | Path | Sequence[str | Path], declared: str) -> str:
@@ -249,24 +262,14 @@ def input_format(input_path: str | Path | Sequence[str | Path], declared: str) -
     return detect_format(str(input_path), declared)
 
 
-def _record_inputs(inputs: pa.Table, run_dir: str, manifest: Manifest) -> None:
-    """Write ``RUN/input/urls.parquet``, or refuse a resumed run whose input differs."""
-    digest = fingerprint(inputs)
-    previous = manifest.data.get("input_fingerprint")
-    if previous and previous != digest:
-        raise InputError(
-            f"{run_dir} was made from a different URL list or acquire.samples_per_shard. "
-            f"Use a new --output, or delete {run_dir} to start over."
-        )
-    target = storage.join(run_dir, "input", "urls.parquet")
-    if not storage.exists(target):
-        write_parquet(target, inputs)
-    manifest.data.update(input_fingerprint=digest, input_rows=len(inputs))
+def _record_inputs(staged: staging.Staged, run_dir: str, manifest: Manifest) -> None:
+    """Record the staged input's fingerprint, or refuse a resumed run whose input differs."""
+    staging.check_fingerprint(run_dir, manifest.data, staged)
     manifest.save()
 
 
-def acquire(recipe: Recipe, layout: ShardLayout, inputs: pa.Table, run_dir: str, manifest: Manifest) -> None:
-    """Download every shard not yet complete in ``RUN/raw/``."""
+def acquire(recipe: Recipe, layout: ShardLayout, run_dir: str, manifest: Manifest) -> None:
+    """Download every shard not yet complete in ``RUN/raw/`` (each task reads its rows from ``RUN/input/``)."""
     raw = storage.join(run_dir, "raw")
     storage.makedirs(raw)
     names = [layout.shard_name(i) for i in range(layout.n_shards)]
@@ -275,8 +278,8 @@ def acquire(recipe: Recipe, layout: ShardLayout, inputs: pa.Table, run_dir: str,
     extra = list(recipe.input.save_additional_columns)
     with manifest.step("acquire", shards=len(names), shards_downloaded=len(todo)) as record:
         blocked = acquire_blocklist(recipe.decide)  # url_filter applies before any request
-        calls = [(i, download_rows(inputs, layout, i, extra, blocked), raw, layout, recipe.acquire) for i in todo]
-        results = runtime.run_tasks(download_shard, calls, "acquire", recipe.acquire.num_cpus)
+        calls = [(i, run_dir, layout, recipe.acquire, extra, blocked) for i in todo]
+        results = runtime.run_tasks(staging.acquire_shard, calls, "acquire", recipe.acquire.num_cpus)
         record["nodes"] = sorted({node for _, node in results})
         record["downloaded_ok"] = sum(stats["successes"] for stats, _ in results)
 
@@ -304,7 +307,7 @@ def check_retry_reasons(reasons: Sequence[str]) -> tuple[str, ...]:
 
 
 def acquire_retry(
-    recipe: Recipe, layout: ShardLayout, inputs: pa.Table, run_dir: str, manifest: Manifest, reasons: Sequence[str]
+    recipe: Recipe, layout: ShardLayout, run_dir: str, manifest: Manifest, reasons: Sequence[str]
 ) -> None:
     """Download again the rows of complete raw shards whose download failed with one of ``reasons``.
 
@@ -323,8 +326,9 @@ def acquire_retry(
         manifest.steps["annotate"]["status"] = "stale"  # saved as the step below starts
     retried = sum(len(keys) for keys in plan.values())
     with manifest.step("acquire_retry", reasons=list(reasons), shards=len(plan), rows_retried=retried) as record:
-        calls = _retry_calls(recipe, layout, inputs, raw, plan)
-        results = [r for r, _ in runtime.run_tasks(retry_shard, calls, "acquire retry", recipe.acquire.num_cpus)]
+        calls = _retry_calls(recipe, layout, run_dir, plan)
+        retried_shards = runtime.run_tasks(staging.retry_input_shard, calls, "acquire retry", recipe.acquire.num_cpus)
+        results = [r for r, _ in retried_shards]
         for field in ("recovered", "still_failing", "changed"):
             record[field] = sum(r[field] for r in results)
     if plan and annotated is not None and record["changed"] == 0:
@@ -332,19 +336,15 @@ def acquire_retry(
         manifest.save()
 
 
-def _retry_calls(
-    recipe: Recipe, layout: ShardLayout, inputs: pa.Table, raw: str, plan: dict[str, list[str]]
-) -> list[tuple]:
-    """Arguments of :func:`curate.acquire.retry_shard` for each shard of ``plan`` (shard name: keys to retry)."""
+def _retry_calls(recipe: Recipe, layout: ShardLayout, run_dir: str, plan: dict[str, list[str]]) -> list[tuple]:
+    """Arguments of :func:`curate.staging.retry_input_shard` for each shard of ``plan`` (shard name: keys to retry)."""
     blocked = acquire_blocklist(recipe.decide)
     extra = list(recipe.input.save_additional_columns)
     scale = 10**layout.sample_digits  # a key is shard_id * scale + the row's index in its shard
-    calls = []
-    for name, failed in plan.items():
-        shard_id = int(name)
-        rows = download_rows(inputs, layout, shard_id, extra, blocked)
-        calls.append((shard_id, rows, [int(k) % scale for k in failed], raw, layout, recipe.acquire))
-    return calls
+    return [
+        (int(name), run_dir, [int(k) % scale for k in failed], layout, recipe.acquire, extra, blocked)
+        for name, failed in plan.items()
+    ]
 
 
 def annotate(recipe: Recipe, run_dir: str, manifest: Manifest) -> None:

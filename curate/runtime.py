@@ -60,7 +60,8 @@ def _on_node(fn: Callable, args: tuple) -> tuple[Any, str]:
 def run_tasks(fn: Callable, calls: Sequence[tuple], desc: str, num_cpus: float = 1.0) -> list[tuple[Any, str]]:
     """Run ``fn(*args)`` for each args tuple as Ray tasks spread over the cluster.
 
-    Returns ``(result, node_id)`` in call order; the first failure is raised.
+    Returns ``(result, node_id)`` in call order; the first failure is raised (a task's
+    :class:`curate.urls.InputError` as itself, with its own message).
     """
     remote = ray.remote(_on_node).options(num_cpus=num_cpus, scheduling_strategy="SPREAD", max_retries=2)
     refs = [remote.remote(fn, args) for args in calls]
@@ -70,7 +71,13 @@ def run_tasks(fn: Callable, calls: Sequence[tuple], desc: str, num_cpus: float =
     with tqdm(total=len(refs), desc=desc, unit="shard") as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            results[index[done[0]]] = ray.get(done[0])
+            try:
+                results[index[done[0]]] = ray.get(done[0])
+            except ray.exceptions.RayTaskError as err:
+                cause = input_error(err)
+                if cause is None:
+                    raise
+                raise cause from None
             bar.update(1)
     return results
 

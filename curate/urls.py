@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
 from collections.abc import Sequence
@@ -323,16 +322,24 @@ def read_inputs(
     :func:`list_files` for what ``spec`` may be), then :func:`prepare_inputs`. Raises :class:`InputError` on
     any unusable file, before anything else starts."""
     extras = list(cfg.save_additional_columns)
-    tables = []
-    for file in list_files(spec, storage_options):
-        with_caption = cfg.caption_col is not None and file.fmt != "txt"  # a .txt list has URLs only
-        table = read_list_file(file, [cfg.url_col, *([cfg.caption_col] if with_caption else []), *extras], cfg.url_col)
-        url = _text_column(file, table, cfg.url_col)
-        caption = _text_column(file, table, cfg.caption_col) if with_caption else _no_caption(len(table))
-        tables.append(pa.table({"url": url, "caption": caption, **{c: table.column(c) for c in extras}}))
-    source = str(spec) if isinstance(spec, str | Path) else ", ".join(map(str, spec))
+    tables = [named_rows(file, cfg) for file in list_files(spec, storage_options)]
     named = InputConfig(url_col="url", caption_col="caption", save_additional_columns=extras)
-    return prepare_inputs(concat(tables, source), named, samples_per_shard, source)
+    return prepare_inputs(concat(tables, spec_name(spec)), named, samples_per_shard, spec_name(spec))
+
+
+def spec_name(spec: str | Path | Sequence[str | Path]) -> str:
+    """How error messages name the URL list(s) ``spec``."""
+    return str(spec) if isinstance(spec, str | Path) else ", ".join(map(str, spec))
+
+
+def named_rows(file: ListFile, cfg: InputConfig) -> pa.Table:
+    """One list file's rows as columns ``url``, ``caption`` (text; '' for a .txt list) and the recipe's extras."""
+    extras = list(cfg.save_additional_columns)
+    with_caption = cfg.caption_col is not None and file.fmt != "txt"  # a .txt list has URLs only
+    table = read_list_file(file, [cfg.url_col, *([cfg.caption_col] if with_caption else []), *extras], cfg.url_col)
+    url = _text_column(file, table, cfg.url_col)
+    caption = _text_column(file, table, cfg.caption_col) if with_caption else _no_caption(len(table))
+    return pa.table({"url": url, "caption": caption, **{c: table.column(c) for c in extras}})
 
 
 def _text_column(file: ListFile, table: pa.Table, name: str) -> pa.ChunkedArray:
@@ -361,15 +368,21 @@ def prepare_inputs(table: pa.Table, cfg: InputConfig, samples_per_shard: int, so
         )
     if len(table) == 0:
         raise InputError(f"{source}: no rows (only the columns {', '.join(table.column_names)}): nothing to curate.")
-    layout = ShardLayout(len(table), samples_per_shard)
     url = to_text(table.column(cfg.url_col))
     caption = to_text(table.column(cfg.caption_col)) if cfg.caption_col is not None else _no_caption(len(table))
-    columns = {"key": pa.array(layout.keys(), pa.string()), "url": url, "caption": caption}
-    for name in cfg.save_additional_columns:
-        columns[name] = table.column(name)
-    names = pa.array([layout.shard_name(i) for i in range(layout.n_shards)], pa.string())
-    columns["raw_shard"] = names.take(np.arange(len(table)) // samples_per_shard)  # no Python string per row
-    columns["fetchable"] = is_fetchable(url)
+    named = pa.table({"url": url, "caption": caption, **{c: table.column(c) for c in cfg.save_additional_columns}})
+    return add_keys(named, ShardLayout(len(table), samples_per_shard))
+
+
+def add_keys(named: pa.Table, layout: ShardLayout, start: int = 0) -> pa.Table:
+    """``named`` (url, caption, extras: rows ``start`` on of the input) with ``key``, ``raw_shard`` and
+    ``fetchable``: the input table's columns, in its order. Computed in Arrow, no Python object per row."""
+    stop, per = start + len(named), layout.samples_per_shard
+    first, last = start // per, max(start, stop - 1) // per
+    names = pa.array([layout.shard_name(i) for i in range(first, last + 1)], pa.string())  # one per shard
+    columns = {"key": layout.keys(start, stop), **{c: named.column(c) for c in named.column_names}}
+    columns["raw_shard"] = names.take(np.arange(start, stop, dtype=np.int64) // per - first)
+    columns["fetchable"] = is_fetchable(named.column("url"))
     return pa.table(columns)
 
 
@@ -387,17 +400,6 @@ def to_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return pa.chunked_array([pa.array(decoded, pa.string())])
 
 
-def fingerprint(inputs: pa.Table) -> str:
-    """A hash of the URLs and captions, to refuse resuming a run with a different input."""
-    digest = hashlib.sha256()
-    for name in ("key", "url", "caption"):
-        for chunk in inputs.column(name).chunks:
-            for buf in chunk.buffers():
-                if buf is not None:
-                    digest.update(buf)
-    return digest.hexdigest()[:16]
-
-
 def download_rows(
     inputs: pa.Table,
     layout: ShardLayout,
@@ -405,13 +407,18 @@ def download_rows(
     extra: list[str],
     blocklist: tuple[set[str], list[str]] | None = None,
 ) -> pa.Table:
-    """The rows handed to the downloader for one shard; unfetchable URLs become '' (never requested).
+    """:func:`shard_rows` of shard ``shard_id`` of ``inputs`` (the whole input table, in row order)."""
+    per = layout.samples_per_shard
+    return shard_rows(inputs.slice(shard_id * per, per), extra, blocklist)
+
+
+def shard_rows(rows: pa.Table, extra: list[str], blocklist: tuple[set[str], list[str]] | None = None) -> pa.Table:
+    """The rows handed to the downloader for one shard (``rows``: its input rows); unfetchable URLs become ''
+    (never requested).
 
     With ``blocklist`` (the url_filter's domains and patterns), blocked rows are marked in column
     ``BLOCKED_COLUMN`` and are never requested either; they end with reason ``blocked_url``.
     """
-    per = layout.samples_per_shard
-    rows = inputs.slice(shard_id * per, per)  # inputs are in row order, shard by shard
     url = pc.if_else(rows.column("fetchable"), rows.column("url"), pa.scalar("", pa.string()))
     table = pa.table({"url": url, "caption": rows.column("caption"), **{c: rows.column(c) for c in extra}})
     if blocklist is not None and (blocklist[0] or blocklist[1]):

@@ -13,6 +13,7 @@ from PIL import Image
 from curate.acquire import AcquireConfig, ShardLayout, complete_shards, download_shard
 from curate.raw import read_shard
 from curate.recipe import load_recipe
+from curate.staging import stage_table
 from curate.urls import download_rows, prepare_inputs, read_url_list
 
 LOOPBACK = AcquireConfig(allow_private_addresses=True)  # the test server is on 127.0.0.1
@@ -23,14 +24,14 @@ def clean_rows(corpus, n):
 
 
 def stage_run(tmp_path, corpus, rows, extra_urls=()):
-    """A run dir with input/urls.parquet for ``rows`` (+ raw URLs), as `curate run` writes it."""
+    """A run dir with input/{shard}.parquet for ``rows`` (+ raw URLs), as `curate run` writes it."""
     urls = [corpus.server.url(r.path) for r in rows] + list(extra_urls)
     table = pa.table({"url": urls, "caption": [f"caption {i}" for i in range(len(urls))]})
     inputs = prepare_inputs(table, load_recipe("demo").input, 10, "test")
-    (tmp_path / "input").mkdir()
-    pq.write_table(inputs, tmp_path / "input" / "urls.parquet")
+    layout = ShardLayout(len(inputs), 10)
+    stage_table(inputs, layout, str(tmp_path / "input"))
     (tmp_path / "raw").mkdir()
-    return inputs, ShardLayout(len(inputs), 10)
+    return inputs, layout
 
 
 def test_original_bytes_are_kept_and_unfetchable_urls_never_requested(served_corpus, tmp_path):

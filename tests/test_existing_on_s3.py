@@ -75,3 +75,26 @@ def test_webdataset_tars_in_a_bucket_curated_into_a_local_run(s3_ray, bucket, tm
         run_pipeline(load_recipe("demo"), f"{bucket}/wds", tmp_path / "run2").run_dir
     )  # a folder, auto-detected
     assert decisions(run2) == want
+
+
+def test_url_lists_in_a_bucket_staged_by_tasks_into_a_bucket(bucket, tmp_path):  # noqa: F811
+    """The distributed staging path on object storage: list copies and input files in the bucket, the same bytes."""
+    from test_input_lists import DEMO, local_tasks, mixed_lists
+
+    from curate import staging
+
+    local = mixed_lists(tmp_path / "lists")
+    fs = s3fs()
+    for path in local:
+        fs.put_file(str(path), f"{bucket}/lists/{path.name}")
+    cfg = DEMO.model_copy(update={"save_additional_columns": ["n"], "driver_max_bytes": 0})
+    run = f"{bucket}/run"
+    _, staged = staging.stage_urls(f"{bucket}/lists", cfg, 4, run, {}, local_tasks)
+    (tmp_path / "run").mkdir()
+    _, expected = staging.stage_urls(
+        local, cfg.model_copy(update={"driver_max_bytes": 1 << 30}), 4, str(tmp_path / "run"), {}, None
+    )
+    assert staged.fingerprint == expected.fingerprint
+    for path in sorted((tmp_path / "run" / "input").iterdir()):
+        assert s3fs().cat(f"{run}/input/{path.name}") == path.read_bytes()
+    assert not s3fs().find(f"{run}/.tmp")  # the staged list copies are gone

@@ -72,7 +72,7 @@ def download(tmp_path, urls: list[str], **settings) -> tuple[list[dict], float]:
     table = pa.table({"url": urls, "caption": [f"c{i}" for i in range(len(urls))]})
     inputs = prepare_inputs(table, load_recipe("demo").input, len(urls), "test")
     (tmp_path / "input").mkdir()
-    pq.write_table(inputs, tmp_path / "input" / "urls.parquet")
+    pq.write_table(inputs, tmp_path / "input" / "urls.parquet")  # an earlier version's layout: reads fall back to it
     (tmp_path / "raw").mkdir()
     layout = ShardLayout(len(urls), len(urls))
     start = time.perf_counter()

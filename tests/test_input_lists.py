@@ -389,3 +389,182 @@ def test_a_txt_list_runs_through_the_demo_recipe(served_corpus, ray_session, tmp
     assert len(samples) == len(kept) and {s["txt"] for s in samples} == {b""}
     assert set(pq.read_table(run_dir / "metadata").column("caption").to_pylist()) == {""}
     assert json.loads((run_dir / "llava" / "pretrain.json").read_text())
+
+
+# --- staging: per-shard input files, keys, the distributed path (issue 17) ----------------------------------
+
+
+def local_tasks(fn, calls, desc, num_cpus=1.0):
+    """:func:`curate.runtime.run_tasks` without Ray: each call in this process."""
+    return [(fn(*args), "local") for args in calls]
+
+
+@pytest.mark.parametrize("rows,per", [(1, 1), (25, 10), (1000, 1), (3, 10_000), (123_457, 10_000), (101, 7)])
+def test_vectorised_keys_are_the_old_scheme(rows, per):
+    from curate.acquire import ShardLayout
+
+    layout = ShardLayout(rows, per)
+    width, scale = layout.shard_digits + layout.sample_digits, 10**layout.sample_digits
+    old = [f"{(i // per) * scale + i % per:0{width}d}" for i in range(rows)]  # the per-row Python scheme
+    assert layout.keys().to_pylist() == old
+    assert layout.keys(rows // 2, rows).to_pylist() == old[rows // 2 :]
+
+
+def mixed_lists(folder: Path) -> list[Path]:
+    """Three list files of different formats whose extra column is int32 in one and int64 in another."""
+    folder.mkdir()
+    rows = [{**r, "n": i} for i, r in enumerate(ROWS * 3)]  # 21 rows
+    parts = [(0, 8, "parquet"), (8, 9, "csv"), (9, 21, "jsonl")]
+    paths = []
+    for i, (start, stop, fmt) in enumerate(parts):
+        path = folder / f"part-{i}.{fmt}"
+        if fmt == "parquet":
+            table = pa.Table.from_pylist(rows[start:stop])
+            pq.write_table(table.set_column(2, "n", table.column("n").cast(pa.int32())), path)
+        else:
+            path.write_bytes(encode(rows[start:stop], fmt))
+        paths.append(path)
+    return paths
+
+
+def stage(spec, run_dir: Path, max_bytes: int, run_tasks=local_tasks, per: int = 4, manifest: dict | None = None):
+    from curate import staging
+
+    cfg = DEMO.model_copy(update={"save_additional_columns": ["n"], "driver_max_bytes": max_bytes})
+    run_dir.mkdir(exist_ok=True)
+    manifest = {} if manifest is None else manifest
+    layout, staged = staging.stage_urls(spec, cfg, per, str(run_dir), manifest, run_tasks)
+    staging.check_fingerprint(str(run_dir), manifest, staged)
+    return layout, staged, manifest
+
+
+def input_bytes(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((run_dir / "input").iterdir())}
+
+
+@pytest.mark.parametrize("batch_rows", [4, 65_536])
+def test_distributed_staging_writes_the_driver_paths_files_byte_for_byte(tmp_path, monkeypatch, batch_rows):
+    from curate import staging
+
+    monkeypatch.setattr(staging, "BATCH_ROWS", batch_rows)  # shards read ranges across several batches
+    spec = mixed_lists(tmp_path / "lists")
+    layout, driver, _ = stage(spec, tmp_path / "driver", max_bytes=1 << 30)
+    _, tasks, _ = stage(spec, tmp_path / "tasks", max_bytes=0)
+    assert input_bytes(tmp_path / "driver") == input_bytes(tmp_path / "tasks")
+    assert (driver.rows, driver.fingerprint) == (tasks.rows, tasks.fingerprint) == (21, driver.fingerprint)
+    assert sorted(input_bytes(tmp_path / "driver")) == [f"{layout.shard_name(i)}.parquet" for i in range(6)]
+    whole = read_inputs(spec, DEMO.model_copy(update={"save_additional_columns": ["n"]}), 4)
+    staged = pq.read_table(tmp_path / "tasks" / "input")  # the folder reads as the old urls.parquet did
+    assert staged.equals(whole) and staged.column("key").to_pylist()[:5] == [
+        "000000",
+        "000001",
+        "000002",
+        "000003",
+        "000010",
+    ]
+    assert not list((tmp_path / "tasks" / ".tmp").iterdir())  # the staged list copies are gone
+
+
+def test_distributed_staging_in_ray_tasks(tmp_path, ray_session):
+    from curate import runtime
+
+    spec = mixed_lists(tmp_path / "lists")
+    stage(spec, tmp_path / "driver", max_bytes=1 << 30)
+    stage(spec, tmp_path / "tasks", max_bytes=0, run_tasks=runtime.run_tasks)
+    assert input_bytes(tmp_path / "driver") == input_bytes(tmp_path / "tasks")
+
+
+def test_a_bad_list_file_is_refused_by_the_distributed_path_before_any_download(tmp_path, ray_session):
+    from curate.run import run_pipeline
+
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "a.csv").write_bytes(encode(ROWS, "csv"))
+    bad = b'url,caption\nhttp://a/0.jpg,ok\nhttp://a/1.jpg,"a cat\nhttp://a/2.jpg,a dog\n'
+    (tmp_path / "lists" / "b.csv").write_bytes(bad)
+    recipe = load_recipe("demo", ["input.driver_max_bytes=0"])
+    with pytest.raises(InputError, match=r"^\S*b.csv: line 3: a quoted value is not closed") as err:
+        run_pipeline(recipe, tmp_path / "lists", tmp_path / "run")
+    assert "Traceback" not in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "run" / "raw").exists() or not list((tmp_path / "run" / "raw").iterdir())
+
+
+def test_a_resumed_run_checks_its_input_and_an_old_runs_urls_parquet_still_resumes(tmp_path):
+    from curate import staging
+
+    spec = mixed_lists(tmp_path / "lists")
+    _, first, manifest = stage(spec, tmp_path / "run", max_bytes=0)
+    before = input_bytes(tmp_path / "run")
+    _, again, _ = stage(spec, tmp_path / "run", max_bytes=1 << 30, manifest=manifest)  # a resume: nothing rewritten
+    assert again.fingerprint == first.fingerprint and input_bytes(tmp_path / "run") == before
+    with pytest.raises(InputError, match="was made from a different URL list"):
+        stage(spec[:2], tmp_path / "run", max_bytes=0, manifest=manifest)
+
+    old = tmp_path / "old"  # a run made by an earlier version: one urls.parquet, another kind of fingerprint
+    (old / "input").mkdir(parents=True)
+    pq.write_table(pq.read_table(tmp_path / "run" / "input"), old / "input" / "urls.parquet")
+    legacy = {"input_fingerprint": "0123456789abcdef"}
+    stage(spec, old, max_bytes=0, manifest=legacy)
+    assert legacy["input_fingerprint"] == first.fingerprint and legacy["input_fingerprint_version"] == 2
+    assert sorted(p.name for p in (old / "input").iterdir()) == ["urls.parquet"]  # readers fall back to it
+    assert staging._input_rows(str(old), "00001").equals(pq.read_table(tmp_path / "run" / "input" / "00001.parquet"))
+    with pytest.raises(InputError, match="was made from a different URL list"):
+        stage(spec[1:], old, max_bytes=0, manifest={"input_fingerprint": "0123456789abcdef"})
+
+
+def test_duplicate_keys_across_or_within_existing_shards_are_refused(tmp_path):
+    from curate.existing import check_unique_keys
+
+    def shard(name, keys):
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.table({"key": keys, "raw_shard": [name] * len(keys)}), path)
+        return str(path)
+
+    check_unique_keys([shard("00000", ["a", "b"]), shard("00001", ["c"])], "in")
+    with pytest.raises(InputError, match=r"in: key 'b' is in more than one shard \(raw shards 00000, 00001\)"):
+        check_unique_keys([shard("00000", ["a", "b"]), shard("00001", ["c", "b"])], "in")
+    with pytest.raises(InputError, match=r"key 'c' is in more than one shard \(raw shards 00002, 00002\)"):
+        check_unique_keys([shard("00002", ["c", "c"])], "in")
+
+
+def test_the_distributed_path_refuses_what_the_driver_path_refuses(tmp_path):
+    (tmp_path / "clash").mkdir()
+    pq.write_table(
+        pa.table({"url": ["http://a/0.jpg"], "caption": ["a"], "n": ["text"]}), tmp_path / "clash" / "a.parquet"
+    )
+    pq.write_table(
+        pa.table({"url": ["http://a/1.jpg"], "caption": ["b"], "n": [[1]]}), tmp_path / "clash" / "b.parquet"
+    )
+    (tmp_path / "empty").mkdir()
+    pq.write_table(
+        pa.table(
+            {"url": pa.array([], pa.string()), "caption": pa.array([], pa.string()), "n": pa.array([], pa.int64())}
+        ),
+        tmp_path / "empty" / "a.parquet",
+    )
+    for folder, message in (("clash", "the list files disagree on a column's type"), ("empty", "no rows")):
+        for max_bytes in (1 << 30, 0):
+            with pytest.raises(InputError, match=rf"^{tmp_path / folder}: {message}"):
+                stage(tmp_path / folder, tmp_path / f"run-{folder}-{max_bytes}", max_bytes=max_bytes)
+
+
+@pytest.mark.slow
+def test_a_run_staged_by_tasks_downloads_each_shard_from_its_own_input_file(served_corpus, ray_session, tmp_path):
+    from curate import staging
+    from curate.run import run_pipeline
+
+    recipe = load_recipe("demo", ["acquire.samples_per_shard=40", "input.driver_max_bytes=0"])
+    run_dir = tmp_path / "run"
+    result = run_pipeline(recipe, served_corpus.urls, run_dir, until="acquire")
+    (tmp_path / "driver").mkdir()
+    cfg = recipe.input.model_copy(update={"driver_max_bytes": 1 << 30})
+    layout, expected = staging.stage_urls(served_corpus.urls, cfg, 40, str(tmp_path / "driver"), {}, None)
+    assert input_bytes(run_dir) == input_bytes(tmp_path / "driver")
+    assert result.manifest["input_fingerprint"] == expected.fingerprint
+    assert result.manifest["steps"]["acquire"]["shards"] == layout.n_shards
+    raw = pa.concat_tables(pq.read_table(p, columns=["key"]) for p in sorted((run_dir / "raw").glob("*.parquet")))
+    raw = raw.sort_by("key")
+    staged = pq.read_table(run_dir / "input", columns=["key"]).sort_by("key")
+    assert raw.column("key").equals(staged.column("key"))  # every input row went to its own shard's download
+    hits = sum(served_corpus.server.hits.values())
+    run_pipeline(load_recipe("demo", ["acquire.samples_per_shard=40"]), served_corpus.urls, run_dir, until="acquire")
+    assert sum(served_corpus.server.hits.values()) == hits  # the driver path resumes it: same fingerprint

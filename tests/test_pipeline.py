@@ -41,7 +41,7 @@ def test_every_input_row_is_decided_exactly_once(demo_run, served_corpus):
     run_dir, result = demo_run
     rows = decisions(run_dir)
     keys = [r["key"] for r in rows]
-    inputs = pq.read_table(f"{run_dir}/input/urls.parquet").column("key").to_pylist()
+    inputs = pq.read_table(f"{run_dir}/input").column("key").to_pylist()
     assert len(keys) == len(set(keys)) == len(served_corpus.rows)
     assert sorted(keys) == sorted(inputs)
     kept = sum(r["keep"] for r in rows)
@@ -51,7 +51,7 @@ def test_every_input_row_is_decided_exactly_once(demo_run, served_corpus):
 
 def test_each_planted_defect_ends_with_its_reason(demo_run, served_corpus):
     run_dir, _ = demo_run
-    inputs = pq.read_table(f"{run_dir}/input/urls.parquet").column("key").to_pylist()
+    inputs = pq.read_table(f"{run_dir}/input").column("key").to_pylist()
     expected = dict(zip(inputs, served_corpus.expected_reasons(), strict=True))
     got = {r["key"]: r["reason"] for r in decisions(run_dir)}
     wrong = {k: (expected[k], got[k]) for k in got if expected[k] != got[k]}

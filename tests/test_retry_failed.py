@@ -25,6 +25,7 @@ from curate.demo.server import Hostile, LoopbackServer, write_url_list
 from curate.raw import read_shard
 from curate.recipe import load_recipe
 from curate.run import run_pipeline
+from curate.staging import stage_table
 from curate.urls import InputError, download_rows, prepare_inputs
 
 N_FLAKY = 4
@@ -181,10 +182,9 @@ def test_a_retry_that_changes_nothing_keeps_the_signals(runs):
 def download(tmp_path: Path, urls: list[str]) -> tuple[ShardLayout, pa.Table, AcquireConfig]:
     table = pa.table({"url": urls, "caption": [f"c{i}" for i in range(len(urls))]})
     inputs = prepare_inputs(table, load_recipe("demo").input, len(urls), "test")
-    (tmp_path / "input").mkdir()
-    pq.write_table(inputs, tmp_path / "input" / "urls.parquet")
-    (tmp_path / "raw").mkdir()
     layout, cfg = ShardLayout(len(urls), len(urls)), AcquireConfig(allow_private_addresses=["127.0.0.1/32"])
+    stage_table(inputs, layout, str(tmp_path / "input"))
+    (tmp_path / "raw").mkdir()
     download_shard(0, download_rows(inputs, layout, 0, []), str(tmp_path / "raw"), layout, cfg)
     return layout, download_rows(inputs, layout, 0, []), cfg
 
@@ -195,7 +195,8 @@ def test_a_crash_between_tar_and_parquet_leaves_a_readable_shard_the_next_retry_
     with LoopbackServer(objects) as server:
         urls = [server.url("/ok.jpg"), server.url("/flaky.jpg"), server.url("/gone.jpg")]
         layout, rows, cfg = download(tmp_path, urls)
-        keys, raw, files = layout.keys(), tmp_path / "raw", ["00000.parquet", "00000.tar", "00000_stats.json"]
+        keys, raw = layout.keys().to_pylist(), tmp_path / "raw"
+        files = ["00000.parquet", "00000.tar", "00000_stats.json"]
         assert retryable_keys(raw / "00000.parquet", ("download_error",)) == [keys[1]]  # a 404 is final
         objects["/flaky.jpg"] = WebObject("/flaky.jpg", ok.body, "image/jpeg")
         moved, real_replace = [], os.replace
