@@ -24,12 +24,11 @@ from curate.acquire import RETRIED, ShardLayout, complete_shards, retryable_keys
 from curate.decide import decide, shard_of
 from curate.decide.urls import acquire_blocklist
 from curate.emit.parquet import write_parquet
-from curate.emit.shards import plan_shards, write_shard
+from curate.emit.run import emit as emit_run
 from curate.enrich import store as enrich_store
 from curate.enrich.recaption import cache_key
 from curate.existing import check_input, detect_format, stage_existing
 from curate.existing import stage_inputs as stage_existing_shards
-from curate.io import write_json
 from curate.lock import LOCK_NAME, RunLock
 from curate.manifest import Manifest, versions
 from curate.raw import shard_names
@@ -464,50 +463,10 @@ def _enrich_stage(stage, run_dir: str) -> dict:
 
 
 def emit(recipe: Recipe, run_dir: str, previous: dict | None = None) -> dict:
-    """Write ``shards/`` (tars + sizes.json) and ``metadata/`` for the kept rows, replacing old ones.
+    """Write the kept rows in every output format of ``recipe.emit`` (:func:`curate.emit.run.emit`).
 
-    ``previous`` is the manifest's record of the last emit: an old ``llava/`` is removed only when
-    that emit wrote it (a folder curate did not write is never deleted).
+    ``previous`` is the manifest's record of the last emit: an old export (e.g. ``llava/``) is removed
+    only when that emit wrote it (a folder curate did not write is never deleted).
     """
-    previous = previous or {}
-    captions = enrich_store.shard_results(run_dir, "recaption")
-    joined = any(s.name == "recaption" for s in recipe.enrich) and bool(captions)
-    paths = {name: storage.files(storage.join(run_dir, name)) for name in ("samples", "decisions")}
-    kept = (
-        storage.duckdb_for(run_dir)
-        .sql(
-            f"""SELECT s.*{", e.* EXCLUDE (key)" if joined else ""}
-            FROM read_parquet($samples) s JOIN read_parquet($decisions) d USING (key)
-            {"LEFT JOIN read_parquet($captions) e USING (key)" if joined else ""}
-            WHERE d.keep""",
-            params=paths | ({"captions": captions} if joined else {}),
-        )
-        .to_arrow_table()
-    )
-    plans = plan_shards(kept, recipe.emit)
-    digits = max(5, len(str(len(plans))))
-    names = [f"{i:0{digits}d}" for i in range(len(plans))]
-    tmp = storage.join(run_dir, ".tmp", f"emit-{uuid.uuid4().hex[:8]}")
-    calls = [
-        (plan, run_dir, tmp, name, recipe.emit, recipe.caption_policy) for plan, name in zip(plans, names, strict=True)
-    ]
-    results = [result for result, _ in runtime.run_tasks(write_shard, calls, "emit")]
-    counts = [n for n, _ in results]
-    sizes = {f"{name}.tar": n for name, n in zip(names, counts, strict=True)}
-    write_json(f"{tmp}/shards/sizes.json", sizes)
-    storage.makedirs(storage.join(tmp, "metadata"))
-    parts = ["shards", "metadata"]
-    if recipe.emit.llava:
-        for kind, file in (("pretrain", "pretrain.json"), ("instruct", "instruct.json")):
-            write_json(f"{tmp}/llava/{file}", [r for _, records in results for r in records[kind]])
-        parts.append("llava")
-    elif storage.exists(storage.join(run_dir, "llava")) and "llava_records" in previous:
-        storage.rm(storage.join(run_dir, "llava"))  # the export of an earlier emit would no longer match
-    for part in parts:
-        storage.commit_dir(storage.join(tmp, part), storage.join(run_dir, part))
-    storage.rm(tmp)
-    return {
-        "shards": len(names),
-        "samples": sum(counts),
-        **({"llava_records": sum(counts)} if recipe.emit.llava else {}),
-    }
+    enrich = {stage.name: list(stage.writes) for stage in recipe.enrich}
+    return emit_run(run_dir, recipe.emit, recipe.caption_policy, enrich, previous or {})

@@ -205,6 +205,81 @@ def enrich(run_dir: str, todo: Sequence[str], rows: int, stage: Stage, out_dir: 
     ds.write_parquet(path, filesystem=fsys, partition_cols=["raw_shard"])
 
 
+def _read_call(batch: pa.Table, read: Callable[..., pa.Table], calls: Sequence[tuple]) -> pa.Table:
+    return pa.concat_tables([read(*calls[i]) for i in batch.column("call").to_pylist()])
+
+
+def sort_and_write(
+    read: Callable[..., pa.Table],
+    read_calls: Sequence[tuple],
+    by: list[str],
+    rows_per_part: int,
+    write: Callable[..., Any],
+    write_args: Callable[[int, int], tuple],
+    desc: str,
+) -> list[Any]:
+    """Read a table with one ``read(*args)`` task per call, sort it by ``by`` with Ray Data (range
+    partitioned: no process holds every row), cut it into parts of exactly ``rows_per_part`` rows (the
+    last may hold fewer) and run ``write(part, *write_args(i, number of parts))`` as one task per part ``i``.
+
+    Returns the results in part order. The driver holds block references and row counts only.
+    """
+    if not read_calls:
+        return []
+    ds = ray.data.from_items([{"call": i} for i in range(len(read_calls))], override_num_blocks=len(read_calls))
+    ds = ds.map_batches(
+        _read_call, fn_kwargs={"read": read, "calls": list(read_calls)}, batch_size=1, batch_format="pyarrow"
+    )
+    options = ray.data.DataContext.get_current().execution_options
+    preserve, options.preserve_order = options.preserve_order, True  # blocks come back in sorted order
+    try:
+        ordered = ds.sort(by).materialize()
+    finally:
+        options.preserve_order = preserve
+    spans = [
+        (entry.ref, *(_span(entry, cut)))
+        for bundle in ordered.iter_internal_ref_bundles()
+        for entry, cut in zip(bundle.blocks, bundle.slices, strict=True)
+    ]
+    parts = cut_spans([s for s in spans if s[2] > s[1]], rows_per_part)
+    calls = [(write, part, *write_args(i, len(parts))) for i, part in enumerate(parts)]
+    return [result for result, _ in run_tasks(_write_part, calls, desc)]
+
+
+def _span(entry: Any, cut: Any) -> tuple[int, int]:
+    if cut is not None:
+        return cut.start_offset, cut.end_offset
+    if entry.metadata.num_rows is None:
+        raise RuntimeError("Ray Data returned a block without a row count")
+    return 0, entry.metadata.num_rows
+
+
+def cut_spans(spans: Sequence[tuple[Any, int, int]], n: int) -> list[list[tuple[Any, int, int]]]:
+    """Group ordered ``(block, start, stop)`` row ranges into parts of exactly ``n`` rows (the last may
+    hold fewer), splitting ranges where a part ends."""
+    parts: list[list[tuple[Any, int, int]]] = []
+    current: list[tuple[Any, int, int]] = []
+    room = n
+    for block, start, stop in spans:
+        while start < stop:
+            take = min(room, stop - start)
+            current.append((block, start, start + take))
+            start, room = start + take, room - take
+            if room == 0:
+                parts.append(current)
+                current, room = [], n
+    return parts + ([current] if current else [])
+
+
+def _write_part(write: Callable[..., Any], part: Sequence[tuple[Any, int, int]], *args: Any) -> Any:
+    """Fetch this part's rows from their blocks (in order) and hand them to ``write``."""
+    from ray.data.block import BlockAccessor
+
+    blocks = ray.get([ref for ref, _, _ in part])
+    tables = [BlockAccessor.for_block(b).to_arrow().slice(a, z - a) for b, (_, a, z) in zip(blocks, part, strict=True)]
+    return write(pa.concat_tables(tables), *args)
+
+
 def _train_worker(config: dict) -> None:
     """Ray Train worker: the process group is up (gloo or nccl); run the plain training loop."""
     from curate.train.clip import ClipTrainConfig, train_clip

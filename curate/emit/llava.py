@@ -11,13 +11,22 @@ Records follow LLaVA's format, ``{"id", "image", "conversations": [{"from", "val
   caption differs from it).
 
 Everything is drawn from a generator seeded by the sample key, so an export is reproducible.
+Records are written per emitted shard (JSON lines in emit's scratch folder) and combined by
+streaming into the two files, each one JSON array, whatever the number of shards.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections.abc import Callable
+
+import fsspec
+import pyarrow as pa
+
+from curate.emit.base import Sample, Writer
+from curate.io import AtomicFile
 
 BRIEF = (
     "Describe the image briefly.",
@@ -126,3 +135,57 @@ def llava_records(rows: list[dict], shard: str) -> tuple[list[dict], list[dict]]
         pretrain.append(pretrain_record(key, image, row["caption"]))
         instruct.append(instruct_record(key, image, row, other))
     return pretrain, instruct
+
+
+KINDS = ("pretrain", "instruct")
+"""The two exports: ``RUN/llava/{kind}.json``."""
+
+ROW_FIELDS = ("key", "caption", "caption_alt", "width", "height")
+"""What :func:`llava_records` reads of a metadata row."""
+
+
+class LlavaFormat(Writer):
+    """``llava/images/{shard}/{key}.jpg`` per sample and ``llava/{pretrain,instruct}.json`` for the run."""
+
+    name = "llava"
+    folder = "llava"
+
+    def open(self, shard: str, schema: pa.Schema) -> None:
+        super().open(shard, schema)
+        self._rows: list[dict] = []
+
+    def write(self, sample: Sample) -> None:
+        with fsspec.open(f"{self.root(self.out_dir)}/{image_path(self.shard, sample.key)}", "wb", auto_mkdir=True) as f:
+            f.write(sample.jpeg)
+        self._rows.append({k: sample.meta.get(k) for k in ROW_FIELDS})
+
+    def close(self) -> dict:
+        for kind, records in zip(KINDS, llava_records(self._rows, self.shard), strict=True):
+            with AtomicFile(f"{self.scratch(self.out_dir)}/{self.shard}.{kind}.jsonl") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in records).encode())
+        return {"shard": self.shard, "records": len(self._rows)}
+
+    @classmethod
+    def finish(cls, out_dir: str, cfg, summaries: list[dict]) -> dict:
+        for kind in KINDS:
+            parts = [f"{cls.scratch(out_dir)}/{s['shard']}.{kind}.jsonl" for s in summaries]
+            with AtomicFile(f"{cls.root(out_dir)}/{kind}.json") as out:
+                combine_json_lines(parts, out)
+        return {"llava_records": sum(s["records"] for s in summaries)}
+
+    @classmethod
+    def wrote(cls, record: dict) -> bool:
+        return "llava_records" in record  # also in manifests from before emit recorded its formats
+
+
+def combine_json_lines(parts: list[str], out) -> None:
+    """Stream the JSON-lines files ``parts`` into ``out`` as one JSON array (``[]`` when there is nothing)."""
+    out.write(b"[")
+    sep = b"\n"
+    for part in parts:
+        with fsspec.open(part, "rb") as f:
+            for line in f:
+                if line.strip():
+                    out.write(sep + line.rstrip(b"\n"))
+                    sep = b",\n"
+    out.write(b"\n]\n")

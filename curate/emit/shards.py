@@ -1,16 +1,24 @@
-"""Plan and write the curated shards: shuffle the kept rows, cut them into shards, copy bytes once."""
+"""Plan and write the curated shards: the kept rows of each samples file, ordered by a seeded hash of
+their key, cut into shards of exactly ``samples_per_shard`` rows, each written by every selected format.
+
+Nothing here holds more than one samples file or one shard: :func:`curate.emit.run.emit` runs
+:func:`kept_rows` and :func:`write_shard` in Ray tasks and sorts by :data:`ORDER` with Ray Data.
+"""
 
 from __future__ import annotations
+
+import hashlib
 
 import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from curate.emit.llava import image_path, llava_records
-from curate.emit.parquet import write_parquet
-from curate.emit.webdataset import WebDatasetWriter
+from curate import storage
+from curate.emit.base import Sample, Writer
+from curate.emit.webdataset import as_jpeg
 from curate.raw import read_images
 
 INTERNAL_COLUMNS = (
@@ -23,6 +31,9 @@ INTERNAL_COLUMNS = (
 )
 """Sample columns that locate bytes in ``raw/`` or describe failures; not part of emitted metadata."""
 
+ORDER = "_emit_order"
+"""The sort column emit adds to kept rows (see :func:`order_keys`); never written."""
+
 
 class EmitConfig(BaseModel):
     """How curated shards are written."""
@@ -32,54 +43,153 @@ class EmitConfig(BaseModel):
     samples_per_shard: int = Field(10_000, gt=0, description="Samples per emitted tar (the last may hold fewer).")
     shuffle_seed: int | None = Field(0, description="Seed of the global shuffle; null keeps key order.")
     jpeg_quality: int = Field(95, ge=1, le=100, description="Quality when a non-JPEG image is re-encoded.")
+    formats: list[str] = Field(
+        default_factory=lambda: ["webdataset", "parquet"],
+        description="Output formats (curate.emit.formats.FORMATS): webdataset (shards/), parquet (metadata/), llava.",
+    )
     llava: bool = Field(False, description="Also write RUN/llava/: LLaVA stage-1/stage-2 JSON and the images.")
 
+    @field_validator("formats")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        from curate.emit.formats import FORMATS
 
-def plan_shards(kept: pa.Table, cfg: EmitConfig) -> list[pa.Table]:
-    """Shuffle ``kept`` (deterministically) and cut it into tables of ``samples_per_shard`` rows."""
-    kept = kept.sort_by("key")
-    if cfg.shuffle_seed is not None:
-        order = np.random.default_rng(cfg.shuffle_seed).permutation(len(kept))
-        kept = kept.take(pa.array(order))
-    n = cfg.samples_per_shard
-    return [kept.slice(start, n) for start in range(0, len(kept), n)]
+        unknown = [v for v in value if v not in FORMATS]
+        if unknown or not value:
+            raise ValueError(f"choose one or more of {', '.join(FORMATS)}")
+        return list(dict.fromkeys(value))
+
+
+def order_keys(keys: pa.Array | pa.ChunkedArray, seed: int | None) -> pa.Array:
+    """Each key's place in the shuffle: the first 8 bytes of blake2b(f"{seed}:{key}") as uint64.
+
+    Ties (and ``seed`` None: all zero, i.e. key order) are broken by the key, so the order is one
+    total order of the kept keys whatever the blocks or the number of nodes.
+    """
+    if seed is None:
+        return pa.array(np.zeros(len(keys), np.uint64))
+    digest = [hashlib.blake2b(f"{seed}:{k}".encode(), digest_size=8).digest() for k in keys.to_pylist()]
+    return pa.array(np.frombuffer(b"".join(digest), dtype=">u8").astype(np.uint64))
+
+
+def kept_rows(run_dir: str, samples_file: str, enrich: dict[str, list[str]]) -> pa.Table:
+    """The kept rows of one samples file, with the stored columns of each enrich stage (``enrich``:
+    stage name → its ``writes``) joined by key (null where a row has none)."""
+    samples = _read(samples_file)
+    keep = pc.is_in(samples.column("key"), value_set=kept_keys(run_dir, samples_file))
+    table = samples.filter(keep)
+    for stage, columns in enrich.items():
+        results = enrich_results(run_dir, stage, samples_file, columns)
+        if results is None:
+            continue
+        index = pc.index_in(table.column("key"), value_set=results.column("key"))
+        for column in columns:
+            table = table.append_column(results.schema.field(column), results.column(column).take(index))
+    return table
+
+
+def kept_keys(run_dir: str, samples_file: str) -> pa.Array:
+    """The kept keys among the decisions of ``samples_file``'s rows: ``decisions/{same name}`` when it
+    exists (decisions per raw shard), else every file of ``decisions/``."""
+    folder = storage.join(run_dir, "decisions")
+    same = storage.join(folder, storage.name(samples_file))
+    files = [same] if storage.isfile(same) else storage.files(folder)
+    tables = [_read(f, ["key", "keep"], [("keep", "=", True)]) for f in files]
+    keys = [t.column("key") for t in tables]
+    return pa.chunked_array([c for k in keys for c in k.chunks], pa.string()).combine_chunks()
+
+
+def enrich_results(run_dir: str, stage: str, samples_file: str, columns: list[str]) -> pa.Table | None:
+    """Key and ``columns`` of an enrich stage's stored results for ``samples_file``'s rows, or None.
+
+    Reads ``enrich/{stage}/{samples file name}`` (results per raw shard) when that folder exists,
+    else ``enrich/{stage}.parquet``.
+    """
+    folder = storage.join(run_dir, "enrich", stage)
+    if storage.isdir(folder):
+        same = storage.join(folder, storage.name(samples_file))
+        files = [same] if storage.isfile(same) else storage.files(folder)
+    else:
+        single = storage.join(run_dir, "enrich", f"{stage}.parquet")
+        files = [single] if storage.isfile(single) else []
+    if not files:
+        return None
+    return pa.concat_tables([_read(f, ["key", *columns]) for f in files])
+
+
+def kept_schema(samples_files: list[str], run_dir: str, enrich: dict[str, list[str]]) -> pa.Schema:
+    """The schema every :func:`kept_rows` table is cast to (from Parquet footers), so blocks of
+    different samples files concatenate: the samples' unified schema, the enrich columns, :data:`ORDER`."""
+    schemas = [_schema(f) for f in samples_files]
+    fields = list(pa.unify_schemas(schemas, promote_options="permissive")) if schemas else []
+    for stage, columns in enrich.items():
+        stored = [_schema(f) for f in _enrich_files(run_dir, stage)]
+        if stored:
+            unified = pa.unify_schemas(stored, promote_options="permissive")
+            fields += [unified.field(c) for c in columns]
+    return pa.schema([*fields, pa.field(ORDER, pa.uint64())])
+
+
+def _enrich_files(run_dir: str, stage: str) -> list[str]:
+    folder = storage.join(run_dir, "enrich", stage)
+    if storage.isdir(folder):
+        return storage.files(folder)
+    single = storage.join(run_dir, "enrich", f"{stage}.parquet")
+    return [single] if storage.isfile(single) else []
+
+
+def ordered_kept_rows(
+    run_dir: str, samples_file: str, enrich: dict[str, list[str]], seed: int | None, schema: pa.Schema
+) -> pa.Table:
+    """:func:`kept_rows` with :data:`ORDER` (:func:`order_keys`), cast to ``schema`` (columns a file
+    lacks are null)."""
+    table = kept_rows(run_dir, samples_file, enrich)
+    table = table.append_column(ORDER, order_keys(table.column("key"), seed))
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def write_shard(
-    rows: pa.Table, run_dir: str, out_dir: str, name: str, cfg: EmitConfig, caption_policy: str = "alt"
-) -> tuple[int, dict]:
-    """Write ``out_dir/shards/{name}.tar`` and ``out_dir/metadata/{name}.parquet`` (and, with
-    ``cfg.llava``, the images under ``out_dir/llava/``); return the rows written and the LLaVA records.
+    rows: pa.Table,
+    run_dir: str,
+    out_dir: str,
+    name: str,
+    cfg: EmitConfig,
+    formats: list[type[Writer]],
+    caption_policy: str = "alt",
+) -> tuple[int, list[dict]]:
+    """Write shard ``name`` of ``rows`` (in order) with each writer class of ``formats``, image bytes read
+    from ``raw/`` by offset; return the number of rows and each writer's summary."""
+    images = read_images(rows, run_dir) if any(cls.images for cls in formats) else None
+    dropped = [c for c in (*INTERNAL_COLUMNS, ORDER) if c in rows.column_names]
+    meta = final_caption(rows.drop_columns(dropped), caption_policy)
+    writers = [cls(out_dir, cfg) for cls in formats]
+    for writer in writers:
+        writer.open(name, meta.schema)
+    try:
+        for record, fmt in zip(meta.to_pylist(), rows.column("format").to_pylist(), strict=True):
+            jpeg = b"" if images is None else as_jpeg(images[record["key"]], fmt, cfg.jpeg_quality)
+            sample = Sample(record["key"], jpeg, record["caption"], record)
+            for writer in writers:
+                writer.write(sample)
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+    return len(rows), [writer.close() for writer in writers]
 
-    Each sample's ``.json`` is its metadata row with uint64 hashes as signed int64 (:func:`json_safe`).
-    """
-    images = read_images(rows, run_dir)
-    meta = final_caption(rows.drop_columns([c for c in INTERNAL_COLUMNS if c in rows.column_names]), caption_policy)
-    records = json_safe(meta).to_pylist()
-    with WebDatasetWriter(f"{out_dir}/shards/{name}.tar", cfg.jpeg_quality) as writer:
-        for record, fmt in zip(records, rows.column("format").to_pylist(), strict=True):
-            jpg = writer.write(record["key"], images[record["key"]], fmt, record["caption"], record)
-            if cfg.llava:
-                with fsspec.open(f"{out_dir}/llava/{image_path(name, record['key'])}", "wb", auto_mkdir=True) as f:
-                    f.write(jpg)
-    meta = meta.append_column("shard", pa.array([f"{name}.tar"] * len(meta), pa.string()))
-    write_parquet(f"{out_dir}/metadata/{name}.parquet", meta)
-    pretrain, instruct = llava_records(records, name) if cfg.llava else ([], [])
-    return writer.count, {"pretrain": pretrain, "instruct": instruct}
+
+def _read(url: str, columns: list[str] | None = None, filters: list | None = None) -> pa.Table:
+    with fsspec.open(url, "rb") as f:
+        return pq.read_table(f, columns=columns, filters=filters)
 
 
-def json_safe(table: pa.Table) -> pa.Table:
-    """``table`` with every uint64 column (``phash``, ``dhash``, ``caption_hash``) as signed int64.
-
-    The per-sample ``.json`` holds these as the same 64 bits read as a two's-complement int64
-    (``value & 0xFFFFFFFFFFFFFFFF`` gives the unsigned hash back; XOR-popcount distances are
-    unchanged), so JSON readers that type integers as int64 (Hugging Face ``datasets``, Ray's
-    ``read_webdataset``) load them. ``metadata/`` Parquet keeps the uint64 values.
-    """
-    for i, field in enumerate(table.schema):
-        if pa.types.is_uint64(field.type):
-            table = table.set_column(i, field.name, pc.cast(table.column(i), pa.int64(), safe=False))
-    return table
+def _schema(url: str) -> pa.Schema:
+    with fsspec.open(url, "rb") as f:
+        return pq.read_schema(f)
 
 
 def final_caption(meta: pa.Table, policy: str = "alt") -> pa.Table:
