@@ -18,19 +18,18 @@ from functools import partial
 from pathlib import Path
 
 import fsspec
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import annotated, runtime, staging, storage
 from curate.acquire import RETRIED, ShardLayout, complete_shards, retryable_keys
-from curate.decide import decide
+from curate.decide import decide, shard_of
 from curate.decide.urls import acquire_blocklist
 from curate.emit.parquet import write_parquet
 from curate.emit.run import emit as emit_run
+from curate.enrich import store as enrich_store
 from curate.enrich.recaption import cache_key
 from curate.existing import check_input, detect_format, stage_existing
 from curate.existing import stage_inputs as stage_existing_shards
-from curate.io import write_json
 from curate.lock import LOCK_NAME, RunLock
 from curate.manifest import Manifest, versions
 from curate.raw import shard_names
@@ -386,7 +385,7 @@ def decide_and_emit(recipe: Recipe, run_dir: str, manifest: Manifest, until: str
         record["rejected"] = decide(
             samples,
             recipe.decide,
-            storage.join(run_dir, "decisions", "decisions.parquet"),
+            storage.join(run_dir, "decisions"),
             storage.join(run_dir, "embeddings"),
             record["policies"],
         )
@@ -407,8 +406,9 @@ def decide_and_emit(recipe: Recipe, run_dir: str, manifest: Manifest, until: str
 def enrich(recipe: Recipe, run_dir: str, manifest: Manifest) -> None:
     """Run the enrich stages on kept samples that have no stored result for the same settings.
 
-    Results are kept in ``RUN/enrich/{stage}.parquet`` by key, so re-deciding captions only the
-    samples newly kept; a change of model or prompt (``StageConfig.cache_key``) starts over.
+    Results are kept in ``RUN/enrich/{stage}/{raw_shard}.parquet`` by key (:mod:`curate.enrich.store`),
+    so re-deciding captions only the samples newly kept; a change of model or prompt
+    (``StageConfig.cache_key``) starts over.
     """
     if not recipe.enrich:
         return
@@ -417,37 +417,38 @@ def enrich(recipe: Recipe, run_dir: str, manifest: Manifest) -> None:
             record[stage.name] = _enrich_stage(stage, run_dir)
 
 
-def _read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
-    with fsspec.open(url, "rb") as f:
-        return pq.read_table(f, columns=columns)
-
-
 def _enrich_stage(stage, run_dir: str) -> dict:
+    """Select each raw shard's work in tasks, run the stage on it, merge the results into the shard files."""
     settings = cache_key(stage)
-    store = storage.join(run_dir, "enrich", f"{stage.name}.parquet")
-    meta = storage.join(run_dir, "enrich", f"{stage.name}.json")
-    fresh = not (storage.isfile(store) and storage.isfile(meta) and storage.read_json(meta) == settings)
-    done = pa.table({"key": pa.array([], pa.string())}) if fresh else _read_parquet(store)
-    con = storage.duckdb_for(run_dir)
-    con.register("done", done.select(["key"]))
+    enrich_store.start(run_dir, stage.name, settings)
+    shards = [shard_of(p) for p in storage.files(storage.join(run_dir, "decisions"))]
     samples = storage.files(storage.join(run_dir, "samples"))
-    with fsspec.open(samples[0], "rb") as f:
-        optional = ", s.caption_norm" if "caption_norm" in pq.read_schema(f).names else ""
-    todo = con.sql(
-        f"""SELECT s.key, s.raw_shard, s.image_offset, s.image_size, s.caption{optional}
-            FROM read_parquet($samples) s JOIN read_parquet($decisions) d USING (key)
-            WHERE d.keep AND s.key NOT IN (SELECT key FROM done) ORDER BY s.raw_shard, s.image_offset""",
-        params={"samples": samples, "decisions": storage.files(storage.join(run_dir, "decisions"))},
-    ).to_arrow_table()
-    if len(todo):
-        tmp = storage.join(run_dir, ".tmp", f"enrich-{uuid.uuid4().hex[:8]}")
-        runtime.enrich(run_dir, todo, stage, tmp)
-        new = pa.concat_tables([_read_parquet(p) for p in storage.files(tmp)]).select(["key", *stage.writes])
-        done = new if fresh else pa.concat_tables([done, new.cast(done.schema)])
-        write_parquet(store, done.sort_by("key"))
-        storage.rm(tmp)
-    write_json(meta, settings)
-    return {"model": stage.model_id, "processed": len(todo), "reused": len(done) - len(todo)}
+    own = {storage.name(p): p for p in samples}  # samples/{raw_shard}.parquet, when annotate writes per shard
+    tmp = storage.join(run_dir, ".tmp", f"enrich-{uuid.uuid4().hex[:8]}")
+    writes = list(stage.writes)
+    calls = [
+        (
+            run_dir,
+            stage.name,
+            writes,
+            s,
+            [own[f"{s}.parquet"]] if f"{s}.parquet" in own else samples,
+            f"{tmp}/todo/{s}.parquet",
+        )
+        for s in shards
+    ]
+    counts = [n for n, _ in runtime.run_tasks(enrich_store.select_todo, calls, f"{stage.name}: select")]
+    todo = [s for s, (n, _) in zip(shards, counts, strict=True) if n]
+    processed = sum(n for n, _ in counts)
+    if todo:
+        runtime.enrich(run_dir, storage.files(f"{tmp}/todo"), processed, stage, f"{tmp}/out")
+        folder = enrich_store.folder(run_dir, stage.name)
+        merges = [(["key", *writes], f"{tmp}/out/raw_shard={s}", f"{folder}/{s}.parquet") for s in todo]
+        runtime.run_tasks(enrich_store.merge, merges, f"{stage.name}: merge")
+    storage.rm(tmp)
+    enrich_store.finish(run_dir, stage.name, settings)
+    reused = sum(done for _, done in counts)
+    return {"model": getattr(stage, "model_id", None), "processed": processed, "reused": reused}
 
 
 def emit(recipe: Recipe, run_dir: str, previous: dict | None = None) -> dict:

@@ -280,13 +280,20 @@ def _attach_images(batch: pa.Table, run_dir: str) -> pa.Table:
     return batch.append_column("image", pa.array([images.get(k) for k in batch.column("key").to_pylist()], pa.binary()))
 
 
-def enrich(run_dir: str, rows: pa.Table, stage: Stage, out_dir: str) -> None:
-    """Run ``stage`` on ``rows`` (kept samples) with their image bytes re-read from ``raw/``; write
-    ``key`` and the stage's columns to ``out_dir``."""
-    ds = ray.data.from_arrow(rows).repartition(max(1, len(rows) // stage.config.batch_size))
-    ds = ds.map_batches(_attach_images, fn_kwargs={"run_dir": run_dir}, batch_format="pyarrow", batch_size=None)
-    ds = apply_stage(ds, stage).select_columns(["key", *stage.writes])
-    _write_parquet(ds, out_dir)
+def enrich(run_dir: str, todo: Sequence[str], rows: int, stage: Stage, out_dir: str) -> None:
+    """Run ``stage`` on the ``rows`` rows of the Parquet files ``todo`` (kept samples of one raw shard
+    each) with their image bytes re-read from ``raw/``; write ``key`` and the stage's columns to
+    ``out_dir``, partitioned by raw shard (``out_dir/raw_shard=NAME/*.parquet``). The driver holds no rows."""
+    fsys, paths = storage.arrow_paths(list(todo))
+    blocks = max(1, rows // stage.config.batch_size)  # one batch a block: every actor of the pool gets work
+    ds = ray.data.read_parquet(paths, filesystem=fsys).repartition(blocks)
+    ds = ds.map_batches(
+        _attach_images, fn_kwargs={"run_dir": run_dir}, batch_format="pyarrow", batch_size=stage.config.batch_size
+    )
+    ds = apply_stage(ds, stage).select_columns(["key", "raw_shard", *stage.writes])
+    storage.makedirs(out_dir)
+    fsys, path = storage.arrow_fs(out_dir)
+    ds.write_parquet(path, filesystem=fsys, partition_cols=["raw_shard"])
 
 
 def _read_call(batch: pa.Table, read: Callable[..., pa.Table], calls: Sequence[tuple]) -> pa.Table:

@@ -38,7 +38,7 @@ def pool(tmp_path, extra: list[list[int]] = ()) -> str:
 
 
 def balance(tmp_path, samples: str, info: dict | None = None, **config) -> list[dict]:
-    out = tmp_path / f"decisions-{len(list(tmp_path.iterdir()))}.parquet"
+    out = tmp_path / f"decisions-{len(list(tmp_path.iterdir()))}"
     decide(samples, [Balance(Balance.Config(**config))], out, info=info)
     ids = pq.read_table(samples).select(["key", "concept_ids"]).to_pylist()
     decisions = {r["key"]: r for r in pq.read_table(out).to_pylist()}
@@ -105,12 +105,11 @@ def test_concept_summary_reports_counts_before_and_after(tmp_path):
 
     pool(tmp_path)
     (tmp_path / "run" / "samples").mkdir(parents=True)
-    (tmp_path / "run" / "decisions").mkdir()
     (tmp_path / "samples.parquet").rename(tmp_path / "run" / "samples" / "part.parquet")
     decide(
         str(tmp_path / "run" / "samples" / "*.parquet"),
         [Balance(Balance.Config(t=400))],
-        tmp_path / "run" / "decisions" / "d.parquet",
+        tmp_path / "run" / "decisions",
     )
     summary = concept_summary(tmp_path / "run", top=3)
     assert [h["before"] for h in summary["head"]] == ZIPF[:3]
@@ -137,7 +136,7 @@ def test_long_tail_plot_is_a_readable_png(tmp_path):
     run = tmp_path / "run"
     (run / "samples").mkdir(parents=True)
     (tmp_path / "samples.parquet").rename(run / "samples" / "part.parquet")
-    decide(str(run / "samples" / "*.parquet"), [Balance(Balance.Config(t=400))], run / "decisions" / "d.parquet")
+    decide(str(run / "samples" / "*.parquet"), [Balance(Balance.Config(t=400))], run / "decisions")
     png = concept_long_tail(run, run / "report" / "concepts.png")
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size[0] > 300

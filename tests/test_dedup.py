@@ -43,7 +43,7 @@ def run_decide(tmp_path, policies: list) -> dict:
     recipe = build_recipe(
         {"annotate": ["image", "hashes", {"stage": "clip", "model": "clip-tiny"}], "decide": policies}
     )
-    out = tmp_path / "decisions.parquet"
+    out = tmp_path / "decisions"
     decide(f"{tmp_path}/samples/*.parquet", recipe.decide, out, tmp_path / "embeddings")
     return {r["key"]: (r["reason"], r["dup_of"]) for r in pq.read_table(out).to_pylist()}
 

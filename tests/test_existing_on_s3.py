@@ -6,10 +6,9 @@ import json
 import os
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 from test_existing_shards import CAPTIONS, decisions, image_bytes, write_tar
-from test_object_storage import bucket, s3_server, s3fs  # noqa: F401 (fixtures)
+from test_object_storage import bucket, read_folder, s3_server, s3fs  # noqa: F401 (fixtures)
 
 from curate.recipe import load_recipe
 from curate.run import run_pipeline
@@ -28,8 +27,7 @@ def s3_ray(s3_server):  # noqa: F811
 
 
 def s3_decisions(run: str) -> dict[str, tuple[bool, str | None]]:
-    with s3fs().open(f"{run}/decisions/decisions.parquet", "rb") as f:
-        table = pq.read_table(f, columns=["key", "keep", "reason"])
+    table = read_folder(f"{run}/decisions", ["key", "keep", "reason"])
     return {r["key"]: (r["keep"], r["reason"]) for r in table.to_pylist()}
 
 

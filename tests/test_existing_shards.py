@@ -21,7 +21,7 @@ from curate.urls import InputError
 
 
 def decisions(run: Path) -> dict[str, tuple[bool, str | None]]:
-    table = pq.read_table(run / "decisions" / "decisions.parquet", columns=["key", "keep", "reason"])
+    table = pq.read_table(run / "decisions", columns=["key", "keep", "reason"])
     return {r["key"]: (r["keep"], r["reason"]) for r in table.to_pylist()}
 
 
@@ -268,7 +268,7 @@ def test_a_folder_written_by_img2dataset_itself(output_format, ray_session, tmp_
         assert sum(server.hits.values()) == hits
     listed = pq.read_table(urls, columns=["url", "caption"]).to_pylist()
     raw = [r for p in sorted(folder.glob("*.parquet")) for r in pq.read_table(p, columns=["key", "status"]).to_pylist()]
-    got = pq.read_table(run / "decisions" / "decisions.parquet").to_pylist()
+    got = pq.read_table(run / "decisions").to_pylist()
     assert sorted(r["key"] for r in got) == sorted(r["key"] for r in raw) and len(got) == len(listed)
     pairs = {(r["url"], r["caption"]) for r in listed}
     assert all((r["url"], r["caption"]) in pairs for r in got)  # every key keeps its own URL and caption

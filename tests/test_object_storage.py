@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -88,8 +89,14 @@ def read_parquet(url: str, columns=None):
         return pq.read_table(f, columns=columns)
 
 
+def read_folder(url: str, columns=None):
+    """Every file a folder's ``_COMMITTED`` marker lists, concatenated."""
+    listed = json.loads(s3fs().cat(f"{url}/_COMMITTED"))
+    return pa.concat_tables([read_parquet(f"{url}/{name}", columns) for name in listed])
+
+
 def kept(run: str) -> list[str]:
-    table = read_parquet(f"{run}/decisions/decisions.parquet", ["key", "keep"])
+    table = read_folder(f"{run}/decisions", ["key", "keep"])
     return sorted(k for k, keep in zip(*(table.column(c).to_pylist() for c in ("key", "keep")), strict=True) if keep)
 
 

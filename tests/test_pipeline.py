@@ -34,7 +34,7 @@ def demo_run(served_corpus, ray_session, tmp_path_factory):
 
 
 def decisions(run_dir):
-    return pq.read_table(f"{run_dir}/decisions/decisions.parquet").to_pylist()
+    return pq.read_table(f"{run_dir}/decisions").to_pylist()
 
 
 def test_every_input_row_is_decided_exactly_once(demo_run, served_corpus):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -25,6 +26,15 @@ def kept_keys(run_dir) -> set[str]:
     return {d["key"] for d in decisions if d["keep"]}
 
 
+def stored_results(run_dir):
+    """Every raw shard's results file: one per shard that has kept samples, each sorted by key."""
+    files = sorted((run_dir / "enrich" / "recaption").iterdir())
+    assert files and all(f.name.endswith(".parquet") for f in files)
+    tables = [pq.read_table(f) for f in files]
+    assert all(t.column("key").to_pylist() == sorted(t.column("key").to_pylist()) for t in tables)
+    return pa.concat_tables(tables)
+
+
 def metadata(run_dir) -> list[dict]:
     return pq.ParquetDataset(run_dir / "metadata").read().to_pylist()
 
@@ -43,7 +53,7 @@ def test_recaption_runs_on_kept_samples_only_and_both_picks_the_higher_clip_scor
     with runtime.session():
         decide_and_emit(build_recipe(data), run_copy, Manifest(run_copy))
     kept = kept_keys(run_copy)
-    stored = pq.read_table(run_copy / "enrich" / "recaption.parquet").to_pylist()
+    stored = stored_results(run_copy).to_pylist()
     assert {r["key"] for r in stored} == kept and len(stored) == len(kept) < 300
     assert all(r["caption_synthetic"] for r in stored)
     rows = metadata(run_copy)
@@ -63,7 +73,7 @@ def test_recaption_runs_on_kept_samples_only_and_both_picks_the_higher_clip_scor
 def test_policy_change_reuses_captions_and_synthetic_uses_them_everywhere(run_copy, llava_model, lit_model):
     """Same captioner settings: switching to `synthetic` and keeping more rows captions only the new rows."""
     before = {
-        r["key"]: r["caption_synthetic"] for r in pq.read_table(run_copy / "enrich" / "recaption.parquet").to_pylist()
+        r["key"]: r["caption_synthetic"] for r in stored_results(run_copy).to_pylist()
     }
     data = recaption_recipe(run_copy, model=str(llava_model), caption="synthetic", select_model=str(lit_model))
     with runtime.session():
@@ -73,7 +83,7 @@ def test_policy_change_reuses_captions_and_synthetic_uses_them_everywhere(run_co
     assert record["processed"] == len(kept - set(before)) > 0
     assert record["reused"] == len(before)
     stored = {
-        r["key"]: r["caption_synthetic"] for r in pq.read_table(run_copy / "enrich" / "recaption.parquet").to_pylist()
+        r["key"]: r["caption_synthetic"] for r in stored_results(run_copy).to_pylist()
     }
     assert all(stored[k] == v for k, v in before.items())
     for row in metadata(run_copy):

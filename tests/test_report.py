@@ -92,7 +92,7 @@ def rich_run(run_dir, tmp_path_factory) -> Path:
         for e in entries
     ]
     info: dict = {}
-    decide(str(run / "samples" / "*.parquet"), policies, run / "decisions" / "decisions.parquet", None, info)
+    decide(str(run / "samples" / "*.parquet"), policies, run / "decisions", None, info)
     manifest["recipe"]["decide"] = entries
     manifest["steps"]["decide"]["policies"] = info
     (run / "manifest.json").write_text(json.dumps(manifest))

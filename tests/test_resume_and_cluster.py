@@ -40,7 +40,7 @@ def curate_run(urls, out, **popen) -> subprocess.Popen:
 
 
 def kept_keys(run_dir) -> list[str]:
-    table = pq.read_table(f"{run_dir}/decisions/decisions.parquet")
+    table = pq.read_table(f"{run_dir}/decisions")  # one file per raw shard
     keys = table.column("key").to_pylist()
     assert len(keys) == len(set(keys))
     return sorted(k for k, keep in zip(keys, table.column("keep").to_pylist(), strict=True) if keep)

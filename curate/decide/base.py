@@ -23,7 +23,8 @@ class PolicyConfig(BaseModel):
 
 
 class DecideDB:
-    """A DuckDB connection with view ``samples`` and table ``verdict(key, reason, stage, dup_of)``."""
+    """A DuckDB connection with view ``samples`` and table ``verdict(key, reason, stage, dup_of, ...)``
+    (it also carries what the decisions files need: raw shard, url, caption)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, embeddings_dir: Path | None = None) -> None:
         self.con = con
@@ -52,6 +53,15 @@ class DecideDB:
             {"reason": reason, "stage": stage},
         )
         self.con.unregister("_rejected")
+
+    def reject_query(self, query: str, reason: str, stage: str, params: dict | None = None) -> None:
+        """Reject the keys SQL ``query`` returns (columns ``key``, ``dup_of``), computed inside DuckDB (out of core)."""
+        reasons.check(reason)
+        self.con.execute(
+            f"""UPDATE verdict SET reason = $reason, stage = $stage, dup_of = r.dup_of
+                FROM ({query}) r WHERE verdict.key = r.key AND verdict.reason IS NULL""",
+            {"reason": reason, "stage": stage, **(params or {})},
+        )
 
 
 class Policy:

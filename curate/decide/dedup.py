@@ -39,14 +39,18 @@ class DedupConfig(PolicyConfig):
         return value
 
 
-def ranked(db: DecideDB, columns: list[str], where: str, prefer: list[str]) -> pa.Table:
-    """Still-kept rows matching ``where``: key, ``columns`` and ``rank`` (0 = most preferred)."""
+def preference(db: DecideDB, prefer: list[str]) -> str:
+    """``prefer`` as a SQL ORDER BY list over ``s`` (samples) and ``v`` (verdict), ending with the key (no ties)."""
     have = {row[0] for row in db.con.sql("DESCRIBE samples").fetchall()}
     order = [f's."{m["col"]}" {m["dir"].upper()} NULLS LAST' for m in map(ORDER.match, prefer) if m["col"] in have]
-    order.append("v.key")
+    return ", ".join([*order, "v.key"])
+
+
+def ranked(db: DecideDB, columns: list[str], where: str, prefer: list[str]) -> pa.Table:
+    """Still-kept rows matching ``where``: key, ``columns`` and ``rank`` (0 = most preferred)."""
     select = "".join(f', s."{c}"' for c in columns)
     return db.con.sql(
-        f"""SELECT v.key{select}, (row_number() OVER (ORDER BY {", ".join(order)}) - 1)::BIGINT AS rank
+        f"""SELECT v.key{select}, (row_number() OVER (ORDER BY {preference(db, prefer)}) - 1)::BIGINT AS rank
             FROM verdict v JOIN samples s USING (key) WHERE v.reason IS NULL AND ({where})"""
     ).to_arrow_table()
 
@@ -80,14 +84,15 @@ class ExactDedup(Policy):
         return tuple(self.config.by)
 
     def apply(self, db: DecideDB) -> None:
-        by = list(self.config.by)
-        not_null = " AND ".join(f's."{c}" IS NOT NULL' for c in by)
-        rows = ranked(db, by, not_null, self.config.prefer).sort_by("rank")  # row index == rank
-        if len(rows) == 0:
-            return
-        best = rows.group_by(by).aggregate([("rank", "min")])
-        rep = rows.join(best, by).sort_by("rank").column("rank_min").to_numpy()
-        reject_to_representatives(db, rows, rep, "dup_exact", self.name)
+        """One window over the groups inside DuckDB (partitioned, spills to disk): no rows in Python."""
+        by = ", ".join(f's."{c}"' for c in self.config.by)
+        not_null = " AND ".join(f's."{c}" IS NOT NULL' for c in self.config.by)
+        first = f"first_value(v.key) OVER (PARTITION BY {by} ORDER BY {preference(db, self.config.prefer)})"
+        dups = f"""SELECT key, dup_of FROM (
+                       SELECT v.key, {first} AS dup_of FROM verdict v JOIN samples s USING (key)
+                       WHERE v.reason IS NULL AND {not_null})
+                   WHERE key <> dup_of"""
+        db.reject_query(dups, "dup_exact", self.name)
 
 
 class NearDedupConfig(DedupConfig):

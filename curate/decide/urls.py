@@ -10,6 +10,9 @@ from pydantic import Field
 
 from curate.decide.base import DecideDB, Policy, PolicyConfig
 
+BATCH_ROWS = 65_536
+"""URLs checked at a time."""
+
 HOST = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>[^/:?#]+)"
 
 
@@ -39,11 +42,15 @@ class UrlFilter(Policy):
         domains, patterns = self.blocklist()
         if not domains and not patterns:
             return
-        rows = db.con.sql(
+        reader = db.con.sql(
             "SELECT v.key, s.url FROM verdict v JOIN samples s USING (key) WHERE v.reason IS NULL"
-        ).to_arrow_table()
-        blocked = blocked_mask(rows.column("url"), domains, patterns)
-        db.reject_keys(rows.select(["key"]).filter(blocked), "blocked_url", self.name)
+        ).fetch_arrow_reader(BATCH_ROWS)  # streamed: only the blocked keys are held
+        blocked = [
+            pa.table({"key": batch.column("key")}).filter(blocked_mask(batch.column("url"), domains, patterns))
+            for batch in reader
+        ]
+        if blocked:
+            db.reject_keys(pa.concat_tables(blocked), "blocked_url", self.name)
 
     def blocklist(self) -> tuple[set[str], list[str]]:
         """Domains (lower-case) and patterns from the recipe and the blocklist file."""
