@@ -18,13 +18,11 @@ from functools import partial
 from pathlib import Path
 
 import fsspec
-import pyarrow.parquet as pq
 
 from curate import annotated, runtime, staging, storage
 from curate.acquire import RETRIED, ShardLayout, complete_shards, retryable_keys
 from curate.decide import decide, shard_of
 from curate.decide.urls import acquire_blocklist
-from curate.emit.parquet import write_parquet
 from curate.emit.run import emit as emit_run
 from curate.enrich import store as enrich_store
 from curate.enrich.recaption import cache_key
@@ -379,28 +377,32 @@ def annotate(recipe: Recipe, run_dir: str, manifest: Manifest) -> None:
 
 def decide_and_emit(recipe: Recipe, run_dir: str, manifest: Manifest, until: str = "emit") -> RunResult:
     """Decide keep/reject for every sample, enrich the kept ones, write the curated shards and the funnel."""
-    samples = storage.files(storage.join(run_dir, "samples"))
     with manifest.step("decide") as record:
-        record["policies"] = {}  # what policies chose, e.g. balance's cap t
-        record["rejected"] = decide(
-            samples,
-            recipe.decide,
-            storage.join(run_dir, "decisions"),
-            storage.join(run_dir, "embeddings"),
-            record["policies"],
-        )
+        record["rejected"], record["policies"] = runtime.run_task(_decide, (run_dir, recipe.decide), "decide")
     if until != "decide":
         enrich(recipe, run_dir, manifest)
     if until not in ("decide", "enrich"):
         previous = dict(manifest.steps.get("emit", {}))
         with manifest.step("emit") as record:
             record.update(emit(recipe, run_dir, previous))
-    result = funnel(run_dir)
+    result = runtime.run_task(funnel, (run_dir,), "funnel")
     manifest.data["funnel"] = result
     manifest.save()
     with manifest.step("report") as record:
-        record["path"] = str(write_report(run_dir))
+        record["path"] = str(runtime.run_task(write_report, (run_dir,), "report"))
     return RunResult(run_dir, result, manifest.data)
+
+
+def _decide(run_dir: str, policies: list) -> tuple[dict[str, int], dict]:
+    """Decide over the run's samples (a Ray task: DuckDB's memory is a worker's, not the driver's).
+
+    Returns the rejected counts per reason and what the policies chose (e.g. balance's cap t).
+    """
+    chosen: dict = {}
+    samples = storage.files(storage.join(run_dir, "samples"))
+    embeddings = storage.join(run_dir, "embeddings")
+    rejected = decide(samples, policies, storage.join(run_dir, "decisions"), embeddings, chosen)
+    return rejected, chosen
 
 
 def enrich(recipe: Recipe, run_dir: str, manifest: Manifest) -> None:

@@ -86,6 +86,26 @@ def run_tasks(fn: Callable, calls: Sequence[tuple], desc: str, num_cpus: float =
     return results
 
 
+def run_task(fn: Callable, args: tuple, desc: str, num_cpus: float = 1.0) -> Any:
+    """Run ``fn(*args)`` as one Ray task and return its result: a global step (decide, the funnel, the report)
+    runs on a worker, so the driver's memory stays flat whatever the pool's size.
+
+    A :class:`ValueError` or :class:`LookupError` raised in the task (a recipe or input problem) comes back
+    as itself, with its own message; Ray's remote traceback is its ``__cause__``.
+    """
+    remote = ray.remote(fn).options(num_cpus=num_cpus, max_retries=0)
+    with tqdm(total=1, desc=desc, unit="step") as bar:
+        try:
+            result = ray.get(remote.remote(*args))
+        except ray.exceptions.RayTaskError as err:
+            cause = getattr(err, "cause", None)
+            if isinstance(cause, ValueError | LookupError) and not isinstance(cause, ray.exceptions.RayError):
+                raise cause from err
+            raise
+        bar.update(1)
+    return result
+
+
 def _read_shards(batch: pa.Table, run_dir: str, chunk_rows: int) -> Iterator[pa.Table]:
     for shard in batch.column("shard").to_pylist():
         yield from read_shard(run_dir, shard, chunk_rows)

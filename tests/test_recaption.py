@@ -62,7 +62,8 @@ def test_recaption_runs_on_kept_samples_only_and_both_picks_the_higher_clip_scor
         better = row["clip_score_synthetic"] > row["clip_score_alt"]
         assert row["caption"] == (row["caption_synthetic"] if better else row["caption_alt"])
         assert row["caption_source"] == ("synthetic" if better else "alt")
-    assert {r["caption_source"] for r in rows} == {"alt", "synthetic"}, "the pool should need both choices"
+    # Which side wins depends on the tiny fixture models (trained on the export's first records, so on emit's
+    # shuffle order); test_both_policy_picks_per_row pins both outcomes on a built table.
     manifest = Manifest(run_copy).data["steps"]["enrich"]
     assert manifest["recaption"]["processed"] == len(kept)
     report = (run_copy / "report" / "report.html").read_text()
@@ -72,9 +73,7 @@ def test_recaption_runs_on_kept_samples_only_and_both_picks_the_higher_clip_scor
 @pytest.mark.slow
 def test_policy_change_reuses_captions_and_synthetic_uses_them_everywhere(run_copy, llava_model, lit_model):
     """Same captioner settings: switching to `synthetic` and keeping more rows captions only the new rows."""
-    before = {
-        r["key"]: r["caption_synthetic"] for r in stored_results(run_copy).to_pylist()
-    }
+    before = {r["key"]: r["caption_synthetic"] for r in stored_results(run_copy).to_pylist()}
     data = recaption_recipe(run_copy, model=str(llava_model), caption="synthetic", select_model=str(lit_model))
     with runtime.session():
         decide_and_emit(build_recipe(data), run_copy, Manifest(run_copy))
@@ -82,15 +81,35 @@ def test_policy_change_reuses_captions_and_synthetic_uses_them_everywhere(run_co
     record = Manifest(run_copy).data["steps"]["enrich"]["recaption"]
     assert record["processed"] == len(kept - set(before)) > 0
     assert record["reused"] == len(before)
-    stored = {
-        r["key"]: r["caption_synthetic"] for r in stored_results(run_copy).to_pylist()
-    }
+    stored = {r["key"]: r["caption_synthetic"] for r in stored_results(run_copy).to_pylist()}
     assert all(stored[k] == v for k, v in before.items())
     for row in metadata(run_copy):
         assert row["caption"] == row["caption_synthetic"] and row["caption_source"] == "synthetic"
         assert row["caption_alt"]  # the alt text is kept next to it
     pretrain = json.loads((run_copy / "llava" / "pretrain.json").read_text())
     assert all(r["conversations"][1]["value"] == stored[r["id"]] for r in pretrain)
+
+
+def test_both_policy_picks_per_row():
+    """`both`: the synthetic caption where it scores higher or either score is missing, else the alt text;
+    `alt` ignores synthetic captions, `synthetic` takes any non-empty one."""
+    from curate.emit.shards import final_caption
+
+    meta = pa.table(
+        {
+            "caption": ["alt a", "alt b", "alt c", "alt d"],
+            "caption_norm": ["norm a", "", "norm c", None],
+            "caption_synthetic": ["syn a", "syn b", "", "syn d"],
+            "clip_score_alt": [0.9, 0.1, 0.1, None],
+            "clip_score_synthetic": [0.2, 0.5, 0.9, 0.3],
+        }
+    )
+    both = final_caption(meta, "both").to_pydict()
+    assert both["caption"] == ["norm a", "syn b", "norm c", "syn d"]
+    assert both["caption_source"] == ["alt", "synthetic", "alt", "synthetic"]
+    assert both["caption_alt"] == ["alt a", "alt b", "alt c", "alt d"]
+    assert final_caption(meta, "alt").to_pydict()["caption_source"] == ["alt"] * 4
+    assert final_caption(meta, "synthetic").to_pydict()["caption"] == ["syn a", "syn b", "norm c", "syn d"]
 
 
 def test_both_selects_with_the_annotate_clip_model_by_default(tmp_path):
