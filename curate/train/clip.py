@@ -5,7 +5,7 @@ configs such as ``clip-tiny`` or ``lit-offline``, or a JSON config). The loss is
 ``ClipLoss`` (InfoNCE with the model's learnable temperature), the schedule open_clip's
 warmup + cosine. Output folder::
 
-    DIR/open_clip_config.json + open_clip_model.safetensors   final model: open_clip "local-dir:DIR"
+    DIR/open_clip_config.json + open_clip_model.safetensors   final model: load_clip(DIR) (portable)
     DIR/checkpoints/step_0000100.pt   {"state_dict", "optimizer", "step", ...}: resume, or
                                       open_clip.create_model_and_transforms(arch, pretrained=PATH)
     DIR/log.jsonl                      one line per logged step: loss, lr, samples/s, ...
