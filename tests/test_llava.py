@@ -11,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from curate.cli import app
+from curate.emit.llava import quote
 from curate.models.llava import IGNORE_INDEX, IMAGE_TOKEN, LMSpec, load_llava, load_tokenizer
 from curate.train.llava_data import (
     TokenizationMismatch,
@@ -67,7 +68,7 @@ def test_instruct_answers_follow_from_metadata(curated_shards):
             q, a = question["value"], answer["value"]
             if q.startswith("Does this caption fit"):
                 kinds["fit"] = kinds.get("fit", 0) + 1
-                assert (a == "Yes.") == (f'"{row["caption"]}"' in q)
+                assert (a == "Yes.") == (f'"{quote(row["caption"])}"' in q)
             elif q.startswith("How large"):
                 kinds["size"] = kinds.get("size", 0) + 1
                 assert a == f"It is {row['width']} pixels wide and {row['height']} pixels tall."

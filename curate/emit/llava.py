@@ -8,7 +8,9 @@ Records follow LLaVA's format, ``{"id", "image", "conversations": [{"from", "val
 - ``instruct.json`` (stage 2): a conversation per image derived from its caption and metadata:
   a detailed description first, then two of: does a caption fit (yes/no, half of them with
   another image's caption), size in pixels, orientation, the original alt text (when the final
-  caption differs from it).
+  caption differs from it). The yes/no turn quotes at most :data:`QUOTE_CHARS` of a caption, and
+  follow-ups that would take a conversation past :data:`CONVERSATION_BYTES` are left out, so a long
+  caption is said once, not again in a follow-up (the trainer's ``max_length`` must cover the rest).
 
 Everything is drawn from a generator seeded by the sample key, so an export is reproducible.
 Records are written per emitted shard (JSON lines in emit's scratch folder) and combined by
@@ -48,6 +50,14 @@ DETAILED = (
 )
 """First question of every stage-2 conversation."""
 
+QUOTE_CHARS = 100
+"""The yes/no turn quotes at most this many characters of a caption (cut at a word, ``...`` added)."""
+
+CONVERSATION_BYTES = 640
+"""Follow-ups are added to a stage-2 conversation only while its text (questions and answers, UTF-8)
+stays within this many bytes: at most as many tokens for a byte-level tokenizer, fewer for BPE. The
+first exchange (describe → caption) is always kept, however long the caption."""
+
 
 def image_path(shard: str, key: str) -> str:
     """Where a sample's image lives, relative to ``RUN/llava``."""
@@ -71,8 +81,23 @@ def instruct_record(key: str, image: str, row: dict, other_caption: str | None) 
     turns = [(f"<image>\n{rng.choice(DETAILED)}", row["caption"])]
     makers = [m for m in QUESTIONS if _applicable(m, row)]
     for make in rng.sample(makers, k=min(2, len(makers))):
-        turns.append(make(row, other_caption, rng))
+        turn = make(row, other_caption, rng)
+        if text_bytes([*turns, turn]) <= CONVERSATION_BYTES:
+            turns.append(turn)
     return _record(key, image, turns)
+
+
+def text_bytes(turns: list[tuple[str, str]]) -> int:
+    """UTF-8 bytes of a conversation's questions and answers."""
+    return sum(len(q.encode()) + len(a.encode()) for q, a in turns)
+
+
+def quote(caption: str, limit: int = QUOTE_CHARS) -> str:
+    """``caption`` as the yes/no turn quotes it: at most ``limit`` characters, cut at a word."""
+    if len(caption) <= limit:
+        return caption
+    head = caption[: limit - 3]
+    return (head.rsplit(" ", 1)[0] if " " in head else head).rstrip() + "..."
 
 
 def _record(key: str, image: str, turns: list[tuple[str, str]]) -> dict:
@@ -83,9 +108,9 @@ def _record(key: str, image: str, turns: list[tuple[str, str]]) -> dict:
 
 
 def _caption_fits(row: dict, other: str | None, rng: random.Random) -> tuple[str, str]:
-    if other and other != row["caption"] and rng.random() < 0.5:
-        return f'Does this caption fit the image: "{other}"? Answer yes or no.', "No."
-    return f'Does this caption fit the image: "{row["caption"]}"? Answer yes or no.', "Yes."
+    if other and quote(other) != quote(row["caption"]) and rng.random() < 0.5:
+        return f'Does this caption fit the image: "{quote(other)}"? Answer yes or no.', "No."
+    return f'Does this caption fit the image: "{quote(row["caption"])}"? Answer yes or no.', "Yes."
 
 
 def _size(row: dict, other: str | None, rng: random.Random) -> tuple[str, str]:

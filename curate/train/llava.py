@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from curate import resources
 from curate.models.llava import IGNORE_INDEX, Llava, LMSpec, build_llava, load_llava, save_llava
 from curate.train.common import autocast, cosine_lr, latest_checkpoint, pick_device, save_checkpoint
-from curate.train.llava_data import LlavaDataset, collate
+from curate.train.llava_data import LlavaDataset, RecordSet, check_files, collate
 
 DATA_FILES = {1: "pretrain.json", 2: "instruct.json"}
 
@@ -67,7 +67,11 @@ class LlavaTrainConfig(BaseModel):
     stage1: StageSpec = Field(description="Projector-only alignment on caption pairs.")
     stage2: StageSpec = Field(description="Instruction tuning on conversations.")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="Adapter settings when a stage says lm: lora.")
-    max_length: int = Field(512, gt=0, description="Longest sequence (image tokens included); longer is an error.")
+    max_length: int = Field(512, gt=0, description="Longest sequence (image tokens included).")
+    too_long: Literal["error", "drop"] = Field(
+        "error",
+        description="Records over max_length, found before step 1: one error listing them, or drop (counted).",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast dtype on GPU.")
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this.")
     data_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
@@ -92,24 +96,34 @@ class LlavaTrainConfig(BaseModel):
 def train_llava(
     cfg: LlavaTrainConfig, data: str | Path, output: str | Path, stages: tuple[int, ...] = (1, 2), resume: bool = False
 ) -> dict:
-    """Run ``stages`` in order; stage 2 starts from ``OUTPUT/stage1``. Returns each stage's last log line."""
+    """Run ``stages`` in order; stage 2 starts from ``OUTPUT/stage1``. Every record of their files is checked
+    before the first step. Returns each stage's last log line and its ``dropped_too_long`` count."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     (output / "train_config.json").write_text(cfg.model_dump_json(indent=2))
     device = pick_device(cfg.device)
+    todo = [s for s in stages if not (resume and (output / f"stage{s}" / "llava.json").is_file())]  # else finished
     summary: dict = {}
-    for stage in stages:
+    checked: dict[int, RecordSet] = {}
+    for stage in todo:
         folder = output / f"stage{stage}"
-        if resume and (folder / "llava.json").is_file():
-            continue  # this stage finished in an earlier run
         torch.manual_seed(cfg.seed)
         model = _start(cfg, stage, output, device)
+        checked = checked or _check(cfg, model, {s: data_file(data, s) for s in todo})  # every file, before step 1
         spec = cfg.stage1 if stage == 1 else cfg.stage2
         _set_trainable(model, spec, cfg.lora)
-        last = _run_stage(model, spec, cfg, data_file(data, stage), folder, resume, device)
+        last = _run_stage(model, spec, cfg, checked[stage], folder, resume, device)
         save_llava(model, folder)
-        summary[f"stage{stage}"] = last
+        summary[f"stage{stage}"] = {**last, "dropped_too_long": checked[stage].dropped}
     return summary
+
+
+def _check(cfg: LlavaTrainConfig, model: Llava, files: dict[int, Path]) -> dict[int, RecordSet]:
+    """The records each stage trains on, every one measured with the model's tokenizer (a file once)."""
+    paths = list(dict.fromkeys(files.values()))
+    sets = check_files(paths, model.tokenizer, model.num_image_tokens, cfg.max_length, cfg.too_long == "drop")
+    by_path = dict(zip(paths, sets, strict=True))
+    return {stage: by_path[path] for stage, path in files.items()}
 
 
 def data_file(data: str | Path, stage: int) -> Path:
@@ -162,7 +176,9 @@ def _batches(dataset: LlavaDataset, batch_size: int, workers: int, seed: int, pa
         yield from loader
 
 
-def _run_stage(model: Llava, spec: StageSpec, cfg: LlavaTrainConfig, data: Path, folder: Path, resume: bool, device):
+def _run_stage(
+    model: Llava, spec: StageSpec, cfg: LlavaTrainConfig, data: RecordSet, folder: Path, resume: bool, device
+):
     """The loop: batch → loss on assistant tokens → step, with logging and checkpoints."""
     dataset = LlavaDataset(data, model.tokenizer, model.preprocess, model.num_image_tokens, cfg.max_length)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -178,7 +194,7 @@ def _run_stage(model: Llava, spec: StageSpec, cfg: LlavaTrainConfig, data: Path,
         batch = {k: v.to(device) for k, v in next(batches).items()}
         tokens = int((batch["labels"] != IGNORE_INDEX).sum())
         if tokens == 0:
-            raise RuntimeError(f"{data}: a batch has no assistant tokens; the loss would be 0")
+            raise RuntimeError(f"{data.path}: a batch has no assistant tokens; the loss would be 0")
         schedule(step)
         with amp:
             loss = model(**batch)

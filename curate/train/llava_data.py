@@ -7,17 +7,38 @@ aligned by construction. :func:`check_labels` still verifies it on every record:
 ``preprocess`` masks by re-tokenizing turns, and when that disagrees with the full tokenization
 (tokenizer versions, BOS handling) or truncation cuts the replies, every label becomes
 ``IGNORE_INDEX`` and the loss is silently 0. Here that is an error naming the record.
+
+:func:`check_files` reads and measures every record of the files a run trains on before its first
+step: records longer than ``max_length`` are one :class:`RecordsTooLong` listing them all (or, when
+the preset says ``too_long: drop``, dropped and counted), not an error when their batch comes up.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from curate.images import decode
 from curate.models.llava import IGNORE_INDEX, encode_text, user_turn
+from curate.urls import InputError
+
+log = logging.getLogger(__name__)
+
+SHOWN = 5
+"""How many of the longest records a too-long summary names."""
+
+
+class LlavaDataError(InputError):
+    """A LLaVA JSON file cannot be trained on as it is; the message says why and what to do."""
+
+
+class RecordsTooLong(LlavaDataError):
+    """Records are longer than the preset's ``max_length`` (a summary of all of them)."""
 
 
 class TokenizationMismatch(ValueError):
@@ -86,19 +107,82 @@ def read_records(path: str | Path) -> tuple[list[dict], Path]:
     try:
         records = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(
+        raise LlavaDataError(
             f"{path}: cannot read LLaVA JSON ({err}); give RUN/llava/pretrain.json or instruct.json"
         ) from None
     if not isinstance(records, list) or not records:
-        raise ValueError(f"{path}: expected a non-empty JSON list of LLaVA records")
+        raise LlavaDataError(f"{path}: expected a non-empty JSON list of LLaVA records")
     return records, path.parent
 
 
-class LlavaDataset(torch.utils.data.Dataset):
-    """Records of one LLaVA JSON file: each gives (pixels, input ids, labels), checked on read."""
+@dataclass
+class RecordSet:
+    """The records of one LLaVA JSON file that fit ``max_length``, and how many did not."""
 
-    def __init__(self, path: str | Path, tokenizer, preprocess, num_image_tokens: int, max_length: int) -> None:
-        self.records, self.folder = read_records(path)
+    path: Path
+    records: list[dict]
+    dropped: int
+
+    @property
+    def folder(self) -> Path:
+        """The image folder: the file's own folder."""
+        return self.path.parent
+
+
+def record_lengths(records: list[dict], folder: Path, tokenizer, num_image_tokens: int) -> list[int]:
+    """Tokens of every record (image slots included), checking each one's format on the way."""
+    lengths = []
+    for record in tqdm(records, desc="check records", mininterval=2.0, leave=False):
+        validate_record(record, folder)
+        lengths.append(len(encode_conversation(tokenizer, record["conversations"], num_image_tokens)[0]))
+    return lengths
+
+
+def too_long_summary(path: Path, records: list[dict], lengths: list[int], max_length: int) -> str | None:
+    """``None`` when every record fits, else how many do not, the longest, and the ids of the longest few."""
+    over = sorted(((n, i) for i, n in enumerate(lengths) if n > max_length), reverse=True)
+    if not over:
+        return None
+    named = ", ".join(f"{records[i].get('id', '?')} ({n})" for n, i in over[:SHOWN])
+    more = f" and {len(over) - SHOWN} more" if len(over) > SHOWN else ""
+    return (
+        f"{path}: {len(over)} of {len(records)} records exceed max_length={max_length} "
+        f"(longest {over[0][0]} tokens): {named}{more}"
+    )
+
+
+def check_files(paths: list[Path], tokenizer, num_image_tokens: int, max_length: int, drop: bool) -> list[RecordSet]:
+    """Read and measure every record of ``paths`` before any training. Records over ``max_length`` are one
+    :class:`RecordsTooLong` summarising every file, or with ``drop`` left out, counted and logged."""
+    sets, problems = [], []
+    for path in paths:
+        records, folder = read_records(path)
+        try:
+            lengths = record_lengths(records, folder, tokenizer, num_image_tokens)
+        except (ValueError, FileNotFoundError) as err:  # the record's format: its message names it
+            raise LlavaDataError(f"{path}: {err}") from None
+        if problem := too_long_summary(path, records, lengths, max_length):
+            problems.append(problem)
+        fits = [r for r, n in zip(records, lengths, strict=True) if n <= max_length]
+        sets.append(RecordSet(Path(path), fits, len(records) - len(fits)))
+    if problems and (not drop or any(not s.records for s in sets)):
+        left = "; no record left to train on" if drop else ""
+        raise RecordsTooLong(
+            "; ".join(problems)
+            + left
+            + ". Raise max_length (and the LM's max_position_embeddings), set too_long: drop "
+            "in the preset, or reject long captions in the recipe (max_chars)."
+        )
+    for problem in problems:
+        log.warning("dropped: %s", problem)
+    return sets
+
+
+class LlavaDataset(torch.utils.data.Dataset):
+    """Records of one LLaVA JSON file (a :class:`RecordSet`): each gives (pixels, input ids, labels), checked on read."""
+
+    def __init__(self, data: RecordSet, tokenizer, preprocess, num_image_tokens: int, max_length: int) -> None:
+        self.records, self.folder = data.records, data.folder
         self.tokenizer, self.preprocess = tokenizer, preprocess
         self.num_image_tokens, self.max_length = num_image_tokens, max_length
 
