@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -18,19 +19,60 @@ from curate.recipe import RecipeError, load_recipe
 from curate.train.cli_eval import eval_clip
 from curate.urls import InputError
 
+HELP = {"help_option_names": ["-h", "--help"]}  # sub-commands inherit it from the app's context
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings=HELP,
     help="Data curation for image-text datasets.",
 )
 console = Console(stderr=True)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe value: KEY.PATH=VALUE.")]
 AddressOpt = Annotated[
     str | None,
     typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join (default: embedded)."),
 ]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from curate import __version__
+
+        typer.echo(f"curate {__version__}")
+        raise typer.Exit()
+
+
+def ray_log_level(quiet: bool, log_level: str | None) -> int | None:
+    """The level for Ray's and Ray Data's loggers: ``--log-level``, else ERROR with ``--quiet``, else None (Ray's)."""
+    if log_level is None:
+        return logging.ERROR if quiet else None
+    if log_level.upper() not in LOG_LEVELS:
+        raise typer.BadParameter(f"{log_level!r}: use one of {', '.join(LOG_LEVELS)}", param_hint="--log-level")
+    return getattr(logging, log_level.upper())
+
+
+@app.callback()
+def options(
+    ctx: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print curate's version.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Ray and Ray Data log errors only (no INFO blocks, no warnings).")
+    ] = False,
+    log_level: Annotated[
+        str | None, typer.Option("--log-level", metavar="LEVEL", help=f"Ray's log level: {', '.join(LOG_LEVELS)}.")
+    ] = None,
+) -> None:
+    """Data curation for image-text datasets."""
+    level = ray_log_level(quiet, log_level)
+    if level is not None:
+        from curate import runtime
+
+        ctx.with_resource(runtime.log_level(level))
 
 
 @app.command()
@@ -143,24 +185,41 @@ def stats(
     """
     from curate.report.stats import funnel as run_funnel
 
+    if format not in FORMATS:
+        raise typer.BadParameter(f"{format!r}: use {', '.join(FORMATS)}", param_hint="--format")
     runs, sql_text = _runs_and_sql(run_dir, sql)
     flags = {"funnel": funnel, "languages": languages, "concepts": concepts, "duplicates": duplicates, "scores": scores}
     wanted = [name for name, on in flags.items() if on]
     if plot and (not concepts or len(runs) > 1):
         raise typer.BadParameter("--plot goes with --concepts and one run")
     if not wanted and sql_text is None:
-        if len(runs) == 1:
+        if len(runs) == 1 and format == "table":
             print_funnel(run_funnel(run_dir))
             return
         wanted = ["funnel"]
-    for name in wanted:
-        _print_canned(name, runs, format)
+    sections = {name: _canned(name, runs) for name in wanted}
+    if sql_text is not None:
+        sections["sql"] = _sql(runs, sql_text, sandbox=not unsafe_sql)
+    print_sections(sections, format)
     if plot:
         from curate.report.plots import concept_long_tail
 
         console.print(f"long-tail plot: {concept_long_tail(run_dir, plot)}")
-    if sql_text is not None:
-        _print_sql(runs, sql_text, format, sandbox=not unsafe_sql)
+
+
+FORMATS = ("table", "csv", "json")
+
+
+def print_sections(sections: dict[str, tuple[list[str], list]], fmt: str) -> None:
+    """Print named results: JSON as one document ``{name: [row objects]}``, else one table or CSV block each."""
+    if fmt == "json":
+        doc = {name: [dict(zip(cols, row, strict=True)) for row in rows] for name, (cols, rows) in sections.items()}
+        sys.stdout.write(json.dumps(doc, default=str) + "\n")
+        return
+    for name, (columns, rows) in sections.items():
+        if fmt == "table" and name != "sql":
+            console.print(f"[bold]{name}[/bold]")
+        print_rows(columns, rows, fmt)
 
 
 def _runs_and_sql(run_dir: str | Path, more: list[str] | str | None) -> tuple[list[str], str | None]:
@@ -176,8 +235,10 @@ def _runs_and_sql(run_dir: str | Path, more: list[str] | str | None) -> tuple[li
     return runs, sql
 
 
-def _print_canned(name: str, runs: list[str], fmt: str) -> None:
-    """Print canned query ``name`` for one run, or side by side for several."""
+def _canned(name: str, runs: list[str]) -> tuple[list[str], list]:
+    """Canned query ``name`` on one run, or side by side on several; a run that lacks its data exits 1."""
+    import duckdb
+
     from curate.report.stats import CANNED, NotInRun, compare
 
     try:
@@ -185,14 +246,14 @@ def _print_canned(name: str, runs: list[str], fmt: str) -> None:
     except NotInRun as err:
         console.print(f"--{name}: {runs[0]}: {err}" if len(runs) == 1 else f"--{name}: {err}", markup=False)
         raise typer.Exit(1) from None
+    except duckdb.Error as err:  # e.g. a column a hand-made or older run lacks
+        raise InputError(f"--{name}: {', '.join(runs)}: {_first_line(err)}") from None
     for note in notes:
         console.print(f"--{name}: {note}", markup=False)
-    if fmt == "table":
-        console.print(f"[bold]{name}[/bold]")
-    print_rows(result.columns, result.rows, fmt)
+    return result.columns, result.rows
 
 
-def _print_sql(runs: list[str], sql: str, fmt: str, sandbox: bool = True) -> None:
+def _sql(runs: list[str], sql: str, sandbox: bool = True) -> tuple[list[str], list]:
     """Run SQL on each run; with several runs, rows are stacked with a leading `run` column."""
     from contextlib import closing
 
@@ -211,14 +272,20 @@ def _print_sql(runs: list[str], sql: str, fmt: str, sandbox: bool = True) -> Non
             except duckdb.Error as err:
                 raise InputError(_sql_error(run, err, sandbox)) from None
         rows += found if len(runs) == 1 else [(label, *row) for row in found]
-    print_rows(columns if len(runs) == 1 else ["run", *columns], rows, fmt)
+    return (columns if len(runs) == 1 else ["run", *columns]), rows
+
+
+def _first_line(err: Exception) -> str:
+    """DuckDB's message on one line: its first line, and its candidate columns when it names some."""
+    lines = (str(err).strip() or type(err).__name__).splitlines()
+    return " ".join([lines[0], *(line.strip() for line in lines[1:] if line.startswith("Candidate bindings"))])
 
 
 def _sql_error(run: str, err: Exception, sandbox: bool) -> str:
     """One line for an SQL error: what DuckDB said, and which views there are."""
     import duckdb
 
-    first = (str(err).strip() or type(err).__name__).splitlines()[0]
+    first = _first_line(err)
     hint = "SQL sees views samples, decisions, kept"
     if sandbox and isinstance(err, duckdb.PermissionException | duckdb.InvalidInputException):
         hint += "; it may not open files or change settings (--unsafe-sql lifts that)"

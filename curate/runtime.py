@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,59 @@ from curate import storage
 from curate.raw import read_images, read_shard
 from curate.stage import Stage
 
+LOG_LEVEL: ContextVar[int | None] = ContextVar("curate_ray_log_level", default=None)
+RAY_LOGGERS = ("ray", "ray.data")
+
+
+@contextmanager
+def log_level(level: int) -> Iterator[None]:
+    """Ray's and Ray Data's log level for the block (``--quiet`` is ERROR: no INFO blocks, no token-auth warning).
+
+    Sessions started inside pass it to ``ray.init``; progress bars show only below ERROR.
+    """
+    ctx = ray.data.DataContext.get_current()  # imports Ray Data, which sets its logger's level: save after
+    saved = {name: logging.getLogger(name).level for name in RAY_LOGGERS}
+    bars, stats = ctx.enable_progress_bars, ctx.verbose_stats_logs
+    token = LOG_LEVEL.set(level)
+    _apply_log_level(level)
+    try:
+        yield
+    finally:
+        LOG_LEVEL.reset(token)
+        ctx.enable_progress_bars, ctx.verbose_stats_logs = bars, stats
+        for name, old in saved.items():
+            logging.getLogger(name).setLevel(old)
+
+
+def _apply_log_level(level: int | None) -> None:
+    """Set the ``ray`` and ``ray.data`` loggers (``ray.init`` and ``import ray.data`` reset them) and Ray Data's
+    verbosity; ``None`` keeps Ray's defaults."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.print_on_execution_start = False
+    ctx.enable_progress_bars = level is None or level < logging.ERROR
+    ctx.verbose_stats_logs = level is not None and level <= logging.DEBUG
+    if level is not None:
+        for name in RAY_LOGGERS:
+            logging.getLogger(name).setLevel(level)
+
+
+def progress(**kwargs: Any) -> tqdm:
+    """A tqdm progress bar, off under ``--quiet`` (a log level of ERROR or above)."""
+    level = LOG_LEVEL.get()
+    return tqdm(disable=level is not None and level >= logging.ERROR, **kwargs)
+
 
 @contextmanager
 def session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
-    """Use the running Ray, join ``address``/``RAY_ADDRESS``, or start an embedded one for the block."""
+    """Use the running Ray, join ``address``/``RAY_ADDRESS``, or start an embedded one for the block.
+
+    Logs at the level of the enclosing :func:`log_level` block (WARNING outside one).
+    """
     started = False
+    level = LOG_LEVEL.get()
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
-        kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+        kwargs: dict[str, Any] = {"logging_level": logging.WARNING if level is None else level, "log_to_driver": True}
         env = storage.worker_env()  # the recipe's storage_options, the same on every worker
         if env:
             kwargs["runtime_env"] = {"env_vars": env}
@@ -39,18 +85,12 @@ def session(address: str | None = None, num_cpus: int | None = None) -> Iterator
             tmp = os.environ.get("CURATE_RAY_TMPDIR")
             ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=tmp, **kwargs)
         started = True
-    _quiet_data_context()
+    _apply_log_level(level)
     try:
         yield
     finally:
         if started:
             ray.shutdown()
-
-
-def _quiet_data_context() -> None:
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
-    ctx.print_on_execution_start = False
 
 
 def _call(fn: Callable, *args: Any) -> Any:
@@ -72,7 +112,7 @@ def run_tasks(fn: Callable, calls: Sequence[tuple], desc: str, num_cpus: float =
     index = {ref: i for i, ref in enumerate(refs)}
     results: list[Any] = [None] * len(refs)
     pending = list(refs)
-    with tqdm(total=len(refs), desc=desc, unit="shard") as bar:
+    with progress(total=len(refs), desc=desc, unit="shard") as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             try:
@@ -94,7 +134,7 @@ def run_task(fn: Callable, args: tuple, desc: str, num_cpus: float = 1.0) -> Any
     as itself, with its own message; Ray's remote traceback is its ``__cause__``.
     """
     remote = ray.remote(fn).options(num_cpus=num_cpus, max_retries=0)
-    with tqdm(total=1, desc=desc, unit="step") as bar:
+    with progress(total=1, desc=desc, unit="step") as bar:
         try:
             result = ray.get(remote.remote(*args))
         except ray.exceptions.RayTaskError as err:
@@ -220,7 +260,7 @@ class _ShardCommitter:
         self.parts: dict[str, list[str]] = {}
         self.pending: dict[Any, str] = {}
         self.done: dict[str, int] = {}
-        self.bar = tqdm(total=total, desc="annotate", unit="shard")
+        self.bar = progress(total=total, desc="annotate", unit="shard")
 
     def add(self, summary: pa.Table) -> None:
         """Tally one batch of part summaries; start the commit of every shard it completes."""

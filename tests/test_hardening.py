@@ -51,7 +51,7 @@ def tiny_run(tmp_path):
 def test_stats_sql_over_the_run_views_works(tiny_run, monkeypatch, capsys):
     sql = "SELECT count(*) AS n, sum(s.width) AS w FROM samples s JOIN decisions d USING (key) JOIN kept k USING (key)"
     code, out, _ = cli(monkeypatch, capsys, "stats", tiny_run, sql, "--format", "json")
-    assert code == 0 and json.loads(out) == {"n": 2, "w": 40}
+    assert code == 0 and json.loads(out) == {"sql": [{"n": 2, "w": 40}]}
 
 
 def test_stats_sql_cannot_write_a_file(tiny_run, tmp_path, monkeypatch, capsys):
@@ -107,7 +107,7 @@ def test_unsafe_sql_flag_lifts_the_sandbox(tiny_run, tmp_path, monkeypatch, caps
         "--format",
         "json",
     )
-    assert code == 0 and json.loads(out) == {"n": 2}
+    assert code == 0 and json.loads(out) == {"sql": [{"n": 2}]}
 
 
 @pytest.mark.parametrize("sql", ["SELEC 1", "SELECT * FROM no_such_table", "SELECT no_such_column FROM samples"])
@@ -188,7 +188,8 @@ def test_a_run_in_a_folder_with_an_apostrophe_decides_and_reports(oneil_run, tmp
     code, _, err = cli(monkeypatch, capsys, "decide", run_dir, "--set", "decide.image_size.min_side=65")
     assert code == 0, err
     code, out, _ = cli(monkeypatch, capsys, "stats", run_dir, "SELECT count(*) AS n FROM kept", "--format", "json")
-    assert code == 0 and json.loads(out)["n"] == sum(json.loads((run_dir / "shards/sizes.json").read_text()).values())
+    (kept,) = json.loads(out)["sql"]
+    assert code == 0 and kept["n"] == sum(json.loads((run_dir / "shards/sizes.json").read_text()).values())
     for flag in ("--funnel", "--languages", "--duplicates"):
         assert cli(monkeypatch, capsys, "stats", run_dir, flag)[0] == 0
     code, _, err = cli(monkeypatch, capsys, "report", run_dir)

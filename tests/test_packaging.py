@@ -112,6 +112,12 @@ def test_the_wheel_holds_every_package_recipe_and_config(wheel):
     expected = {f"curate/{p.relative_to(CHECKOUT).as_posix()}" for p in data}
     assert "curate/pipelines/demo.yaml" in expected and "curate/configs/train/clip-tiny.yaml" in expected
     assert expected <= names, sorted(expected - names)
+    assert "curate/py.typed" in names  # PEP 561: type checkers use curate's hints
+
+
+def test_curate_declares_its_type_hints():
+    marker = CHECKOUT / "curate" / "py.typed"
+    assert marker.is_file() and "py.typed" in (CHECKOUT / "pyproject.toml").read_text()
 
 
 def test_an_installed_wheel_finds_its_recipes_and_configs_from_another_directory(wheel_python, tmp_path):

@@ -105,7 +105,7 @@ def test_stats_prints_the_funnel_and_runs_sql(demo_run, capsys):
     stats(run_dir, None, "table")
     assert "dup_exact" in capsys.readouterr().out
     stats(run_dir, "SELECT reason, count(*) AS n FROM decisions WHERE NOT keep GROUP BY 1", "json")
-    got = {row["reason"]: row["n"] for row in map(json.loads, capsys.readouterr().out.splitlines())}
+    got = {row["reason"]: row["n"] for row in json.loads(capsys.readouterr().out)["sql"]}
     assert got == result.funnel["rejected"]
 
 

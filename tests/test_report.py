@@ -349,9 +349,9 @@ def cli(*args: str):
 def test_stats_canned_queries_print_one_column_per_run(run_dir, rich_run):
     result = cli("stats", run_dir, "--languages", "--format", "json")
     assert result.exit_code == 0, result.output
-    assert [json.loads(line) for line in result.stdout.splitlines()] == [
-        dict(zip(["lang", "samples", "kept"], row, strict=True)) for row in stats.languages(run_dir).rows
-    ]
+    assert json.loads(result.stdout) == {  # one document
+        "languages": [dict(zip(["lang", "samples", "kept"], row, strict=True)) for row in stats.languages(run_dir).rows]
+    }
     result = cli("stats", run_dir, rich_run, "--funnel", "--duplicates", "--format", "csv")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
@@ -364,7 +364,7 @@ def test_stats_free_sql_still_runs_on_one_run_and_stacks_several(run_dir, rich_r
     query = "SELECT count(*) AS n FROM kept"
     result = cli("stats", run_dir, query, "--format", "json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == {"n": sql(run_dir, query)[0][0]}
+    assert json.loads(result.stdout) == {"sql": [{"n": sql(run_dir, query)[0][0]}]}
     result = cli("stats", run_dir, rich_run, "SELECT count(*) AS n FROM decisions WHERE keep", "--format", "csv")
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0] == "run,n" and len(result.stdout.splitlines()) == 3
