@@ -31,6 +31,7 @@ from curate.decide.thresholds import ClipScore as ClipScorePolicy
 from curate.decide.urls import UrlFilter
 from curate.emit.shards import EmitConfig
 from curate.enrich.recaption import Recaption
+from curate.errors import UserError
 from curate.raw import BASE_COLUMNS
 from curate.signals.caption import CaptionSignals
 from curate.signals.clip import ClipScore
@@ -72,7 +73,7 @@ PIPELINES_DIR = resources.folder("recipe")
 SECTIONS = ("name", "description", "input", "acquire", "annotate", "decide", "enrich", "emit", "storage_options")
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError):
     """A recipe problem, phrased as what is wrong and how to fix it."""
 
 

@@ -28,10 +28,11 @@ except ImportError:  # without zstandard a .zst list cannot be opened at all (fs
 
 from curate.acquire import BLOCKED_COLUMN, ShardLayout, is_fetchable
 from curate.decide.urls import blocked_mask
+from curate.errors import UserError
 from curate.recipe import InputConfig
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """The URL list cannot be used; the message says why and what to do."""
 
 
