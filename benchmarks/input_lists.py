@@ -1,4 +1,4 @@
-"""Benchmark: reading a URL list with ``curate.urls.read_inputs`` (the recipe's columns only) against reading
+"""Benchmark: reading a URL list with ``curate.acquire.inputs.read_inputs`` (the recipe's columns only) against reading
 every column, as curate did before (``pq.read_table`` / ``pacsv.read_csv`` / ``pajson.read_json`` of the file).
 
 Claim checked: "a run keeps only the recipe's columns of a wide list: the driver's peak memory while reading
@@ -33,7 +33,7 @@ READ = """
 import json, sys, time
 import pyarrow as pa, pyarrow.csv as pacsv, pyarrow.json as pajson, pyarrow.parquet as pq, fsspec
 from curate.recipe import load_recipe
-from curate.urls import read_inputs
+from curate.acquire.inputs import read_inputs
 mode, path = sys.argv[1], sys.argv[2]
 start = time.perf_counter()
 if mode == "curate":

@@ -4,7 +4,7 @@ Claim checked: "with a list over ``input.driver_max_bytes``, the driver holds no
 memory does not grow with the list" (issue 17), against the in-driver path for small lists.
 
 What is measured: lists of ``--sizes`` rows (URL ~40 characters, caption ~40), written as ``--files`` Parquet
-files, staged with ``acquire.samples_per_shard`` 10,000 by :func:`curate.staging.stage_urls`. Each size and
+files, staged with ``acquire.samples_per_shard`` 10,000 by :func:`curate.acquire.staging.stage_urls`. Each size and
 path runs in a fresh subprocess (Ray embedded, ``--cpus`` CPUs); reported are the seconds and the driver's
 peak RSS growth while staging (``ru_maxrss`` after minus RSS before; the workers are other processes).
 
@@ -30,7 +30,8 @@ import pyarrow.parquet as pq
 
 STAGE = """
 import json, resource, sys, time
-from curate import runtime, staging
+from curate import runtime
+from curate.acquire import staging
 from curate.recipe import load_recipe
 folder, run_dir, mode, cpus = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 cfg = load_recipe("demo").input.model_copy(update={"driver_max_bytes": 0 if mode == "tasks" else 1 << 40})

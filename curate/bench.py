@@ -21,8 +21,8 @@ from pathlib import Path
 import yaml
 
 from curate import resources
+from curate.acquire.inputs import InputError
 from curate.recipe import Recipe, build_recipe, load_recipe
-from curate.urls import InputError
 
 NO_FILTER = "no-filter"
 

@@ -15,9 +15,9 @@ from rich.table import Table
 
 from curate import reasons as reason_codes
 from curate import storage
+from curate.acquire.inputs import InputError
 from curate.recipe import RecipeError, load_recipe
 from curate.train.cli_eval import eval_clip
-from curate.urls import InputError
 
 HELP = {"help_option_names": ["-h", "--help"]}  # sub-commands inherit it from the app's context
 app = typer.Typer(

@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 
 from curate import storage
-from curate.urls import InputError
+from curate.acquire.inputs import InputError
 
 LOCK_NAME = "curate.lock"
 PROBE_GRACE_S = 0.5

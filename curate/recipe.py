@@ -9,14 +9,16 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import fsspec
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from curate import resources
-from curate.acquire import AcquireConfig
+from curate.acquire.download import AcquireConfig
+from curate.acquire.inputs import InputConfig
+from curate.acquire.raw import BASE_COLUMNS
 from curate.decide.balance import Balance
 from curate.decide.base import Policy
 from curate.decide.dedup import Decontaminate, ExactDedup, NearDedup, SemanticDedup
@@ -32,7 +34,6 @@ from curate.decide.urls import UrlFilter
 from curate.emit.shards import EmitConfig
 from curate.enrich.recaption import Recaption
 from curate.errors import UserError
-from curate.raw import BASE_COLUMNS
 from curate.signals.caption import CaptionSignals
 from curate.signals.clip import ClipScore
 from curate.signals.concepts import ConceptMatch
@@ -75,34 +76,6 @@ SECTIONS = ("name", "description", "input", "acquire", "annotate", "decide", "en
 
 class RecipeError(UserError):
     """A recipe problem, phrased as what is wrong and how to fix it."""
-
-
-class InputConfig(BaseModel):
-    """Which columns of the URL list hold what (img2dataset's names)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    url_col: str = Field("url", description="Column holding the image URL.")
-    caption_col: str | None = Field(
-        "caption", description="Column holding the alt text / caption; null for a URL-only list (empty captions)."
-    )
-    save_additional_columns: list[str] = Field(
-        default_factory=list, description="Input columns carried through to samples and metadata."
-    )
-    format: Literal["auto", "urls", "img2dataset", "webdataset"] = Field(
-        "auto",
-        description="What --input is: a URL list ('urls'), an img2dataset output folder ('img2dataset', "
-        "output_format webdataset) or WebDataset tars ('webdataset': a folder, glob or brace pattern). "
-        "auto: a folder with *_stats.json is img2dataset, .tar files are webdataset, else a URL list. "
-        "Already-downloaded input is curated in place; nothing is downloaded.",
-    )
-    driver_max_bytes: int = Field(
-        64 * 2**20,
-        ge=0,
-        description="URL lists whose files total more bytes than this (as stored, compressed or not) are read "
-        "by Ray tasks, one per list file, never collected on the driver; smaller ones are read on the driver, "
-        "so their errors come before Ray starts. Both give the same input/ files.",
-    )
 
 
 @dataclass

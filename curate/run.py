@@ -19,23 +19,24 @@ from pathlib import Path
 
 import fsspec
 
-from curate import annotated, runtime, staging, storage
-from curate.acquire import RETRIED, ShardLayout, complete_shards, retryable_keys
+from curate import annotated, runtime, storage
+from curate.acquire import staging
+from curate.acquire.download import RETRIED, ShardLayout, complete_shards, retryable_keys
+from curate.acquire.existing import check_input, detect_format, stage_existing
+from curate.acquire.existing import stage_inputs as stage_existing_shards
+from curate.acquire.inputs import InputError
+from curate.acquire.raw import shard_names
 from curate.decide import decide, shard_of
 from curate.decide.urls import acquire_blocklist
 from curate.emit.run import emit as emit_run
 from curate.enrich import store as enrich_store
 from curate.enrich.recaption import cache_key
-from curate.existing import check_input, detect_format, stage_existing
-from curate.existing import stage_inputs as stage_existing_shards
 from curate.lock import LOCK_NAME, RunLock
 from curate.manifest import Manifest, versions
-from curate.raw import shard_names
 from curate.reasons import REASONS
 from curate.recipe import Recipe, RecipeError, build_recipe
 from curate.report.html import write_report
 from curate.report.stats import funnel
-from curate.urls import InputError
 
 
 @dataclass
@@ -75,7 +76,7 @@ def run_pipeline(
 ) -> RunResult:
     """Run the steps of ``recipe`` up to ``until`` on the URL list at ``input_path`` into ``run_dir``.
 
-    ``retry_failed``: reason codes (see :data:`curate.acquire.RETRIED`) whose failed downloads are tried
+    ``retry_failed``: reason codes (see :data:`curate.acquire.download.RETRIED`) whose failed downloads are tried
     again in shards already complete (:func:`acquire_retry`). Holds the run directory's writer lock
     (:class:`curate.lock.RunLock`) throughout.
     """
@@ -102,7 +103,7 @@ def run_pipeline(
                 layout = layout or stage_inputs(recipe, input_path, run_dir, manifest, runtime.run_tasks)
             else:
                 stage_existing_inputs(recipe, fmt, str(input_path), run_dir, manifest)
-            if layout is None:  # already-downloaded input (curate.existing): nothing to download
+            if layout is None:  # already-downloaded input (curate.acquire.existing): nothing to download
                 skip_acquire(run_dir, manifest, retry)
             else:
                 acquire(recipe, layout, run_dir, manifest)
@@ -242,7 +243,7 @@ def stage_inputs(
 
 
 def stage_existing_inputs(recipe: Recipe, fmt: str, input_path: str, run_dir: str, manifest: Manifest) -> None:
-    """Stage an already-downloaded input (an img2dataset folder or WebDataset tars, see :mod:`curate.existing`):
+    """Stage an already-downloaded input (an img2dataset folder or WebDataset tars, see :mod:`curate.acquire.existing`):
     its shards become the run's raw shards, read in place. Needs Ray (tars are indexed by tasks)."""
     extra = list(recipe.input.save_additional_columns)
     raw = storage.join(run_dir, "raw")
@@ -254,7 +255,7 @@ def stage_existing_inputs(recipe: Recipe, fmt: str, input_path: str, run_dir: st
 
 
 def input_format(input_path: str | Path | Sequence[str | Path], declared: str) -> str:
-    """``urls`` for URL lists (several ``--input`` are always lists), else :func:`curate.existing.detect_format`."""
+    """``urls`` for URL lists (several ``--input`` are always lists), else :func:`curate.acquire.existing.detect_format`."""
     if not isinstance(input_path, str | Path):
         return "urls" if declared == "auto" else declared
     return detect_format(str(input_path), declared)
@@ -292,7 +293,7 @@ def skip_acquire(run_dir: str, manifest: Manifest, retry: Sequence[str]) -> None
 
 
 def check_retry_reasons(reasons: Sequence[str]) -> tuple[str, ...]:
-    """``reasons`` if each is a failure worth another download (:data:`curate.acquire.RETRIED`); all of them if empty."""
+    """``reasons`` if each is a failure worth another download (:data:`curate.acquire.download.RETRIED`); all of them if empty."""
     for reason in reasons:
         if reason not in REASONS:
             raise InputError(f"--retry-reasons {reason!r}: unknown reason code; retryable ones: {', '.join(RETRIED)}")
@@ -336,7 +337,7 @@ def acquire_retry(
 
 
 def _retry_calls(recipe: Recipe, layout: ShardLayout, run_dir: str, plan: dict[str, list[str]]) -> list[tuple]:
-    """Arguments of :func:`curate.staging.retry_input_shard` for each shard of ``plan`` (shard name: keys to retry)."""
+    """Arguments of :func:`curate.acquire.staging.retry_input_shard` for each shard of ``plan`` (shard name: keys to retry)."""
     blocked = acquire_blocklist(recipe.decide)
     extra = list(recipe.input.save_additional_columns)
     scale = 10**layout.sample_digits  # a key is shard_id * scale + the row's index in its shard

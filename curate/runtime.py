@@ -20,7 +20,7 @@ import ray
 from tqdm.auto import tqdm
 
 from curate import storage
-from curate.raw import read_images, read_shard
+from curate.acquire.raw import read_images, read_shard
 from curate.stage import Stage
 
 LOG_LEVEL: ContextVar[int | None] = ContextVar("curate_ray_log_level", default=None)
@@ -105,7 +105,7 @@ def run_tasks(fn: Callable, calls: Sequence[tuple], desc: str, num_cpus: float =
     """Run ``fn(*args)`` for each args tuple as Ray tasks spread over the cluster.
 
     Returns ``(result, node_id)`` in call order; the first failure is raised (a task's
-    :class:`curate.urls.InputError` as itself, with its own message).
+    :class:`curate.acquire.inputs.InputError` as itself, with its own message).
     """
     remote = ray.remote(_on_node).options(num_cpus=num_cpus, scheduling_strategy="SPREAD", max_retries=2)
     refs = [remote.remote(fn, args) for args in calls]
@@ -318,9 +318,9 @@ def _write_parquet(ds: ray.data.Dataset, out_dir: str) -> None:
 
 
 def input_error(err: BaseException) -> Exception | None:
-    """The :class:`curate.urls.InputError` a task raised (e.g. a raw shard that does not match the input),
+    """The :class:`curate.acquire.inputs.InputError` a task raised (e.g. a raw shard that does not match the input),
     with its own one-line message instead of Ray's traceback; None when ``err`` has none."""
-    from curate.urls import InputError
+    from curate.acquire.inputs import InputError
 
     stack, seen = [err], set()
     while stack:

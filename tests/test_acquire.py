@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curate.acquire import AcquireConfig, ShardLayout, complete_shards, download_shard
-from curate.raw import read_shard
+from curate.acquire.download import AcquireConfig, ShardLayout, complete_shards, download_shard
+from curate.acquire.inputs import download_rows, prepare_inputs, read_url_list
+from curate.acquire.raw import read_shard
+from curate.acquire.staging import stage_table
 from curate.recipe import load_recipe
-from curate.staging import stage_table
-from curate.urls import download_rows, prepare_inputs, read_url_list
 
 LOOPBACK = AcquireConfig(allow_private_addresses=True)  # the test server is on 127.0.0.1
 

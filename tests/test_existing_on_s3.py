@@ -81,7 +81,7 @@ def test_url_lists_in_a_bucket_staged_by_tasks_into_a_bucket(bucket, tmp_path): 
     """The distributed staging path on object storage: list copies and input files in the bucket, the same bytes."""
     from test_input_lists import DEMO, local_tasks, mixed_lists
 
-    from curate import staging
+    from curate.acquire import staging
 
     local = mixed_lists(tmp_path / "lists")
     fs = s3fs()

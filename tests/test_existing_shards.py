@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from curate.acquire.inputs import InputError
 from curate.cli import main
 from curate.recipe import load_recipe
 from curate.run import run_pipeline
-from curate.urls import InputError
 
 
 def decisions(run: Path) -> dict[str, tuple[bool, str | None]]:

@@ -14,11 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from curate.acquire.inputs import InputError, read_url_list
 from curate.cli import main
 from curate.manifest import Manifest
 from curate.recipe import RecipeError, load_recipe
 from curate.run import run_pipeline
-from curate.urls import InputError, read_url_list
 
 
 def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:

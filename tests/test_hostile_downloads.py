@@ -12,13 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curate.acquire import AcquireConfig, ShardLayout, download_shard
+from curate.acquire.download import AcquireConfig, ShardLayout, download_shard
+from curate.acquire.fetch import AddressPolicy
+from curate.acquire.inputs import download_rows, prepare_inputs
+from curate.acquire.raw import read_shard
 from curate.demo.corpus import WebObject
 from curate.demo.server import Hostile, LoopbackServer
-from curate.fetch import AddressPolicy
-from curate.raw import read_shard
 from curate.recipe import RecipeError, build_recipe, load_recipe
-from curate.urls import download_rows, prepare_inputs
 
 LOOPBACK_ONLY = ["127.0.0.1/32"]  # the test server; every other internal address stays refused
 # Internal targets are other loopback addresses (127.0.0.2, [::1]): refused by the policy, and even a

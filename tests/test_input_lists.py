@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from curate.acquire.inputs import InputError, read_inputs, read_url_list
 from curate.recipe import load_recipe
-from curate.urls import InputError, read_inputs, read_url_list
 
 ROWS = [
     {"url": f"http://127.0.0.1/{i}.jpg", "caption": caption}
@@ -401,7 +401,7 @@ def local_tasks(fn, calls, desc, num_cpus=1.0):
 
 @pytest.mark.parametrize("rows,per", [(1, 1), (25, 10), (1000, 1), (3, 10_000), (123_457, 10_000), (101, 7)])
 def test_vectorised_keys_are_the_old_scheme(rows, per):
-    from curate.acquire import ShardLayout
+    from curate.acquire.download import ShardLayout
 
     layout = ShardLayout(rows, per)
     width, scale = layout.shard_digits + layout.sample_digits, 10**layout.sample_digits
@@ -428,7 +428,7 @@ def mixed_lists(folder: Path) -> list[Path]:
 
 
 def stage(spec, run_dir: Path, max_bytes: int, run_tasks=local_tasks, per: int = 4, manifest: dict | None = None):
-    from curate import staging
+    from curate.acquire import staging
 
     cfg = DEMO.model_copy(update={"save_additional_columns": ["n"], "driver_max_bytes": max_bytes})
     run_dir.mkdir(exist_ok=True)
@@ -444,7 +444,7 @@ def input_bytes(run_dir: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("batch_rows", [4, 65_536])
 def test_distributed_staging_writes_the_driver_paths_files_byte_for_byte(tmp_path, monkeypatch, batch_rows):
-    from curate import staging
+    from curate.acquire import staging
 
     monkeypatch.setattr(staging, "BATCH_ROWS", batch_rows)  # shards read ranges across several batches
     spec = mixed_lists(tmp_path / "lists")
@@ -489,7 +489,7 @@ def test_a_bad_list_file_is_refused_by_the_distributed_path_before_any_download(
 
 
 def test_a_resumed_run_checks_its_input_and_an_old_runs_urls_parquet_still_resumes(tmp_path):
-    from curate import staging
+    from curate.acquire import staging
 
     spec = mixed_lists(tmp_path / "lists")
     _, first, manifest = stage(spec, tmp_path / "run", max_bytes=0)
@@ -512,7 +512,7 @@ def test_a_resumed_run_checks_its_input_and_an_old_runs_urls_parquet_still_resum
 
 
 def test_duplicate_keys_across_or_within_existing_shards_are_refused(tmp_path):
-    from curate.existing import check_unique_keys
+    from curate.acquire.existing import check_unique_keys
 
     def shard(name, keys):
         path = tmp_path / f"{name}.parquet"
@@ -549,7 +549,7 @@ def test_the_distributed_path_refuses_what_the_driver_path_refuses(tmp_path):
 
 @pytest.mark.slow
 def test_a_run_staged_by_tasks_downloads_each_shard_from_its_own_input_file(served_corpus, ray_session, tmp_path):
-    from curate import staging
+    from curate.acquire import staging
     from curate.run import run_pipeline
 
     recipe = load_recipe("demo", ["acquire.samples_per_shard=40", "input.driver_max_bytes=0"])

@@ -187,7 +187,7 @@ def test_lease_refuses_a_second_writer_and_takes_over_a_stale_one(bucket):
 
 def wait_until_stable(raw: str, quiet_s: float = 4.0, timeout: float = 60) -> set[str]:
     """Complete shards once none has appeared for ``quiet_s`` (workers of a killed driver may finish theirs)."""
-    from curate.acquire import complete_shards
+    from curate.acquire.download import complete_shards
 
     deadline = time.monotonic() + timeout
     seen, since = complete_shards(raw), time.monotonic()
@@ -203,7 +203,7 @@ def wait_until_stable(raw: str, quiet_s: float = 4.0, timeout: float = 60) -> se
 
 @pytest.mark.slow
 def test_killed_run_on_s3_resumes_without_downloading_complete_shards(slow_corpus, bucket, tmp_path):
-    from curate.acquire import complete_shards
+    from curate.acquire.download import complete_shards
     from curate.manifest import Manifest
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,9 +9,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from curate.acquire.inputs import InputError, prepare_inputs
 from curate.recipe import RecipeError, build_recipe, list_recipes, load_recipe
 from curate.run import check_writable
-from curate.urls import InputError, prepare_inputs
 
 
 def write(tmp_path: Path, text: str) -> Path:

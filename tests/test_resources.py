@@ -6,13 +6,13 @@ import pytest
 from typer.testing import CliRunner
 
 from curate import resources
+from curate.acquire.inputs import InputError
 from curate.bench import read_eval_spec
 from curate.cli import app
 from curate.recipe import RecipeError, find_recipe, load_recipe
 from curate.train.clip import ClipTrainConfig
 from curate.train.eval import load_task
 from curate.train.llava import LlavaTrainConfig
-from curate.urls import InputError
 
 
 @pytest.fixture

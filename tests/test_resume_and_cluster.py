@@ -13,7 +13,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from curate.acquire import complete_shards
+from curate.acquire.download import complete_shards
 from curate.manifest import Manifest
 from curate.recipe import load_recipe
 from curate.run import run_pipeline

@@ -18,15 +18,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import curate.acquire
-from curate.acquire import AcquireConfig, ShardLayout, download_shard, retry_shard, retryable_keys
+import curate.acquire.download
+from curate.acquire.download import AcquireConfig, ShardLayout, download_shard, retry_shard, retryable_keys
+from curate.acquire.inputs import InputError, download_rows, prepare_inputs
+from curate.acquire.raw import read_shard
+from curate.acquire.staging import stage_table
 from curate.demo.corpus import DemoRow, WebObject, build_corpus
 from curate.demo.server import Hostile, LoopbackServer, write_url_list
-from curate.raw import read_shard
 from curate.recipe import load_recipe
 from curate.run import run_pipeline
-from curate.staging import stage_table
-from curate.urls import InputError, download_rows, prepare_inputs
 
 N_FLAKY = 4
 
@@ -209,7 +209,7 @@ def test_a_crash_between_tar_and_parquet_leaves_a_readable_shard_the_next_retry_
             moved.append(dst)
             return real_replace(src, dst)
 
-        monkeypatch.setattr(curate.acquire.os, "replace", crash_after_the_tar)
+        monkeypatch.setattr(curate.acquire.download.os, "replace", crash_after_the_tar)
         with pytest.raises(Killed):
             retry_shard(0, rows, [1], str(raw), layout, cfg)
         monkeypatch.undo()

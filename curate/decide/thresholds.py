@@ -9,7 +9,7 @@ from pydantic import Field, StringConstraints
 from curate.decide.base import DecideDB, Policy, PolicyConfig
 
 ACQUIRE_REASONS = ("download_timeout", "too_large_download", "blocked_address", "blocked_redirect", "robots_disallowed")
-"""Download refusals acquire records in ``status`` (see ``curate.fetch``), rejected before ``download_error``."""
+"""Download refusals acquire records in ``status`` (see ``curate.acquire.fetch``), rejected before ``download_error``."""
 
 
 class Availability(Policy):
@@ -29,7 +29,9 @@ class Availability(Policy):
         db.reject_where("s.status = 'blocked_url'", "blocked_url", "url_filter")
         for code in ACQUIRE_REASONS:
             db.reject_where(f"s.status = '{code}'", code, self.name)
-        db.reject_where("s.status = 'no_image'", "no_image", self.name)  # curate.existing: a tar's key with no image
+        db.reject_where(
+            "s.status = 'no_image'", "no_image", self.name
+        )  # curate.acquire.existing: a tar's key with no image
         db.reject_where(
             "s.status IS NULL OR s.status NOT IN ('success', 'failed_to_resize')",
             "download_error",

@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curate import storage
+from curate.acquire.raw import read_images
 from curate.emit.base import Sample, Writer
 from curate.emit.webdataset import as_jpeg
-from curate.raw import read_images
 
 INTERNAL_COLUMNS = (
     "raw_shard",

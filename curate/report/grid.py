@@ -9,8 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from curate.acquire.raw import read_span
 from curate.images import MAX_DECODE_PIXELS, decode, error_text
-from curate.raw import read_span
 
 THUMB_SIDE = 160
 CAPTION_CHARS = 160

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from curate.acquire.inputs import InputError
 from curate.images import decode
 from curate.models.llava import IGNORE_INDEX, encode_text, user_turn
-from curate.urls import InputError
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Acquire: download URL shards into ``RUN/raw/`` in img2dataset's layout, through ``curate.fetch``.
+"""Acquire: download URL shards into ``RUN/raw/`` in img2dataset's layout, through ``curate.acquire.fetch``.
 
 One shard is one call of :func:`download_shard`, a plain picklable function any distributor
 can run (``curate.runtime`` runs it as a Ray task). Each shard downloads into a private
@@ -35,13 +35,13 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curate import storage
-from curate.fetch import MAX_ERROR_CHARS, AddressPolicy, FetchConfig, FetchError, fetch, user_agent
+from curate.acquire.fetch import MAX_ERROR_CHARS, AddressPolicy, FetchConfig, FetchError, fetch, user_agent
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks online at import
 
 
 class AcquireConfig(BaseModel):
-    """How URLs are downloaded: img2dataset's shard layout with curate's hardened fetch (``curate.fetch``)."""
+    """How URLs are downloaded: img2dataset's shard layout with curate's hardened fetch (``curate.acquire.fetch``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -99,7 +99,7 @@ class AcquireConfig(BaseModel):
         return value
 
     def fetch_config(self) -> FetchConfig:
-        """The :class:`curate.fetch.FetchConfig` these settings describe."""
+        """The :class:`curate.acquire.fetch.FetchConfig` these settings describe."""
         token = None if self.user_agent_token is None else self.user_agent_token.strip().lower()
         return FetchConfig(
             deadline_s=self.timeout,
@@ -245,7 +245,7 @@ def retry_shard(
 
 
 def _outcomes(table: pa.Table) -> dict[str, tuple[str, str | None]]:
-    """Each row's (status, reason code) by key, as ``curate.raw`` reads them."""
+    """Each row's (status, reason code) by key, as ``curate.acquire.raw`` reads them."""
     codes = table.column("error_code") if "error_code" in table.column_names else pa.nulls(len(table), pa.string())
     return {
         key: (status, (code or "download_error") if status == "failed_to_download" else None)

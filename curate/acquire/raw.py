@@ -2,7 +2,7 @@
 
 ``status`` is img2dataset's (``success``, ``failed_to_download``, ``failed_to_resize``) or, for a
 download curate refused or cut off, its reason code (``download_timeout``, ``too_large_download``,
-``blocked_address``, ``blocked_redirect``, ``robots_disallowed``, ``blocked_url``; see ``curate.fetch``);
+``blocked_address``, ``blocked_redirect``, ``robots_disallowed``, ``blocked_url``; see ``curate.acquire.fetch``);
 ``bad_url``, ``missing`` and ``missing_image`` name what img2dataset cannot (see ``_fix_status``).
 
 The input rows (``RUN/input/{shard}.parquet``, or one ``RUN/input/urls.parquet`` in runs made by earlier
@@ -50,7 +50,7 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 The first image member of a key is its image."""
 
 SOURCES = "sources.json"
-"""``RUN/raw/sources.json``: for a run made from already-downloaded data (``curate.existing``), where each
+"""``RUN/raw/sources.json``: for a run made from already-downloaded data (``curate.acquire.existing``), where each
 raw shard's files are, by shard name and suffix; a suffix it does not name is in ``RUN/raw/``."""
 
 _sources_cache: dict[str, dict] = {}
@@ -142,7 +142,7 @@ MISMATCH_HINT = (
 def check_pairing(
     shard: str, meta_path: str, tar_path: str, inputs: pa.Table, meta: pa.Table, images: pa.Table
 ) -> None:
-    """Raise :class:`curate.urls.InputError` unless raw shard ``shard`` holds exactly the input's samples for its keys.
+    """Raise :class:`curate.acquire.inputs.InputError` unless raw shard ``shard`` holds exactly the input's samples for its keys.
 
     Every key of the shard's Parquet must be an input row of this shard, with the same URL (an
     unfetchable URL is recorded as '') and caption; every image in the tar must have a record.
@@ -176,7 +176,7 @@ def check_pairing(
 
 
 def _error(message: str) -> Exception:
-    from curate.urls import InputError  # not at import: curate.urls imports acquire and the recipe
+    from curate.acquire.inputs import InputError  # not at import: curate.acquire.inputs imports acquire and the recipe
 
     return InputError(message)
 

@@ -1,7 +1,7 @@
 """Curate what is already downloaded: an img2dataset output folder or plain WebDataset tars as ``--input``.
 
 Nothing is downloaded and no image byte is copied. Staging writes ``RUN/raw/sources.json``, which
-maps each raw shard name to the input's files (:func:`curate.raw.raw_file` reads it, on the driver
+maps each raw shard name to the input's files (:func:`curate.acquire.raw.raw_file` reads it, on the driver
 and on every worker), and ``RUN/input/urls.parquet`` from the input's own keys, URLs and captions:
 
 - an img2dataset folder (``output_format: webdataset``: ``NNNNN.tar`` + ``NNNNN.parquet`` +
@@ -38,12 +38,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import storage
-from curate.acquire import is_fetchable
+from curate.acquire.download import is_fetchable
+from curate.acquire.inputs import InputError, to_text
+from curate.acquire.raw import IMAGE_EXTS, SOURCES, forget_sources, raw_sources, split_member
+from curate.acquire.staging import Staged, commit_shard, shard_path
 from curate.emit.parquet import write_parquet
 from curate.io import write_json
-from curate.raw import IMAGE_EXTS, SOURCES, forget_sources, raw_sources, split_member
-from curate.staging import Staged, commit_shard, shard_path
-from curate.urls import InputError, to_text
 
 if TYPE_CHECKING:
     import duckdb

@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Literal
 
 import fsspec
 import numpy as np
@@ -20,16 +20,44 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
+from pydantic import BaseModel, ConfigDict, Field
 
 try:
     from zstandard import ZstdError
 except ImportError:  # without zstandard a .zst list cannot be opened at all (fsspec says so)
     ZstdError = OSError
 
-from curate.acquire import BLOCKED_COLUMN, ShardLayout, is_fetchable
+from curate.acquire.download import BLOCKED_COLUMN, ShardLayout, is_fetchable
 from curate.decide.urls import blocked_mask
 from curate.errors import UserError
-from curate.recipe import InputConfig
+
+
+class InputConfig(BaseModel):
+    """Which columns of the URL list hold what (img2dataset's names)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url_col: str = Field("url", description="Column holding the image URL.")
+    caption_col: str | None = Field(
+        "caption", description="Column holding the alt text / caption; null for a URL-only list (empty captions)."
+    )
+    save_additional_columns: list[str] = Field(
+        default_factory=list, description="Input columns carried through to samples and metadata."
+    )
+    format: Literal["auto", "urls", "img2dataset", "webdataset"] = Field(
+        "auto",
+        description="What --input is: a URL list ('urls'), an img2dataset output folder ('img2dataset', "
+        "output_format webdataset) or WebDataset tars ('webdataset': a folder, glob or brace pattern). "
+        "auto: a folder with *_stats.json is img2dataset, .tar files are webdataset, else a URL list. "
+        "Already-downloaded input is curated in place; nothing is downloaded.",
+    )
+    driver_max_bytes: int = Field(
+        64 * 2**20,
+        ge=0,
+        description="URL lists whose files total more bytes than this (as stored, compressed or not) are read "
+        "by Ray tasks, one per list file, never collected on the driver; smaller ones are read on the driver, "
+        "so their errors come before Ray starts. Both give the same input/ files.",
+    )
 
 
 class InputError(UserError):

@@ -1,6 +1,6 @@
 """Staging a run's input without holding it on the driver: ``RUN/input/{raw_shard}.parquet`` and its fingerprint.
 
-A URL list is keyed row by row (row i of the concatenated list files, see :class:`curate.acquire.ShardLayout`)
+A URL list is keyed row by row (row i of the concatenated list files, see :class:`curate.acquire.download.ShardLayout`)
 and cut into raw shards of ``acquire.samples_per_shard`` rows, each written to its own file. Lists whose files
 total at most ``input.driver_max_bytes`` are read on the driver (:func:`stage_table`, errors before Ray starts);
 larger ones by Ray tasks (:func:`stage_lists`): one task per list file reads and checks it and stores its named
@@ -30,12 +30,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate import storage
-from curate.acquire import AcquireConfig, ShardLayout, download_shard, retry_shard
-from curate.annotated import FOLDERS, shard_file
-from curate.emit.parquet import write_parquet
-from curate.raw import LEGACY_INPUT, _input_rows
-from curate.recipe import InputConfig
-from curate.urls import (
+from curate.acquire.download import AcquireConfig, ShardLayout, download_shard, retry_shard
+from curate.acquire.inputs import (
+    InputConfig,
     InputError,
     ListFile,
     add_keys,
@@ -45,6 +42,9 @@ from curate.urls import (
     shard_rows,
     spec_name,
 )
+from curate.acquire.raw import LEGACY_INPUT, _input_rows
+from curate.annotated import FOLDERS, shard_file
+from curate.emit.parquet import write_parquet
 
 FINGERPRINT_VERSION = 2
 """``input_fingerprint_version`` in the manifest: fingerprints of per-shard digests (absent: an earlier scheme)."""
@@ -149,7 +149,7 @@ def total_bytes(files: Sequence[ListFile]) -> int:
 
 
 def stage_table(inputs: pa.Table, layout: ShardLayout, folder: str | None) -> Staged:
-    """Write the input table ``inputs`` (:func:`curate.urls.read_inputs`, on the driver) shard by shard."""
+    """Write the input table ``inputs`` (:func:`curate.acquire.inputs.read_inputs`, on the driver) shard by shard."""
     per = layout.samples_per_shard
     digests = [
         commit_shard(inputs.slice(i * per, per), shard_path(folder, layout.shard_name(i)))
@@ -193,7 +193,7 @@ def shard_path(folder: str | None, shard: str) -> str | None:
 
 
 def _unify(schemas: list[pa.Schema], source: str) -> pa.Schema:
-    """The list files' common schema, as :func:`curate.urls.concat` unifies their tables."""
+    """The list files' common schema, as :func:`curate.acquire.inputs.concat` unifies their tables."""
     try:
         return pa.unify_schemas(schemas, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
@@ -214,7 +214,7 @@ def _pieces(starts: list[int], paths: list[str], first: int, layout: ShardLayout
 
 
 def scan_list(file: ListFile, cfg: InputConfig, out: str) -> tuple[int, pa.Schema]:
-    """Task: read and check one list file (:func:`curate.urls.named_rows`), store its named columns as Arrow
+    """Task: read and check one list file (:func:`curate.acquire.inputs.named_rows`), store its named columns as Arrow
     IPC batches of :data:`BATCH_ROWS` rows at ``out``; return its row count and schema."""
     table = named_rows(file, cfg)
     with fsspec.open(out, "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
@@ -268,7 +268,7 @@ def stage_urls(
 def acquire_shard(
     shard_id: int, run_dir: str, layout: ShardLayout, cfg: AcquireConfig, extra: list[str], blocklist
 ) -> dict:
-    """Task: download raw shard ``shard_id``, reading its rows from ``RUN/input/`` (:func:`curate.urls.shard_rows`)."""
+    """Task: download raw shard ``shard_id``, reading its rows from ``RUN/input/`` (:func:`curate.acquire.inputs.shard_rows`)."""
     rows = shard_rows(_input_rows(run_dir, layout.shard_name(shard_id)), extra, blocklist)
     return download_shard(shard_id, rows, storage.join(run_dir, "raw"), layout, cfg)
 
@@ -276,7 +276,7 @@ def acquire_shard(
 def retry_input_shard(
     shard_id: int, run_dir: str, only: list[int], layout: ShardLayout, cfg: AcquireConfig, extra: list[str], blocklist
 ) -> dict:
-    """Task: :func:`curate.acquire.retry_shard` of raw shard ``shard_id``, reading its rows from ``RUN/input/``;
+    """Task: :func:`curate.acquire.download.retry_shard` of raw shard ``shard_id``, reading its rows from ``RUN/input/``;
     when the shard changes, its annotate files go first (only it is annotated again)."""
     name = layout.shard_name(shard_id)
     rows = shard_rows(_input_rows(run_dir, name), extra, blocklist)
