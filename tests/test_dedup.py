@@ -128,7 +128,7 @@ COPIES = {  # kind -> (make the copy from the original's JPEG, the reason it mus
 
 
 @pytest.fixture(scope="module")
-def dedup_run(tmp_path_factory):
+def dedup_run(ray_session, tmp_path_factory):
     from curate.demo.corpus import WebObject
     from curate.demo.server import LoopbackServer
     from curate.run import run_pipeline
