@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -73,6 +74,40 @@ def _own_ray(request):
 
 def _shared_ray_is_up(ray) -> bool:
     return ray.is_initialized() and ray.get_runtime_context().get_node_id() in _SHARED_RAY
+
+
+def downloaded_samples(keys: list[str], **columns) -> pa.Table:
+    """Samples as acquisition and the image stage leave them: every download a success, every image
+    100x100 and decoded; ``columns`` add columns or replace these."""
+    n = len(keys)
+    base = {
+        "key": keys,
+        "url": [f"http://h/{k}" for k in keys],
+        "caption": ["c"] * n,
+        "status": ["success"] * n,
+        "width": [100] * n,
+        "height": [100] * n,
+        "decode_error": pa.nulls(n, pa.string()),
+    }
+    return pa.table(base | columns)
+
+
+@pytest.fixture
+def tiny_run(tmp_path) -> Path:
+    """A run directory written by hand, for `curate stats`: three samples without a download status, their
+    decisions (one rejected as too small) and the two kept rows' metadata."""
+    run, keys = tmp_path / "run", ["0", "1", "2"]
+    for folder, table in {
+        "samples": pa.table(
+            {"key": keys, "url": ["u0", "u1", "u2"], "width": [10, 20, 30], "lang": ["en", "en", "de"]}
+        ),
+        "decisions": pa.table({"key": keys, "keep": [True, False, True], "reason": [None, "too_small", None]}),
+        "metadata": pa.table({"key": ["0", "2"], "caption": ["a", "c"]}),
+    }.items():
+        (run / folder).mkdir(parents=True)
+        pq.write_table(table, run / folder / "00000.parquet")
+    (run / "manifest.json").write_text("{}")
+    return run
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import downloaded_samples
 from PIL import Image, ImageDraw
 
 from curate.decide import decide
@@ -28,15 +29,7 @@ def write_run(tmp_path, samples: dict, embeddings: np.ndarray | None = None):
 
 
 def base_columns(n: int) -> dict:
-    return {
-        "key": [f"{i:04d}" for i in range(n)],
-        "url": [f"http://h/{i}" for i in range(n)],
-        "caption": ["c"] * n,
-        "status": ["success"] * n,
-        "width": [100] * n,
-        "height": [100] * n,
-        "decode_error": pa.nulls(n, pa.string()),
-    }
+    return downloaded_samples([f"{i:04d}" for i in range(n)]).to_pydict()
 
 
 def run_decide(tmp_path, policies: list) -> dict:
