@@ -2,7 +2,7 @@
 
 Re-LAION-5B removed links whose images matched partners' lists of known-bad image hashes; this is that step,
 for any list the recipe names. The list is read once per decide, never copied into any output; its sha256 and
-entry counts go to the manifest (``decide_info.blocklist``) so a run says which list it was checked against.
+entry counts go to the manifest (the decide step's ``policies.blocklist``) so a run says which list it was checked against.
 
 List formats (a local path or any fsspec URL: ``s3://``, ``https://``):
 
