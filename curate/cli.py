@@ -423,6 +423,24 @@ def train_llava(
     print_rows(["metric", "value"], rows, "table")
 
 
+@train_app.command("head")
+def train_head(
+    run: Annotated[str, typer.Option("--run", help="A run with RUN/embeddings (the clip stage ran).")],
+    labels: Annotated[Path, typer.Option("--labels", help="Parquet or CSV of key,label (0/1 or numbers).")],
+    output: Annotated[Path, typer.Option("--output", help="The head folder to write (head.json + head.pt).")],
+    hidden: Annotated[
+        list[int] | None, typer.Option("--hidden", help="Hidden layer size; repeat for two (default: none).")
+    ] = None,
+    holdout: Annotated[float, typer.Option("--holdout", help="Fraction of labels held out to measure.")] = 0.2,
+    seed: Annotated[int, typer.Option("--seed", help="Split and initialisation seed.")] = 0,
+) -> None:
+    """A head (logistic regression or small MLP) on stored embeddings; use it with decide's `head` policy."""
+    from curate.train.head import train_head as train
+
+    summary = train(run, labels, output, hidden=hidden, holdout=holdout, seed=seed)
+    print_rows(["metric", "value"], sorted(summary.items()), "table")
+
+
 @app.command()
 def caption(
     images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],

@@ -23,6 +23,7 @@ from curate.decide.balance import Balance
 from curate.decide.base import Policy
 from curate.decide.blocklist import Blocklist
 from curate.decide.dedup import Decontaminate, ExactDedup, NearDedup, SemanticDedup
+from curate.decide.head import HeadPolicy
 from curate.decide.thresholds import (
     Availability,
     CaptionBoilerplate,
@@ -65,6 +66,7 @@ POLICIES: dict[str, type[Policy]] = {
         NearDedup,
         SemanticDedup,
         Decontaminate,
+        HeadPolicy,
         Balance,
     )
 }
@@ -257,6 +259,8 @@ def check_columns(recipe: Recipe) -> None:
                 f"{recipe.source}: {where} reads {missing}, which no annotate stage writes. "
                 f"Add {hint or 'a stage that writes them'} to annotate."
             )
+    for policy in recipe.decide:
+        policy.check(recipe)
 
 
 def apply_override(data: dict[str, Any], item: str, source: Path | str = "<recipe>") -> None:
@@ -336,7 +340,7 @@ def _explain(err: ValidationError, model: type[BaseModel], where: str) -> str:
     known = sorted(model.model_fields)
     if first["type"] == "extra_forbidden":
         return f"{where}: unknown parameter {name!r}{_suggest(name, known)}. Known parameters: {', '.join(known)}"
-    field_info = model.model_fields.get(str(first["loc"][0]))
+    field_info = model.model_fields.get(str(first["loc"][0])) if first["loc"] else None
     doc = f" ({field_info.description})" if field_info and field_info.description else ""
     return f"{where}: parameter {name!r}: {first['msg']}, got {first.get('input')!r}{doc}"
 
