@@ -284,7 +284,7 @@ def _child(node: Any, part: str, path: list[str], root: dict, source: Path | str
         for entry in node:
             if isinstance(entry, dict) and entry.get(tag) == part:
                 return entry
-        if path[0] == "enrich":  # enrich stages are unordered: --set may add one
+        if path[0] in ("enrich", "decide"):  # --set may add a policy (applied last) or an enrich stage
             node.append({tag: part})
             return node[-1]
         names = [e.get(tag) for e in node if isinstance(e, dict)]
