@@ -37,6 +37,7 @@ from curate.emit.shards import EmitConfig
 from curate.enrich.recaption import Recaption
 from curate.errors import UserError
 from curate.signals.caption import CaptionSignals
+from curate.signals.classifier import ImageClassifier
 from curate.signals.clip import ClipScore
 from curate.signals.concepts import ConceptMatch
 from curate.signals.hashes import Hashes
@@ -45,7 +46,7 @@ from curate.signals.language import LanguageID
 from curate.stage import Stage
 
 STAGES: dict[str, type[Stage]] = {
-    s.name: s for s in (ImageSignals, Hashes, CaptionSignals, LanguageID, ClipScore, ConceptMatch)
+    s.name: s for s in (ImageSignals, Hashes, CaptionSignals, LanguageID, ClipScore, ConceptMatch, ImageClassifier)
 }
 """Annotate stages by the name recipes use."""
 
