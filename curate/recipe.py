@@ -23,7 +23,7 @@ from curate.decide.balance import Balance
 from curate.decide.base import Policy
 from curate.decide.blocklist import Blocklist
 from curate.decide.dedup import Decontaminate, ExactDedup, NearDedup, SemanticDedup
-from curate.decide.head import HeadPolicy
+from curate.decide.head import HeadPolicy, ScoreCut
 from curate.decide.thresholds import (
     Availability,
     CaptionBoilerplate,
@@ -68,6 +68,7 @@ POLICIES: dict[str, type[Policy]] = {
         SemanticDedup,
         Decontaminate,
         HeadPolicy,
+        ScoreCut,
         Balance,
     )
 }

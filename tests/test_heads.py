@@ -129,3 +129,26 @@ def test_train_head_on_labelled_keys_then_decide_with_it(tmp_path):
     assert (rejected == marked[unseen]).mean() >= 0.9  # the cut separates the keys it never saw
     rows = run_decide(run, tmp_path, path=str(out), reason="watermark", keep_top=0.25)
     assert sum(r["keep"] for r in rows.values()) == round(0.25 * len(x))
+
+
+def test_score_policy_cuts_a_classifier_column_with_a_named_reason(tmp_path):
+    scores = [0.1, 0.9, None, 0.6, 0.4]
+    keys = [f"{i:03d}" for i in range(len(scores))]
+    samples = pa.table(
+        {
+            "key": keys,
+            "url": [f"http://h/{k}" for k in keys],
+            "caption": ["c"] * 5,
+            "status": ["success"] * 5,
+            "decode_error": pa.nulls(5, pa.string()),
+            "width": [64] * 5,
+            "wm_score": pa.array(scores, pa.float32()),
+        }
+    )
+    pq.write_table(samples, tmp_path / "samples.parquet")
+    annotate = ["image", {"stage": "classifier", "model": "unused-here", "name": "wm"}]
+    policy = {"policy": "score", "column": "wm_score", "reason": "watermark", "max_score": 0.5}
+    recipe = build_recipe({"annotate": annotate, "decide": [policy]})
+    counts = decide(str(tmp_path / "samples.parquet"), recipe.decide, tmp_path / "decisions")
+    rows = {r["key"]: r for r in pq.read_table(tmp_path / "decisions").to_pylist()}
+    assert counts == {"watermark": 2} and {k for k, r in rows.items() if not r["keep"]} == {"001", "003"}

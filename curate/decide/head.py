@@ -134,3 +134,43 @@ def _scored_file(path: str, head: Head) -> pa.Table:
     dim = len(lists[0]) if len(lists) else head.spec.sizes[0]
     emb = lists.flatten().to_numpy(zero_copy_only=False).reshape(len(lists), dim)
     return pa.table({"key": table.column("key"), "score": pa.array(head.score(emb), pa.float32())})
+
+
+class ScoreCutConfig(PolicyConfig):
+    column: str = Field(..., description="A numeric samples column, e.g. a classifier stage's {name}_score.")
+    reason: str = Field(..., description="The reason code rejected rows get (e.g. watermark).")
+    min_score: float | None = Field(None, description="Reject rows below this.")
+    max_score: float | None = Field(None, description="Reject rows above this.")
+
+    _new_code = field_validator("reason")(HeadConfig._new_code.__func__)  # type: ignore[attr-defined]
+
+    @model_validator(mode="after")
+    def _one_cut(self) -> ScoreCutConfig:
+        if self.min_score is None and self.max_score is None:
+            raise ValueError("give min_score or max_score: the cut the column is compared with")
+        return self
+
+
+class ScoreCut(Policy):
+    """Reject by a score column annotate wrote (the ``classifier`` stage's ``{name}_score``), with a named reason.
+
+    Rows without a score (undecodable images, already rejected by availability) are kept by this policy.
+    """
+
+    name = "score"
+    Config = ScoreCutConfig
+
+    @property
+    def reads(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.config.column,)
+
+    @property
+    def reasons(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.config.reason,)
+
+    def apply(self, db: DecideDB) -> None:
+        c = self.config
+        reasons.declare(c.reason, f"samples.{c.column} is beyond the recipe's cut.")
+        cuts = [f's."{c.column}" < {float(c.min_score)}'] if c.min_score is not None else []
+        cuts += [f's."{c.column}" > {float(c.max_score)}'] if c.max_score is not None else []
+        db.reject_where(" OR ".join(cuts), c.reason, self.name)
