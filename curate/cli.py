@@ -169,6 +169,9 @@ def stats(
     languages: Annotated[bool, typer.Option("--languages", help="Rows and kept rows per caption language.")] = False,
     duplicates: Annotated[bool, typer.Option("--duplicates", help="Duplicate clusters by reason and size.")] = False,
     scores: Annotated[bool, typer.Option("--scores", help="CLIP score distribution and thresholds.")] = False,
+    heads: Annotated[
+        bool, typer.Option("--heads", help="Learned scores (head, score policies): quantiles, cut, rejected.")
+    ] = False,
     unsafe_sql: Annotated[
         bool,
         typer.Option(
@@ -189,6 +192,7 @@ def stats(
         raise typer.BadParameter(f"{format!r}: use {', '.join(FORMATS)}", param_hint="--format")
     runs, sql_text = _runs_and_sql(run_dir, sql)
     flags = {"funnel": funnel, "languages": languages, "concepts": concepts, "duplicates": duplicates, "scores": scores}
+    flags["heads"] = heads
     wanted = [name for name, on in flags.items() if on]
     if plot and (not concepts or len(runs) > 1):
         raise typer.BadParameter("--plot goes with --concepts and one run")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -15,6 +16,8 @@ from curate.cli import app
 from curate.decide import decide
 from curate.heads import HeadError, load_head
 from curate.recipe import RecipeError, build_recipe
+from curate.report import stats
+from curate.report.html import write_report
 
 N = 120
 
@@ -49,7 +52,9 @@ def fake_run(tmp_path, dim: int, model: str, embeddings: np.ndarray) -> dict:
 
 def run_decide(run: dict, tmp_path, **policy) -> dict[str, dict]:
     recipe = build_recipe({"annotate": run["annotate"], "decide": [{"policy": "head", **policy}]})
-    out = tmp_path / "decisions"
+    manifest = run["run"] / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "recipe": recipe.to_dict()}))
+    out = run["run"] / "decisions"
     decide(str(run["run"] / "samples" / "*.parquet"), recipe.decide, out, embeddings_dir=run["run"] / "embeddings")
     return {r["key"]: r for r in pq.read_table(out).to_pylist()}
 
@@ -127,6 +132,12 @@ def test_train_head_on_labelled_keys_then_decide_with_it(tmp_path):
     unseen = np.setdiff1d(np.arange(len(x)), labelled)
     rejected = np.array([not rows[run["keys"][i]]["keep"] for i in unseen])
     assert (rejected == marked[unseen]).mean() >= 0.9  # the cut separates the keys it never saw
+    (summary,) = stats.heads(run["run"]).rows  # curate stats RUN --heads
+    assert summary[:3] == ("watermark", "head", len(x)) and summary[-2:] == (
+        "max_score 0.5",
+        int(rejected.sum()) + sum(not rows[run["keys"][i]]["keep"] for i in labelled),
+    )
+    assert "Learned scores" in Path(write_report(str(run["run"]))).read_text()
     rows = run_decide(run, tmp_path, path=str(out), reason="watermark", keep_top=0.25)
     assert sum(r["keep"] for r in rows.values()) == round(0.25 * len(x))
 
