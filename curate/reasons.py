@@ -45,13 +45,28 @@ REASONS: dict[str, str] = {
     "acquire.disallowed_header_directives (noai, noimageai, ... ; scoped to user_agent_token too).",
     "no_image": "The input's shard has a record for the sample but no image (a WebDataset key with a .txt "
     "or .json and no .jpg/.jpeg/.png/.webp member); nothing was downloaded.",
+    "blocklisted": "The image's sha256, or its pHash within the blocklist policy's k bits, is on the recipe's "
+    "hash blocklist (the list's own sha256 is recorded in the manifest; the list is never copied).",
     "dup_exact": "Same bytes (sha256) as a kept sample, or the same values of the exact_dedup "
     "policy's `by` columns; dup_of names the kept key.",
 }
 
 
+DECLARED: dict[str, str] = {}
+"""Codes a recipe defines itself (the ``head`` policy's ``reason``), declared in this process by the policy
+that uses them; the recipe is their documentation. They never shadow a code of :data:`REASONS`."""
+
+
+def declare(reason: str, meaning: str) -> str:
+    """Accept ``reason`` as a recipe-defined code in this process (see :data:`DECLARED`)."""
+    if reason in REASONS:
+        raise KeyError(f"reason code {reason!r} is built in; a recipe-defined code needs its own name")
+    DECLARED[reason] = meaning
+    return reason
+
+
 def check(reason: str) -> str:
-    """Return ``reason`` if it is a documented code, else raise ``KeyError``."""
-    if reason not in REASONS:
+    """Return ``reason`` if it is a documented or declared code, else raise ``KeyError``."""
+    if reason not in REASONS and reason not in DECLARED:
         raise KeyError(f"undocumented reason code {reason!r}: add it to curate/reasons.py")
     return reason

@@ -18,7 +18,9 @@ from curate.acquire.inputs import InputConfig
 from curate.acquire.raw import BASE_COLUMNS
 from curate.decide.balance import Balance
 from curate.decide.base import Policy
+from curate.decide.blocklist import Blocklist
 from curate.decide.dedup import Decontaminate, ExactDedup, NearDedup, SemanticDedup
+from curate.decide.head import HeadPolicy, ScoreCut
 from curate.decide.thresholds import (
     Availability,
     CaptionBoilerplate,
@@ -32,6 +34,7 @@ from curate.emit.shards import EmitConfig
 from curate.enrich.recaption import Recaption
 from curate.errors import ConfigError
 from curate.signals.caption import CaptionSignals
+from curate.signals.classifier import ImageClassifier
 from curate.signals.clip import ClipScore
 from curate.signals.concepts import ConceptMatch
 from curate.signals.hashes import Hashes
@@ -40,7 +43,7 @@ from curate.signals.language import LanguageID
 from curate.stage import Stage
 
 STAGES: dict[str, type[Stage]] = {
-    s.name: s for s in (ImageSignals, Hashes, CaptionSignals, LanguageID, ClipScore, ConceptMatch)
+    s.name: s for s in (ImageSignals, Hashes, CaptionSignals, LanguageID, ClipScore, ConceptMatch, ImageClassifier)
 }
 """Annotate stages by the name recipes use."""
 
@@ -51,6 +54,7 @@ POLICIES: dict[str, type[Policy]] = {
     p.name: p
     for p in (
         UrlFilter,
+        Blocklist,
         ImageSize,
         CaptionLength,
         CaptionBoilerplate,
@@ -60,6 +64,8 @@ POLICIES: dict[str, type[Policy]] = {
         NearDedup,
         SemanticDedup,
         Decontaminate,
+        HeadPolicy,
+        ScoreCut,
         Balance,
     )
 }
@@ -71,9 +77,9 @@ PIPELINES_DIR = resources.folder("recipe")
 SECTIONS = ("name", "description", "input", "acquire", "annotate", "decide", "enrich", "emit", "storage_options")
 
 
-ENTRIES: config.Entries = {"annotate": ("stage", False), "decide": ("policy", False), "enrich": ("stage", True)}
-"""Lists of named entries, for ``--set decide.image_size.min_side=128``; enrich stages are unordered, so
-``--set`` may add one (``--set enrich.recaption.model=...``)."""
+ENTRIES: config.Entries = {"annotate": ("stage", False), "decide": ("policy", True), "enrich": ("stage", True)}
+"""Lists of named entries, for ``--set decide.image_size.min_side=128``; ``--set`` may add a policy (applied
+last) or an enrich stage (``--set enrich.recaption.model=...``), not an annotate stage (order matters)."""
 
 
 class RecipeError(ConfigError):
@@ -256,6 +262,8 @@ def check_columns(recipe: Recipe) -> None:
                 f"{recipe.source}: {where} reads {missing}, which no annotate stage writes. "
                 f"Add {hint or 'a stage that writes them'} to annotate."
             )
+    for policy in recipe.decide:
+        policy.check(recipe)
 
 
 def _list(data: dict, section: str, source: str) -> list:
