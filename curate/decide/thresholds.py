@@ -102,7 +102,7 @@ class CaptionLength(Policy):
             db.reject_where(f"s.caption_chars > {int(c.max_chars)}", "caption_long", self.name)
 
 
-class LanguageConfig(PolicyConfig):
+class LanguageFilterConfig(PolicyConfig):
     languages: list[Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}$")]] = Field(
         default_factory=lambda: ["en"], min_length=1, description="fastText language codes to keep."
     )
@@ -124,7 +124,7 @@ class Language(Policy):
     """
 
     name = "language"
-    Config = LanguageConfig
+    Config = LanguageFilterConfig
     reads = ("lang", "lang_score")
     reasons = ("wrong_language",)
 
@@ -178,7 +178,7 @@ class ClipScoreConfig(PolicyConfig):
     )
 
 
-class ClipScore(Policy):
+class ClipScoreFilter(Policy):
     """CLIPScore filtering on the stored ``clip_score``: an absolute floor and/or a global top fraction.
 
     ``keep_top`` keeps exactly ``round(fraction * n)`` of the ``n`` rows still kept when it

@@ -1,8 +1,8 @@
 """CLIP image and text embeddings and their cosine (CLIPScore), with any open_clip model.
 
-Two halves, so the accelerator only does model work: :meth:`ClipScore.prepare` runs as CPU
+Two halves, so the accelerator only does model work: :meth:`ClipScorer.prepare` runs as CPU
 tasks (decode, resize, crop to uint8 pixels: a quarter of float32's size in the object store)
-and :meth:`ClipScore.process` runs in an actor pool that loads the model once per actor
+and :meth:`ClipScorer.process` runs in an actor pool that loads the model once per actor
 (normalise, encode, cosine), on a GPU when the actor has one.
 """
 
@@ -34,7 +34,7 @@ class ClipConfig(ModelStageConfig):
     batch_size: int = Field(128, gt=0, description="Rows per model batch.")
 
 
-class ClipScore(Stage):
+class ClipScorer(Stage):
     """Writes ``clip_score`` (cosine of the normalised embeddings) and float16 embeddings."""
 
     name = "clip"
