@@ -195,9 +195,8 @@ class ClipScoreFilter(Policy):
         floor = "" if c.min_score is None else f" OR s.clip_score < {float(c.min_score)}"
         db.reject_where(f"s.clip_score IS NULL{floor}", "low_clip_score", self.name)
         if c.keep_top is not None:  # ranked by DuckDB (an out-of-core sort): no key list in memory
-            (n,) = db.con.execute("SELECT count(*) FROM verdict WHERE reason IS NULL").fetchone()
+            (n,) = db.con.execute("SELECT count(*) FROM kept").fetchone()
             below = """SELECT key, NULL::VARCHAR AS dup_of FROM (
-                           SELECT v.key, row_number() OVER (ORDER BY s.clip_score DESC, v.key) AS place
-                           FROM verdict v JOIN samples s USING (key) WHERE v.reason IS NULL)
+                           SELECT key, row_number() OVER (ORDER BY clip_score DESC, key) AS place FROM kept)
                        WHERE place > $keep"""
             db.reject_query(below, "low_clip_score", self.name, {"keep": round(c.keep_top * n)})
