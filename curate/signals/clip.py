@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from curate.device import pick_device
 from curate.images import decode
 from curate.stage import ModelStageConfig, Stage, append_columns
 
@@ -76,7 +77,7 @@ class ClipScorer(Stage):
 
         from curate.models.clip import eval_transform, load_clip, preprocess_spec
 
-        self._device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._device = pick_device()
         self._bundle = load_clip(self.config.model, self.config.pretrained, device=self._device)
         self._bundle.model.eval()
         spec = preprocess_spec(self.config.model, self.config.pretrained)
@@ -109,7 +110,7 @@ class ClipScorer(Stage):
         x = (x.permute(0, 3, 1, 2).float() / 255 - self._norm[0]) / self._norm[1]
         tokens = self._bundle.tokenizer(texts)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
-        autocast = torch.autocast("cuda", dtype=dtype, enabled=self._device == "cuda" and dtype is not None)
+        autocast = torch.autocast("cuda", dtype=dtype, enabled=self._device.type == "cuda" and dtype is not None)
         with torch.no_grad(), autocast:
             img = self._bundle.model.encode_image(x.to(self._device), normalize=True)
             txt = self._bundle.model.encode_text(tokens.to(self._device), normalize=True)
