@@ -7,13 +7,16 @@ Policies apply in recipe order; a row keeps the first reason it gets.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import duckdb
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from curate import reasons
+
+if TYPE_CHECKING:
+    from curate.recipe import Recipe
 
 
 class PolicyConfig(BaseModel):
@@ -82,6 +85,9 @@ class Policy:
 
     def __init__(self, config: PolicyConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
+
+    def check(self, recipe: Recipe) -> None:
+        """Fail fast while the recipe is validated, on the driver (e.g. a head made for another CLIP model)."""
 
     def apply(self, db: DecideDB) -> None:
         """Reject rows through ``db.reject_where`` or ``db.reject_keys``."""
