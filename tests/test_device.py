@@ -29,7 +29,13 @@ def test_a_named_device_is_taken_as_given() -> None:
 
 
 def test_light_modules_do_not_import_torch() -> None:
-    modules = ["curate.device", "curate.signals.clip", "curate.enrich.recaption", "curate.recipe"]
+    modules = [
+        "curate.device",
+        "curate.signals.clip",
+        "curate.signals.classifier",
+        "curate.enrich.recaption",
+        "curate.recipe",
+    ]
     code = f"import sys\nfor m in {modules}: __import__(m)\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
