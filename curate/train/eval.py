@@ -55,6 +55,7 @@ import yaml
 from tqdm import tqdm
 
 from curate import resources
+from curate.device import pick_device
 from curate.models.clip import ClipBundle, load_clip
 from curate.train.data import dataset_size, expand_shards, iter_pairs
 
@@ -298,13 +299,6 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
 # --- the whole evaluation ------------------------------------------------------------------
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else unchanged."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def evaluate_clip(
     model: str,
     data: str,
@@ -321,7 +315,7 @@ def evaluate_clip(
     """
     task = load_task(zero_shot) if zero_shot else None  # fail on a bad task before embedding
     shards = expand_shards(data)
-    device = resolve_device(device)
+    device = str(pick_device(device))
     bundle = load_clip(model, pretrained, device=device)
     image_emb, text_emb, captions = embed_pairs(bundle, shards, batch_size, device, limit)
     result: dict[str, Any] = {
