@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from curate import reasons as reason_codes
 from curate import storage
 from curate.acquire.inputs import InputError
+from curate.console import console, print_rows
 from curate.errors import UserError
 from curate.recipe import load_recipe
 from curate.train.cli_eval import eval_clip
@@ -28,7 +27,6 @@ app = typer.Typer(
     context_settings=HELP,
     help="Data curation for image-text datasets.",
 )
-console = Console(stderr=True)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 SetOpt = Annotated[
@@ -540,26 +538,6 @@ def print_funnel(result: dict) -> None:
     rows = [(name, n, f"{100 * n / total:.1f}%") for name, n in steps.items()]
     rows += [(f"  rejected: {reason}", n, f"{100 * n / total:.1f}%") for reason, n in result["rejected"].items()]
     print_rows(["funnel", "rows", "of input"], rows, "table")
-
-
-def print_rows(columns: list[str], rows: list, fmt: str) -> None:
-    """Print rows as a rich table, CSV or JSON lines."""
-    if fmt == "json":
-        for row in rows:
-            sys.stdout.write(json.dumps(dict(zip(columns, row, strict=True)), default=str) + "\n")
-    elif fmt == "csv":
-        import csv
-
-        writer = csv.writer(sys.stdout)
-        writer.writerow(columns)
-        writer.writerows(rows)
-    elif fmt == "table":
-        table = Table(*columns)
-        for row in rows:
-            table.add_row(*("" if v is None else str(v) for v in row))
-        Console().print(table)
-    else:
-        raise typer.BadParameter(f"--format {fmt!r}: use table, csv or json")
 
 
 def main() -> None:

@@ -25,17 +25,17 @@ from curate.decide.thresholds import (
     Availability,
     CaptionBoilerplate,
     CaptionLength,
+    ClipScoreFilter,
     ImageSize,
     Language,
 )
-from curate.decide.thresholds import ClipScore as ClipScorePolicy
 from curate.decide.urls import UrlFilter
 from curate.emit.shards import EmitConfig
 from curate.enrich.recaption import Recaption
 from curate.errors import ConfigError
 from curate.signals.caption import CaptionSignals
 from curate.signals.classifier import ImageClassifier
-from curate.signals.clip import ClipScore
+from curate.signals.clip import ClipScorer
 from curate.signals.concepts import ConceptMatch
 from curate.signals.hashes import Hashes
 from curate.signals.image import ImageSignals
@@ -43,7 +43,7 @@ from curate.signals.language import LanguageID
 from curate.stage import Stage
 
 STAGES: dict[str, type[Stage]] = {
-    s.name: s for s in (ImageSignals, Hashes, CaptionSignals, LanguageID, ClipScore, ConceptMatch, ImageClassifier)
+    s.name: s for s in (ImageSignals, Hashes, CaptionSignals, LanguageID, ClipScorer, ConceptMatch, ImageClassifier)
 }
 """Annotate stages by the name recipes use."""
 
@@ -59,7 +59,7 @@ POLICIES: dict[str, type[Policy]] = {
         CaptionLength,
         CaptionBoilerplate,
         Language,
-        ClipScorePolicy,
+        ClipScoreFilter,
         ExactDedup,
         NearDedup,
         SemanticDedup,

@@ -32,7 +32,7 @@ from curate.emit.run import emit as emit_run
 from curate.enrich import store as enrich_store
 from curate.enrich.recaption import cache_key
 from curate.lock import LOCK_NAME, RunLock
-from curate.manifest import Manifest, versions
+from curate.manifest import STEPS, Manifest, versions
 from curate.reasons import REASONS
 from curate.recipe import Recipe, RecipeError, build_recipe
 from curate.report.html import write_report
@@ -47,9 +47,6 @@ class RunResult:
     funnel: dict
     manifest: dict
 
-
-STEPS = ("acquire", "annotate", "decide", "enrich", "emit")
-"""The steps ``--until`` names; every run that decides also writes the report (step ``report``)."""
 
 OUTPUT_FOLDERS = (
     "input",

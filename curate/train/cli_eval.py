@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from curate.console import console, print_rows
+
 
 def eval_clip(
     ckpt: Annotated[
@@ -38,7 +40,6 @@ def eval_clip(
     ] = None,
 ) -> None:
     """Image-text retrieval recall@k (and zero-shot accuracy) of a CLIP on WebDataset shards."""
-    from curate.cli import console, print_rows
     from curate.errors import EvalError, NotFound
     from curate.train.eval import evaluate_clip, flatten_metrics, load_task
 

@@ -33,10 +33,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from curate import config
+from curate.device import pick_device
 from curate.errors import NotFound, PresetError
 from curate.models.clip import load_clip, save_model_folder
 from curate.train.cached import ProjectionHeads, cached_tower_features, feature_batches, one_cpu_thread
-from curate.train.common import autocast, cosine_lr, latest_checkpoint, pick_device, save_checkpoint
+from curate.train.common import autocast, cosine_lr, latest_checkpoint, save_checkpoint
 from curate.train.data import dataset_size, expand_shards, train_loader, train_pipeline
 
 

@@ -55,6 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from curate import config, resources
+from curate.device import pick_device
 from curate.errors import EvalError
 from curate.models.clip import ClipBundle, load_clip
 from curate.train.data import dataset_size, expand_shards, iter_pairs
@@ -300,13 +301,6 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
 # --- the whole evaluation ------------------------------------------------------------------
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else unchanged."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def evaluate_clip(
     model: str,
     data: str,
@@ -323,7 +317,7 @@ def evaluate_clip(
     """
     task = zero_shot if isinstance(zero_shot, ZeroShotTask) else load_task(zero_shot) if zero_shot else None
     shards = expand_shards(data)
-    device = resolve_device(device)
+    device = str(pick_device(device))
     bundle = load_clip(model, pretrained, device=device)
     image_emb, text_emb, captions = embed_pairs(bundle, shards, batch_size, device, limit)
     result: dict[str, Any] = {

@@ -24,9 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from curate import config
+from curate.device import pick_device
 from curate.errors import NotFound, PresetError
 from curate.models.llava import IGNORE_INDEX, Llava, LMSpec, build_llava, load_llava, save_llava
-from curate.train.common import autocast, cosine_lr, latest_checkpoint, pick_device, save_checkpoint
+from curate.train.common import autocast, cosine_lr, latest_checkpoint, save_checkpoint
 from curate.train.llava_data import LlavaDataset, RecordSet, check_files, collate
 
 DATA_FILES = {1: "pretrain.json", 2: "instruct.json"}
