@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from curate import storage
 from curate.concepts import load_vocabulary
+from curate.errors import UserError
 from curate.manifest import Manifest
 
 VIEWS = {"samples": "samples", "decisions": "decisions", "kept": "metadata"}
@@ -140,7 +141,7 @@ class Rows:
     keys: int = 1
 
 
-class NotInRun(LookupError):
+class NotInRun(UserError, LookupError):
     """The run lacks the table or the columns a query needs: its step or stage did not run."""
 
 
