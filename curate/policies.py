@@ -1,0 +1,26 @@
+"""Decide policies, for recipes built in Python: ``curate.policies.ImageSize(min_side=64)``.
+
+Each is the class a recipe's ``- policy: NAME`` entry builds (:data:`curate.recipe.POLICIES`).
+"""
+
+from curate.decide.balance import Balance
+from curate.decide.base import Policy, PolicyConfig
+from curate.decide.dedup import Decontaminate, ExactDedup, NearDedup, SemanticDedup
+from curate.decide.thresholds import CaptionBoilerplate, CaptionLength, ClipScore, ImageSize, Language
+from curate.decide.urls import UrlFilter
+
+__all__ = [
+    "Balance",
+    "CaptionBoilerplate",
+    "CaptionLength",
+    "ClipScore",
+    "Decontaminate",
+    "ExactDedup",
+    "ImageSize",
+    "Language",
+    "NearDedup",
+    "Policy",
+    "PolicyConfig",
+    "SemanticDedup",
+    "UrlFilter",
+]
