@@ -8,7 +8,7 @@
     )
     result = curate.run(recipe, input=table, output="runs/one")  # a path, a list, a Table, a DataFrame, a Ray Dataset
     with curate.open_run(result.run_dir) as run:
-        run.decisions.filter("NOT keep").arrow()
+        run.decisions.filter("NOT keep").to_arrow_table()
     curate.decide(result.run_dir, overrides=["decide.image_size.min_side=128"])
 
 Names load on first use, so ``import curate`` pulls in neither Ray nor torch. ``curate.run`` and

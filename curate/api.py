@@ -57,15 +57,21 @@ def run(
         recipe = Recipe.from_yaml(recipe, list(overrides))
     elif overrides:
         raise TypeError("overrides apply to a recipe given by name or path; change a Recipe object directly")
-    source = write_input(input, str(output)) if is_in_memory(input) else input
-    return run_pipeline(recipe, source, output, address=address, until=until, retry_failed=retry_failed)
+    run_dir = absolute(output)
+    source = write_input(input, run_dir) if is_in_memory(input) else input
+    return run_pipeline(recipe, source, run_dir, address=address, until=until, retry_failed=retry_failed)
 
 
 def decide(run_dir: str | Path, overrides: Sequence[str] = (), *, address: str | None = None) -> RunResult:
     """Re-decide a finished run from its stored signals with ``--set`` style ``overrides`` (``curate decide``)."""
     from curate.run import redecide
 
-    return redecide(run_dir, list(overrides), address)
+    return redecide(absolute(run_dir), list(overrides), address)
+
+
+def absolute(path: str | Path) -> str:
+    """A local path made absolute (Ray's workers may run in another directory); a URL as it is."""
+    return str(Path(storage.local_path(path)).resolve()) if storage.is_local(path) else str(path)
 
 
 def is_in_memory(data: Any) -> bool:
@@ -130,7 +136,7 @@ class Run:
     """An open run directory: DuckDB relations over its tables, its manifest and its funnel.
 
     ``samples`` (signals per row), ``decisions`` (keep, reason per row) and ``kept`` (the emitted
-    metadata) are DuckDB relations: call ``.arrow()``, ``.df()`` or ``.filter(...)`` on them, or
+    metadata) are DuckDB relations: call ``.to_arrow_table()``, ``.df()`` or ``.filter(...)`` on them, or
     :meth:`sql` over the same names. ``embeddings`` is a ``pyarrow.dataset.Dataset`` (DuckDB reads no
     float16). Close it (or use ``with``) to release the connection.
     """
@@ -207,7 +213,7 @@ def open_run(run_dir: str | Path) -> Run:
 class WebDatasetStage:
     """A stage as a ``map_batches`` function over ``ray.data.read_webdataset`` rows (``batch_format="pyarrow"``).
 
-    WebDataset rows carry ``__key__``, the image under its extension (``jpg``, ``jpeg``, ``png``, ``webp``),
+    WebDataset rows (read with ``decoder=None``) carry ``__key__``, the image under its extension (``jpg``, ``jpeg``, ``png``, ``webp``),
     ``txt`` and img2dataset's ``json``. Each batch gets the columns stages read: ``image`` (the encoded
     bytes, replacing the extension columns), ``caption`` (``txt`` as text) and, from ``json`` when present,
     ``original_width``/``original_height``; then the stage appends its columns.
@@ -221,13 +227,24 @@ class WebDatasetStage:
 
 
 def for_webdataset(stage: Stage) -> Callable[[pa.Table], pa.Table]:
-    """``stage`` as a function for ``ray.data.read_webdataset(...).map_batches(fn, batch_format="pyarrow")``."""
+    """``stage`` as a function for ``map_batches(fn, batch_format="pyarrow")`` over WebDataset rows.
+
+    Read the shards with ``ray.data.read_webdataset(paths, decoder=None)``: stages measure the encoded image
+    (format, bytes), which Ray's default decoder replaces with pixel arrays.
+    """
     return WebDatasetStage(stage)
 
 
 def webdataset_columns(batch: pa.Table) -> pa.Table:
     """WebDataset members (``jpg``/``png``/``webp``, ``txt``, ``json``) as the columns stages read."""
     images = [c for c in IMAGE_EXTENSIONS if c in batch.column_names]
+    for name in images:
+        kind = batch.schema.field(name).type
+        if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_null(kind)):
+            raise TypeError(
+                f"WebDataset member {name!r} is decoded ({kind}): stages measure the encoded bytes. "
+                "Read with ray.data.read_webdataset(..., decoder=None)."
+            )
     if images and "image" not in batch.column_names:
         rows = zip(*(batch.column(c).to_pylist() for c in images), strict=True)
         image = pa.array([next((v for v in row if v is not None), None) for row in rows], pa.binary())

@@ -68,11 +68,11 @@ def table_run(served_corpus, ray_session, tmp_path_factory):
     )
     table = pq.read_table(served_corpus.urls, columns=["url", "caption"])
     run_dir = tmp_path_factory.mktemp("api") / "run"
-    return table, curate.run(recipe, input=table, output=run_dir)
+    return recipe, table, curate.run(recipe, input=table, output=run_dir)
 
 
 def test_run_on_a_table_decides_every_row(table_run, served_corpus):
-    table, result = table_run
+    _, table, result = table_run
     assert pq.read_table(Path(result.run_dir) / "input_table").equals(table)
     steps = result.funnel["steps"]
     assert steps["input"] == len(table) == len(served_corpus.rows)
@@ -81,13 +81,13 @@ def test_run_on_a_table_decides_every_row(table_run, served_corpus):
 
 
 def test_open_run_gives_tables_manifest_and_funnel(table_run):
-    table, result = table_run
+    _, table, result = table_run
     with curate.open_run(result.run_dir) as run:
-        assert run.samples.count("*").fetchone()[0] == len(table)
-        decisions = run.decisions.arrow()
+        assert run.samples.count("*").fetchall()[0][0] == len(table)
+        decisions = run.decisions.to_arrow_table()
         assert set(decisions.column_names) >= {"key", "keep", "reason"}
-        assert run.kept.count("*").fetchone()[0] == sum(decisions.column("keep").to_pylist())
-        assert run.sql("SELECT count(*) FROM decisions WHERE NOT keep").fetchone()[0] == len(table) - sum(
+        assert run.kept.count("*").fetchall()[0][0] == sum(decisions.column("keep").to_pylist())
+        assert run.sql("SELECT count(*) FROM decisions WHERE NOT keep").fetchall()[0][0] == len(table) - sum(
             decisions.column("keep").to_pylist()
         )
         assert run.funnel() == result.funnel
@@ -97,11 +97,11 @@ def test_open_run_gives_tables_manifest_and_funnel(table_run):
 
 
 def test_decide_again_and_rerun_resume(table_run):
-    table, result = table_run
+    recipe, table, result = table_run
     stricter = curate.decide(result.run_dir, overrides=["decide.image_size.min_side=100000"])
     assert stricter.funnel["steps"]["kept"] == 0
     assert stricter.funnel["rejected"]["too_small"] > result.funnel["rejected"]["too_small"]
-    assert curate.run(curate.Recipe.from_yaml("demo"), table, result.run_dir, until="acquire").funnel == {}  # resumes
+    assert curate.run(recipe, table, result.run_dir, until="acquire").funnel == {}  # resumes
     with pytest.raises(curate.InputError, match="different input table"):
         curate.run("demo", input=table.slice(0, 5), output=result.run_dir)
 
@@ -144,7 +144,7 @@ def test_stage_on_read_webdataset_rows(ray_session, tmp_path):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    ds = ray.data.read_webdataset(str(tmp_path / "00000.tar"))
+    ds = ray.data.read_webdataset(str(tmp_path / "00000.tar"), decoder=None)
     stage = curate.for_webdataset(curate.stages.ImageSignals())
     rows = {r["__key__"]: r for r in ds.map_batches(stage, batch_format="pyarrow").take_all()}
     assert (rows["a"]["width"], rows["a"]["height"], rows["a"]["format"]) == (800, 400, "jpeg")
