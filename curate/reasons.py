@@ -45,6 +45,8 @@ REASONS: dict[str, str] = {
     "acquire.disallowed_header_directives (noai, noimageai, ... ; scoped to user_agent_token too).",
     "no_image": "The input's shard has a record for the sample but no image (a WebDataset key with a .txt "
     "or .json and no .jpg/.jpeg/.png/.webp member); nothing was downloaded.",
+    "blocklisted": "The image's sha256, or its pHash within the blocklist policy's k bits, is on the recipe's "
+    "hash blocklist (the list's own sha256 is recorded in the manifest; the list is never copied).",
     "dup_exact": "Same bytes (sha256) as a kept sample, or the same values of the exact_dedup "
     "policy's `by` columns; dup_of names the kept key.",
 }

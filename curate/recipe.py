@@ -21,6 +21,7 @@ from curate.acquire.inputs import InputConfig
 from curate.acquire.raw import BASE_COLUMNS
 from curate.decide.balance import Balance
 from curate.decide.base import Policy
+from curate.decide.blocklist import Blocklist
 from curate.decide.dedup import Decontaminate, ExactDedup, NearDedup, SemanticDedup
 from curate.decide.thresholds import (
     Availability,
@@ -54,6 +55,7 @@ POLICIES: dict[str, type[Policy]] = {
     p.name: p
     for p in (
         UrlFilter,
+        Blocklist,
         ImageSize,
         CaptionLength,
         CaptionBoilerplate,
