@@ -5,12 +5,14 @@ Each is the class a recipe's ``- policy: NAME`` entry builds (:data:`curate.reci
 
 from curate.decide.balance import Balance
 from curate.decide.base import Policy, PolicyConfig
+from curate.decide.blocklist import Blocklist
 from curate.decide.dedup import Decontaminate, ExactDedup, NearDedup, SemanticDedup
 from curate.decide.thresholds import CaptionBoilerplate, CaptionLength, ClipScore, ImageSize, Language
 from curate.decide.urls import UrlFilter
 
 __all__ = [
     "Balance",
+    "Blocklist",
     "CaptionBoilerplate",
     "CaptionLength",
     "ClipScore",

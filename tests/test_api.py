@@ -28,6 +28,15 @@ def test_import_is_cheap_and_exports_what_all_names():
     assert all(getattr(curate, name) is not None for name in curate.__all__)
 
 
+def test_stages_and_policies_name_every_registered_class():
+    from curate.recipe import ENRICH_STAGES, POLICIES, STAGES
+
+    exported = {getattr(curate.stages, n) for n in curate.stages.__all__} | {
+        getattr(curate.policies, n) for n in curate.policies.__all__
+    }
+    assert {*STAGES.values(), *ENRICH_STAGES.values(), *POLICIES.values()} <= exported
+
+
 def test_recipe_from_keywords_equals_the_yaml_one():
     built = curate.Recipe(
         annotate=[curate.stages.ImageSignals(batch_size=64), curate.stages.CaptionSignals()],
