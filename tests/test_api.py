@@ -124,6 +124,17 @@ def test_run_on_a_dataframe(served_corpus, ray_session, tmp_path):
     assert [u for (u,) in urls] == frame["url"].tolist()
 
 
+def test_run_on_a_ray_dataset_writes_its_rows_with_ray(served_corpus, ray_session, tmp_path):
+    import ray
+
+    table = pq.read_table(served_corpus.urls, columns=["url", "caption"]).slice(0, 12)
+    recipe = curate.Recipe(acquire=LOOPBACK)
+    result = curate.run(recipe, input=ray.data.from_arrow(table), output=tmp_path / "run", until="acquire")
+    stored = pq.read_table(tmp_path / "run" / "input_table")
+    assert sorted(stored.column("url").to_pylist()) == sorted(table.column("url").to_pylist())
+    assert result.manifest["steps"]["acquire"]["status"] == "done"
+
+
 def test_readme_python_example_runs(served_corpus, ray_session, tmp_path, monkeypatch):
     section = README.read_text().split("## Python API", 1)[1]
     code = section.split("```python", 1)[1].split("```", 1)[0]

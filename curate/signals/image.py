@@ -35,7 +35,8 @@ class ImageSignals(Stage):
 
     ``width``/``height`` are the displayed size (EXIF orientation applied) of the image as served.
     When acquire downscaled it (``acquire.max_side``), they are img2dataset's ``original_width``/
-    ``original_height``; ``bytes`` and ``format`` always describe the stored file.
+    ``original_height`` (optional reads: without them, e.g. on WebDataset rows with no ``json``, the size is
+    the decoded image's); ``bytes`` and ``format`` always describe the stored file.
     """
 
     name = "image"
