@@ -169,6 +169,9 @@ def stats(
     languages: Annotated[bool, typer.Option("--languages", help="Rows and kept rows per caption language.")] = False,
     duplicates: Annotated[bool, typer.Option("--duplicates", help="Duplicate clusters by reason and size.")] = False,
     scores: Annotated[bool, typer.Option("--scores", help="CLIP score distribution and thresholds.")] = False,
+    heads: Annotated[
+        bool, typer.Option("--heads", help="Learned scores (head, score policies): quantiles, cut, rejected.")
+    ] = False,
     unsafe_sql: Annotated[
         bool,
         typer.Option(
@@ -189,6 +192,7 @@ def stats(
         raise typer.BadParameter(f"{format!r}: use {', '.join(FORMATS)}", param_hint="--format")
     runs, sql_text = _runs_and_sql(run_dir, sql)
     flags = {"funnel": funnel, "languages": languages, "concepts": concepts, "duplicates": duplicates, "scores": scores}
+    flags["heads"] = heads
     wanted = [name for name, on in flags.items() if on]
     if plot and (not concepts or len(runs) > 1):
         raise typer.BadParameter("--plot goes with --concepts and one run")
@@ -421,6 +425,24 @@ def train_llava(
     summary = train(_preset(LlavaTrainConfig, config, overrides), data, output, stages, resume)
     rows = [(f"{name}.{k}", v) for name, last in summary.items() for k, v in last.items()]
     print_rows(["metric", "value"], rows, "table")
+
+
+@train_app.command("head")
+def train_head(
+    run: Annotated[str, typer.Option("--run", help="A run with RUN/embeddings (the clip stage ran).")],
+    labels: Annotated[Path, typer.Option("--labels", help="Parquet or CSV of key,label (0/1 or numbers).")],
+    output: Annotated[Path, typer.Option("--output", help="The head folder to write (head.json + head.pt).")],
+    hidden: Annotated[
+        list[int] | None, typer.Option("--hidden", help="Hidden layer size; repeat for two (default: none).")
+    ] = None,
+    holdout: Annotated[float, typer.Option("--holdout", help="Fraction of labels held out to measure.")] = 0.2,
+    seed: Annotated[int, typer.Option("--seed", help="Split and initialisation seed.")] = 0,
+) -> None:
+    """A head (logistic regression or small MLP) on stored embeddings; use it with decide's `head` policy."""
+    from curate.train.head import train_head as train
+
+    summary = train(run, labels, output, hidden=hidden, holdout=holdout, seed=seed)
+    print_rows(["metric", "value"], sorted(summary.items()), "table")
 
 
 @app.command()

@@ -7,6 +7,7 @@ from curate.decide.balance import Balance
 from curate.decide.base import Policy, PolicyConfig
 from curate.decide.blocklist import Blocklist
 from curate.decide.dedup import Decontaminate, ExactDedup, NearDedup, SemanticDedup
+from curate.decide.head import HeadPolicy, ScoreCut
 from curate.decide.thresholds import CaptionBoilerplate, CaptionLength, ClipScore, ImageSize, Language
 from curate.decide.urls import UrlFilter
 
@@ -18,11 +19,13 @@ __all__ = [
     "ClipScore",
     "Decontaminate",
     "ExactDedup",
+    "HeadPolicy",
     "ImageSize",
     "Language",
     "NearDedup",
     "Policy",
     "PolicyConfig",
+    "ScoreCut",
     "SemanticDedup",
     "UrlFilter",
 ]

@@ -52,8 +52,21 @@ REASONS: dict[str, str] = {
 }
 
 
+DECLARED: dict[str, str] = {}
+"""Codes a recipe defines itself (the ``head`` policy's ``reason``), declared in this process by the policy
+that uses them; the recipe is their documentation. They never shadow a code of :data:`REASONS`."""
+
+
+def declare(reason: str, meaning: str) -> str:
+    """Accept ``reason`` as a recipe-defined code in this process (see :data:`DECLARED`)."""
+    if reason in REASONS:
+        raise KeyError(f"reason code {reason!r} is built in; a recipe-defined code needs its own name")
+    DECLARED[reason] = meaning
+    return reason
+
+
 def check(reason: str) -> str:
-    """Return ``reason`` if it is a documented code, else raise ``KeyError``."""
-    if reason not in REASONS:
+    """Return ``reason`` if it is a documented or declared code, else raise ``KeyError``."""
+    if reason not in REASONS and reason not in DECLARED:
         raise KeyError(f"undocumented reason code {reason!r}: add it to curate/reasons.py")
     return reason

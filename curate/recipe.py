@@ -23,6 +23,7 @@ from curate.decide.balance import Balance
 from curate.decide.base import Policy
 from curate.decide.blocklist import Blocklist
 from curate.decide.dedup import Decontaminate, ExactDedup, NearDedup, SemanticDedup
+from curate.decide.head import HeadPolicy, ScoreCut
 from curate.decide.thresholds import (
     Availability,
     CaptionBoilerplate,
@@ -36,6 +37,7 @@ from curate.emit.shards import EmitConfig
 from curate.enrich.recaption import Recaption
 from curate.errors import UserError
 from curate.signals.caption import CaptionSignals
+from curate.signals.classifier import ImageClassifier
 from curate.signals.clip import ClipScore
 from curate.signals.concepts import ConceptMatch
 from curate.signals.hashes import Hashes
@@ -44,7 +46,7 @@ from curate.signals.language import LanguageID
 from curate.stage import Stage
 
 STAGES: dict[str, type[Stage]] = {
-    s.name: s for s in (ImageSignals, Hashes, CaptionSignals, LanguageID, ClipScore, ConceptMatch)
+    s.name: s for s in (ImageSignals, Hashes, CaptionSignals, LanguageID, ClipScore, ConceptMatch, ImageClassifier)
 }
 """Annotate stages by the name recipes use."""
 
@@ -65,6 +67,8 @@ POLICIES: dict[str, type[Policy]] = {
         NearDedup,
         SemanticDedup,
         Decontaminate,
+        HeadPolicy,
+        ScoreCut,
         Balance,
     )
 }
@@ -287,6 +291,8 @@ def check_columns(recipe: Recipe) -> None:
                 f"{recipe.source}: {where} reads {missing}, which no annotate stage writes. "
                 f"Add {hint or 'a stage that writes them'} to annotate."
             )
+    for policy in recipe.decide:
+        policy.check(recipe)
 
 
 def apply_override(data: dict[str, Any], item: str, source: Path | str = "<recipe>") -> None:
@@ -310,7 +316,7 @@ def _child(node: Any, part: str, path: list[str], root: dict, source: Path | str
         for entry in node:
             if isinstance(entry, dict) and entry.get(tag) == part:
                 return entry
-        if path[0] == "enrich":  # enrich stages are unordered: --set may add one
+        if path[0] in ("enrich", "decide"):  # --set may add a policy (applied last) or an enrich stage
             node.append({tag: part})
             return node[-1]
         names = [e.get(tag) for e in node if isinstance(e, dict)]
@@ -366,7 +372,7 @@ def _explain(err: ValidationError, model: type[BaseModel], where: str) -> str:
     known = sorted(model.model_fields)
     if first["type"] == "extra_forbidden":
         return f"{where}: unknown parameter {name!r}{_suggest(name, known)}. Known parameters: {', '.join(known)}"
-    field_info = model.model_fields.get(str(first["loc"][0]))
+    field_info = model.model_fields.get(str(first["loc"][0])) if first["loc"] else None
     doc = f" ({field_info.description})" if field_info and field_info.description else ""
     return f"{where}: parameter {name!r}: {first['msg']}, got {first.get('input')!r}{doc}"
 

@@ -6,6 +6,7 @@ runs on its own: ``stage(table)`` appends its ``writes`` to a ``pyarrow.Table`` 
 
 from curate.enrich.recaption import Recaption
 from curate.signals.caption import CaptionSignals
+from curate.signals.classifier import ImageClassifier
 from curate.signals.clip import ClipScore
 from curate.signals.concepts import ConceptMatch
 from curate.signals.hashes import Hashes
@@ -18,6 +19,7 @@ __all__ = [
     "ClipScore",
     "ConceptMatch",
     "Hashes",
+    "ImageClassifier",
     "ImageSignals",
     "LanguageID",
     "Recaption",

@@ -86,9 +86,10 @@ def write_by_shard(con: duckdb.DuckDBPyConnection, folder: Path) -> int:
     Returns the number of files written.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    scores = "".join(f', "{c}"' for c in score_columns(con))
     reader = con.sql(
-        """SELECT _shard, key, url, caption, reason IS NULL AS keep, reason, stage, dup_of
-           FROM verdict ORDER BY _shard, key"""
+        f"""SELECT _shard, key, url, caption, reason IS NULL AS keep, reason, stage, dup_of{scores}
+            FROM verdict ORDER BY _shard, key"""
     ).fetch_arrow_reader(BATCH_ROWS)
     writer: pq.ParquetWriter | None = None
     current, written = None, 0
@@ -105,6 +106,11 @@ def write_by_shard(con: duckdb.DuckDBPyConnection, folder: Path) -> int:
     else:  # no rows: one empty file keeps the columns readable
         pq.write_table(reader.schema.remove(0).empty_table(), folder / f"{UNSHARDED}.parquet")
     return written
+
+
+def score_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The ``score_{reason}`` columns policies added to ``verdict`` (a head policy's scores): decisions keep them."""
+    return [row[0] for row in con.sql("DESCRIBE verdict").fetchall() if row[0].startswith("score_")]
 
 
 def _runs(table: pa.Table) -> list[tuple[str, pa.Table]]:

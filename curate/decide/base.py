@@ -7,7 +7,7 @@ Policies apply in recipe order; a row keeps the first reason it gets.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import duckdb
 import pyarrow as pa
@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict
 
 from curate import reasons
 from curate.stage import make_config
+
+if TYPE_CHECKING:
+    from curate.recipe import Recipe
 
 
 class PolicyConfig(BaseModel):
@@ -78,6 +81,9 @@ class Policy:
 
     def __init__(self, config: PolicyConfig | None = None, **params: Any) -> None:
         self.config: Any = make_config(self.Config, config, params, f"{type(self).__name__} (policy {self.name!r})")
+
+    def check(self, recipe: Recipe) -> None:
+        """Fail fast while the recipe is validated, on the driver (e.g. a head made for another CLIP model)."""
 
     def apply(self, db: DecideDB) -> None:
         """Reject rows through ``db.reject_where`` or ``db.reject_keys``."""

@@ -133,6 +133,19 @@ def clip_scores(ctx: Context) -> Section | None:
     )
 
 
+def learned_scores(ctx: Context) -> Section | None:
+    """Histograms of each head or classifier score, kept over rejected by its reason, with the cut."""
+    cuts = stats.score_cuts(ctx.manifest) if ctx.decided else []
+    if not cuts:
+        return None
+    panels = [
+        plots.Panel(f"{c['reason']} score", stats.values_by_outcome(ctx.con, c["expr"], [c["reason"]]), c["lines"])
+        for c in cuts
+    ]
+    png = plots.histograms(panels, "Learned scores", ctx.out / "learned_scores.png")
+    return Section("heads", "Learned scores", ctx.figure(png, "Dashed: the cut.") + table(stats.heads(ctx.run_dir)))
+
+
 def caption_length(ctx: Context) -> Section | None:
     """Histograms of caption characters (and words, when the caption stage ran), with thresholds."""
     if not ctx.columns:
@@ -258,6 +271,7 @@ SECTIONS: tuple[Callable[[Context], Section | None], ...] = (
     overview,
     funnel,
     clip_scores,
+    learned_scores,
     caption_length,
     image_sides,
     languages,

@@ -243,12 +243,45 @@ def _score_summary(con: duckdb.DuckDBPyConnection, where: str) -> list:
     return [n, *(None if v is None else round(float(v), 4) for v in values)]
 
 
+def score_cuts(manifest: dict) -> list[dict]:
+    """The recipe's learned-score cuts: each ``head`` and ``score`` policy's reason, SQL expression and cut lines."""
+    found = []
+    for entry in manifest.get("recipe", {}).get("decide", []):
+        if entry.get("policy") not in ("head", "score"):
+            continue
+        reason = entry["reason"]
+        expr = f'd."score_{reason}"' if entry["policy"] == "head" else f's."{entry["column"]}"'
+        lines = [(float(entry[k]), f"{k} {entry[k]}") for k in ("min_score", "max_score") if entry.get(k) is not None]
+        found.append({"reason": reason, "expr": expr, "lines": lines, "policy": entry["policy"]})
+    return found
+
+
+def heads(run_dir: str | Path) -> Rows:
+    """Per learned score (``head`` and ``score`` policies): rows scored, quantiles, the cut, rows it rejected."""
+    with opened(run_dir) as con:
+        cuts = score_cuts(Manifest(run_dir).data)
+        if not cuts or not columns(con, "decisions"):
+            raise NotInRun("no head or score policy in this run's recipe (see README: learned heads)")
+        rows = []
+        for cut in cuts:
+            n, q, rejected = con.execute(
+                f"""SELECT count({cut["expr"]}), quantile_cont({cut["expr"]}, [0.1, 0.5, 0.9]),
+                           count(*) FILTER (WHERE d.reason = $reason)
+                    FROM samples s JOIN decisions d USING (key)""",
+                {"reason": cut["reason"]},
+            ).fetchone()
+            q = [None if v is None else round(float(v), 4) for v in (q or [None] * 3)]
+            rows.append((cut["reason"], cut["policy"], n, *q, "; ".join(label for _, label in cut["lines"]), rejected))
+    return Rows(["reason", "policy", "scored", "p10", "median", "p90", "cut", "rejected"], rows)
+
+
 CANNED: dict[str, Callable[[str | Path], Rows]] = {
     "funnel": funnel_rows,
     "languages": languages,
     "concepts": concepts,
     "duplicates": duplicates,
     "scores": scores,
+    "heads": heads,
 }
 """The canned queries by name: ``curate stats RUN --NAME``."""
 
