@@ -20,10 +20,17 @@ from curate.recipe import Recipe
 from curate.stage import Stage
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     import duckdb
+    import pandas
     import pyarrow.dataset as ds
+    import ray.data
 
     from curate.run import RunResult
+
+    RunInput: TypeAlias = str | Path | Sequence[str | Path] | pa.Table | pandas.DataFrame | ray.data.Dataset
+    """What :func:`run` reads: a URL list, img2dataset folder or tars (path, URL, glob, list), or a table."""
 
 INPUT_TABLE = "input_table"
 """``RUN/input_table/``: where :func:`run` writes an in-memory input as a Parquet URL list."""
@@ -34,7 +41,7 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
 def run(
     recipe: Recipe | str | Path,
-    input: Any,
+    input: RunInput,
     output: str | Path,
     *,
     overrides: Sequence[str] = (),
@@ -58,7 +65,10 @@ def run(
     elif overrides:
         raise TypeError("overrides apply to a recipe given by name or path; change a Recipe object directly")
     run_dir = absolute(output)
-    source = write_input(input, run_dir) if is_in_memory(input) else input
+    if is_in_memory(input):
+        source: Any = write_input(input, run_dir)
+    else:
+        source = absolute(input) if isinstance(input, str | Path) else [absolute(p) for p in input]
     return run_pipeline(recipe, source, run_dir, address=address, until=until, retry_failed=retry_failed)
 
 
