@@ -233,7 +233,11 @@ class WebDatasetStage:
         self.stage = stage
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.stage(webdataset_columns(batch))
+        batch = webdataset_columns(batch)
+        missing = [c for c in self.stage.reads if c not in batch.column_names]
+        if missing:
+            raise KeyError(f"stage {self.stage.name!r} reads {missing}; the WebDataset rows have {batch.column_names}")
+        return self.stage(batch)
 
 
 def for_webdataset(stage: Stage) -> Callable[[pa.Table], pa.Table]:
