@@ -65,6 +65,7 @@ def run(
     elif overrides:
         raise TypeError("overrides apply to a recipe given by name or path; change a Recipe object directly")
     run_dir = absolute(output)
+    storage.configure(recipe.storage_options)  # the run directory may be on object storage
     if is_in_memory(input):
         source: Any = write_input(input, run_dir)
     else:
