@@ -29,7 +29,7 @@ import pyarrow as pa
 from annotate import make_captions, make_images  # sibling script: same synthetic images
 
 from curate import runtime
-from curate.signals.clip import ClipScore
+from curate.signals.clip import ClipScorer
 
 
 def table(n: int) -> pa.Table:
@@ -44,7 +44,7 @@ def table(n: int) -> pa.Table:
 
 def split_rates(model: str, data: pa.Table, batch_size: int) -> dict:
     """images/s of the CPU half and of the model half, in this process."""
-    stage = ClipScore(ClipScore.Config(model=model, batch_size=batch_size))
+    stage = ClipScorer(ClipScorer.Config(model=model, batch_size=batch_size))
     stage.ensure_setup()
     batches = [data.slice(i, batch_size) for i in range(0, len(data), batch_size)]
     start = time.perf_counter()
@@ -59,10 +59,10 @@ def split_rates(model: str, data: pa.Table, batch_size: int) -> dict:
 
 def ray_rate(model: str, data: pa.Table, batch_size: int, actors: int) -> float:
     """images/s through Ray Data (actor pool), wall clock, model load excluded by a warm-up run."""
-    cfg = ClipScore.Config(model=model, batch_size=batch_size, actors=actors)
-    runtime.run_stage(data.slice(0, batch_size), ClipScore(cfg))  # warm-up: workers, imports
+    cfg = ClipScorer.Config(model=model, batch_size=batch_size, actors=actors)
+    runtime.run_stage(data.slice(0, batch_size), ClipScorer(cfg))  # warm-up: workers, imports
     start = time.perf_counter()
-    out = runtime.run_stage(data, ClipScore(cfg))
+    out = runtime.run_stage(data, ClipScorer(cfg))
     assert len(out) == len(data)
     return len(data) / (time.perf_counter() - start)
 

@@ -123,7 +123,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from curate.bench import NO_FILTER, bench_quality, quality_table
-    from curate.cli import print_rows
+    from curate.console import print_rows
     from curate.demo.server import LoopbackServer
 
     start = time.perf_counter()

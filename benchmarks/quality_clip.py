@@ -119,11 +119,11 @@ def _lr(step: int, steps: int, lr: float, warmup: int = 20) -> float:
 
 def score_pairs(model_dir: Path, images: list[bytes], captions: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The clip stage run in process: (clip_score, image embeddings, text embeddings) per pair."""
-    from curate.signals.clip import ClipScore
+    from curate.signals.clip import ClipScorer
 
     batch = pa.table({"key": [f"{i:09d}" for i in range(len(images))], "image": pa.array(images, pa.binary()),
                       "caption": captions})  # fmt: skip
-    out = ClipScore(ClipScore.Config(model=str(model_dir), batch_size=64))(batch)
+    out = ClipScorer(ClipScorer.Config(model=str(model_dir), batch_size=64))(batch)
     emb = {c: np.array(out.column(c).to_pylist(), np.float32) for c in ("clip_image_emb", "clip_text_emb")}
     return np.array(out.column("clip_score").to_pylist(), np.float32), emb["clip_image_emb"], emb["clip_text_emb"]
 

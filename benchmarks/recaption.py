@@ -30,6 +30,7 @@ import yaml
 from annotate import make_images  # sibling script: the same synthetic ~256 px JPEGs
 
 from curate import runtime
+from curate.device import pick_device
 from curate.enrich.recaption import Recaption, decode_image
 from curate.models.captioner import LlavaCaptioner
 from curate.models.llava import build_llava, save_llava
@@ -89,8 +90,6 @@ def ray_rate(folder: Path, images: list[bytes], batch_size: int, max_new_tokens:
 
 
 def main() -> None:
-    import torch
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--n", type=int, default=128)
     parser.add_argument("--sizes", nargs="+", default=["tiny"], choices=sorted(SIZES))
@@ -99,7 +98,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--out", default="benchmarks/results/recaption.json")
     args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(pick_device())
     images = make_images(args.n)
     rows = []
     with tempfile.TemporaryDirectory() as tmp, runtime.session():

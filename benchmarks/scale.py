@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
+
+from curate.demo.synthetic import tiny_image
 
 RECIPE = """\
 name: scale-benchmark
@@ -78,15 +79,12 @@ def _write_shard(folder: Path, shard: int, ids: np.ndarray) -> None:
     name = f"{shard:05d}"
     keys = [f"{name}{i % PER_SHARD:04d}" for i in ids]
     rng = np.random.default_rng(shard)
-    pixels = rng.integers(0, 256, (len(ids), 4, 4, 3), dtype=np.uint8)
     with tarfile.open(folder / f"{name}.tar", "w") as tar:
-        for key, p in zip(keys, pixels, strict=True):
-            buf = io.BytesIO()
-            Image.fromarray(p).resize((16, 16), Image.NEAREST).save(buf, format="JPEG", quality=90)
+        for key, i in zip(keys, ids, strict=True):
+            data = tiny_image(int(i), size=(16, 16))
             info = tarfile.TarInfo(f"{key}.jpg")
-            info.size = buf.tell()
-            buf.seek(0)
-            tar.addfile(info, buf)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
     words = np.array(WORDS)
     captions = [" ".join(words[rng.integers(0, len(WORDS), 5)]) + f" {i}" for i in ids]
     table = pa.table(

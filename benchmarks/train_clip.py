@@ -54,6 +54,8 @@ from pathlib import Path
 import yaml
 from PIL import Image, ImageDraw
 
+from curate.device import pick_device
+
 COLOURS = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -289,14 +291,6 @@ def print_table(summary: dict, runs: list[dict]) -> None:
     print(f"ratio curate / open_clip (steady median): {summary['ratio']:.3f}  (claim: >= 0.95)")
 
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def environment() -> dict:
     import open_clip
     import torch
@@ -331,7 +325,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    args.device = resolve_device(args.device)
+    args.device = str(pick_device(args.device))
     with tempfile.TemporaryDirectory(prefix="bench-train-clip-") as tmp:
         root = Path(tmp)
         start = time.perf_counter()

@@ -18,10 +18,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
+from pydantic import BaseModel, ConfigDict, Field
 
-from curate import resources
+from curate import config
 from curate.acquire.inputs import InputError
+from curate.errors import EvalError
 from curate.recipe import Recipe, build_recipe, load_recipe
 
 NO_FILTER = "no-filter"
@@ -48,15 +49,22 @@ def no_filter(like: Recipe) -> Recipe:
     return build_recipe(data, f"{like.source} (no filter)")
 
 
-def read_eval_spec(path: str | Path) -> dict:
-    """``{data, zero_shot}`` from an eval YAML; a clear error when ``data`` is missing."""
-    try:
-        spec = yaml.safe_load(resources.resolve("eval", path).read_text()) or {}
-    except FileNotFoundError as err:
-        raise InputError(str(err)) from None
-    if not spec.get("data"):
-        raise InputError(f"{path}: an eval spec needs `data:` (held-out WebDataset shards) and may name `zero_shot:`")
-    return {"data": str(spec["data"]), "zero_shot": spec.get("zero_shot")}
+class EvalSpec(BaseModel):
+    """An eval spec of ``curate bench quality --eval`` (the format of the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = Field("", description="Free text: what the eval measures.")
+    data: str = Field(
+        min_length=1, description="Held-out WebDataset shards the models never train on (folder, glob, {a..b})."
+    )
+    zero_shot: str | None = Field(None, description="A zero-shot task file or bundled name (shapes).")
+
+
+def read_eval_spec(path: str | Path, overrides: config.Overrides = None) -> dict:
+    """``{data, zero_shot}`` from an eval YAML (a path or bundled name) with ``overrides``; raises EvalError."""
+    spec = config.load(EvalSpec, "eval", path, overrides, EvalError)
+    return spec.model_dump(exclude={"description"})
 
 
 def bench_quality(

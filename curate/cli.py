@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from curate import reasons as reason_codes
 from curate import storage
 from curate.acquire.inputs import InputError
-from curate.recipe import RecipeError, load_recipe
+from curate.console import console, print_rows
+from curate.errors import UserError
+from curate.recipe import load_recipe
 from curate.train.cli_eval import eval_clip
 
 HELP = {"help_option_names": ["-h", "--help"]}  # sub-commands inherit it from the app's context
@@ -27,10 +27,17 @@ app = typer.Typer(
     context_settings=HELP,
     help="Data curation for image-text datasets.",
 )
-console = Console(stderr=True)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe value: KEY.PATH=VALUE.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="KEY.PATH=VALUE",
+        help="Override a value of the recipe or preset; VALUE is YAML, list entries go by name "
+        "(decide.image_size.min_side=128). Repeatable.",
+    ),
+]
 AddressOpt = Annotated[
     str | None,
     typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join (default: embedded)."),
@@ -361,14 +368,6 @@ app.add_typer(eval_app, name="eval")
 eval_app.command("clip")(eval_clip)
 
 
-def _preset(config_cls: type, config: Path, overrides: dict):
-    """A training preset (file or bundled name); a missing one is an input error (exit 2)."""
-    try:
-        return config_cls.from_yaml(config, overrides)
-    except FileNotFoundError as err:
-        raise InputError(str(err)) from None
-
-
 @train_app.command("clip")
 def train_clip(
     config: Annotated[
@@ -382,13 +381,10 @@ def train_clip(
     address: AddressOpt = None,
 ) -> None:
     """Contrastive (CLIP) training: open_clip model + loss, WebDataset streaming, warmup + cosine."""
-    import yaml
-
     from curate.train.clip import ClipTrainConfig
     from curate.train.clip import train_clip as train
 
-    overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in set or [])}
-    cfg = _preset(ClipTrainConfig, config, overrides)
+    cfg = ClipTrainConfig.from_yaml(config, set)
     if workers > 1:
         from curate import runtime
 
@@ -413,16 +409,13 @@ def train_llava(
     set: SetOpt = None,
 ) -> None:
     """LLaVA-style training: stage 1 aligns the projector, stage 2 tunes projector + LM (or LoRA)."""
-    import yaml
-
     from curate.train.llava import LlavaTrainConfig
     from curate.train.llava import train_llava as train
 
     if stage not in ("1", "2", "all"):
         raise typer.BadParameter(f"--stage {stage!r}: use 1, 2 or all")
-    overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in set or [])}
     stages = (1, 2) if stage == "all" else (int(stage),)
-    summary = train(_preset(LlavaTrainConfig, config, overrides), data, output, stages, resume)
+    summary = train(LlavaTrainConfig.from_yaml(config, set), data, output, stages, resume)
     rows = [(f"{name}.{k}", v) for name, last in summary.items() for k, v in last.items()]
     print_rows(["metric", "value"], rows, "table")
 
@@ -547,31 +540,11 @@ def print_funnel(result: dict) -> None:
     print_rows(["funnel", "rows", "of input"], rows, "table")
 
 
-def print_rows(columns: list[str], rows: list, fmt: str) -> None:
-    """Print rows as a rich table, CSV or JSON lines."""
-    if fmt == "json":
-        for row in rows:
-            sys.stdout.write(json.dumps(dict(zip(columns, row, strict=True)), default=str) + "\n")
-    elif fmt == "csv":
-        import csv
-
-        writer = csv.writer(sys.stdout)
-        writer.writerow(columns)
-        writer.writerows(rows)
-    elif fmt == "table":
-        table = Table(*columns)
-        for row in rows:
-            table.add_row(*("" if v is None else str(v) for v in row))
-        Console().print(table)
-    else:
-        raise typer.BadParameter(f"--format {fmt!r}: use table, csv or json")
-
-
 def main() -> None:
-    """Entry point: recipe and input problems print one clear line and exit 2."""
+    """Entry point: a user error (:class:`curate.errors.UserError`) prints one clear line and exits 2."""
     try:
         app()
-    except (RecipeError, InputError) as err:
+    except UserError as err:
         console.print("[red]error:[/red]", escape(str(err)), soft_wrap=True)  # one line, never markup
         sys.exit(2)
 

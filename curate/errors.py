@@ -2,7 +2,17 @@
 
 The CLI catches :class:`UserError` and prints one line (file, place, fix) with exit status 2;
 anything else is a bug and keeps its traceback. Each area subclasses it (``RecipeError``,
-``InputError``, ...) so library callers can catch one type or a precise one.
+``InputError``, ...) so library callers can catch one type or a precise one::
+
+    UserError
+    ├── ConfigError           a YAML file or --set (curate.config)
+    │   ├── RecipeError       (curate.recipe)
+    │   ├── PresetError       a trainer preset
+    │   └── EvalError         an eval spec, a zero-shot task, or data an evaluation cannot run on
+    ├── InputError            inputs and run directories (curate.acquire.inputs)
+    │   └── RunLocked, LlavaDataError, ...
+    ├── NotInRun              a query needs data the run lacks (curate.report.stats)
+    └── NotFound              a named file or folder is missing (also a FileNotFoundError)
 """
 
 from __future__ import annotations
@@ -10,3 +20,19 @@ from __future__ import annotations
 
 class UserError(ValueError):
     """A problem in what the user gave curate; the message names where it is and how to fix it."""
+
+
+class ConfigError(UserError):
+    """A config file (or a ``--set``) that does not read, override or validate."""
+
+
+class PresetError(ConfigError):
+    """A trainer preset (``curate train clip|llava --config``) that is missing or invalid."""
+
+
+class EvalError(ConfigError):
+    """An eval spec, a zero-shot task, or an input an evaluation cannot run on, phrased with the fix."""
+
+
+class NotFound(UserError, FileNotFoundError):
+    """A file or folder the user named does not exist (still a ``FileNotFoundError`` for callers)."""

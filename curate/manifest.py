@@ -17,6 +17,10 @@ from typing import Any
 from curate import storage
 from curate.io import write_json
 
+STEPS = ("acquire", "annotate", "decide", "enrich", "emit")
+"""The steps of a run in order, as ``curate run --until`` names them; every run that decides also
+writes the report (step ``report``)."""
+
 TRACKED_PACKAGES = ("curate", "ray", "img2dataset", "pyarrow", "duckdb", "pillow", "webdataset")
 
 

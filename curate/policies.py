@@ -8,7 +8,7 @@ from curate.decide.base import Policy, PolicyConfig
 from curate.decide.blocklist import Blocklist
 from curate.decide.dedup import Decontaminate, ExactDedup, NearDedup, SemanticDedup
 from curate.decide.head import HeadPolicy, ScoreCut
-from curate.decide.thresholds import CaptionBoilerplate, CaptionLength, ClipScore, ImageSize, Language
+from curate.decide.thresholds import CaptionBoilerplate, CaptionLength, ClipScoreFilter, ImageSize, Language
 from curate.decide.urls import UrlFilter
 
 __all__ = [
@@ -16,7 +16,7 @@ __all__ = [
     "Blocklist",
     "CaptionBoilerplate",
     "CaptionLength",
-    "ClipScore",
+    "ClipScoreFilter",
     "Decontaminate",
     "ExactDedup",
     "HeadPolicy",

@@ -6,16 +6,13 @@ that names the file, the place in it and the fix.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import fsspec
-import yaml
-from pydantic import BaseModel, ValidationError
 
-from curate import resources
+from curate import config, resources
 from curate.acquire.download import AcquireConfig
 from curate.acquire.inputs import InputConfig
 from curate.acquire.raw import BASE_COLUMNS
@@ -28,17 +25,17 @@ from curate.decide.thresholds import (
     Availability,
     CaptionBoilerplate,
     CaptionLength,
+    ClipScoreFilter,
     ImageSize,
     Language,
 )
-from curate.decide.thresholds import ClipScore as ClipScorePolicy
 from curate.decide.urls import UrlFilter
 from curate.emit.shards import EmitConfig
 from curate.enrich.recaption import Recaption
-from curate.errors import UserError
+from curate.errors import ConfigError
 from curate.signals.caption import CaptionSignals
 from curate.signals.classifier import ImageClassifier
-from curate.signals.clip import ClipScore
+from curate.signals.clip import ClipScorer
 from curate.signals.concepts import ConceptMatch
 from curate.signals.hashes import Hashes
 from curate.signals.image import ImageSignals
@@ -46,7 +43,7 @@ from curate.signals.language import LanguageID
 from curate.stage import Stage
 
 STAGES: dict[str, type[Stage]] = {
-    s.name: s for s in (ImageSignals, Hashes, CaptionSignals, LanguageID, ClipScore, ConceptMatch, ImageClassifier)
+    s.name: s for s in (ImageSignals, Hashes, CaptionSignals, LanguageID, ClipScorer, ConceptMatch, ImageClassifier)
 }
 """Annotate stages by the name recipes use."""
 
@@ -62,7 +59,7 @@ POLICIES: dict[str, type[Policy]] = {
         CaptionLength,
         CaptionBoilerplate,
         Language,
-        ClipScorePolicy,
+        ClipScoreFilter,
         ExactDedup,
         NearDedup,
         SemanticDedup,
@@ -80,7 +77,12 @@ PIPELINES_DIR = resources.folder("recipe")
 SECTIONS = ("name", "description", "input", "acquire", "annotate", "decide", "enrich", "emit", "storage_options")
 
 
-class RecipeError(UserError):
+ENTRIES: config.Entries = {"annotate": ("stage", False), "decide": ("policy", True), "enrich": ("stage", True)}
+"""Lists of named entries, for ``--set decide.image_size.min_side=128``; ``--set`` may add a policy (applied
+last) or an enrich stage (``--set enrich.recaption.model=...``), not an annotate stage (order matters)."""
+
+
+class RecipeError(ConfigError):
     """A recipe problem, phrased as what is wrong and how to fix it."""
 
 
@@ -144,11 +146,7 @@ class Recipe:
 
 def find_recipe(name_or_path: str | Path) -> Path:
     """A recipe file by path, or by name among the bundled ``pipelines/`` (``demo`` → demo.yaml)."""
-    try:
-        return resources.resolve("recipe", name_or_path)
-    except FileNotFoundError:
-        known = ", ".join(list_recipes())
-        raise RecipeError(f"{name_or_path}: no such recipe file. Bundled recipes: {known}") from None
+    return config.find("recipe", name_or_path, "recipe", RecipeError)
 
 
 def list_recipes() -> list[str]:
@@ -156,25 +154,28 @@ def list_recipes() -> list[str]:
     return resources.names("recipe")
 
 
-def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override (``key.path=value``), validate and instantiate a recipe."""
-    path = find_recipe(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise RecipeError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe is a mapping with sections {', '.join(SECTIONS)}")
-    for item in overrides or []:
-        apply_override(data, item, path)
+def load_recipe(name_or_path: str | Path, overrides: config.Overrides = None) -> Recipe:
+    """Read, override (``key.path=value``, see :mod:`curate.config`), validate and instantiate a recipe."""
+    path, data = config.read_yaml("recipe", name_or_path, "recipe", RecipeError)
+    apply_overrides(data, overrides, path)
     return build_recipe(data, str(path))
+
+
+def apply_overrides(data: dict[str, Any], overrides: config.Overrides, source: Path | str = "<recipe>") -> None:
+    """Apply ``--set`` items to a recipe mapping: ``acquire.timeout=5``, ``decide.image_size.min_side=128``."""
+    config.apply_overrides(data, overrides, source, RecipeError, ENTRIES)
+
+
+def apply_override(data: dict[str, Any], item: str, source: Path | str = "<recipe>") -> None:
+    """Apply one ``--set`` item (see :func:`apply_overrides`)."""
+    apply_overrides(data, [item], source)
 
 
 def build_recipe(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
     """Validate a recipe given as a dict."""
     unknown = [k for k in data if k not in SECTIONS]
     if unknown:
-        raise RecipeError(f"{source}: unknown section {unknown[0]!r}{_suggest(unknown[0], SECTIONS)}")
+        raise RecipeError(f"{source}: unknown section {unknown[0]!r}{config.suggest(unknown[0], SECTIONS)}")
     return Recipe(  # checked by Recipe.__post_init__
         name=str(data.get("name") or Path(source).stem),
         description=str(data.get("description") or ""),
@@ -219,7 +220,7 @@ def _storage_options(value: Any, source: str) -> dict[str, dict[str, Any]]:
     for protocol, options in value.items():
         if protocol not in known:
             raise RecipeError(
-                f"{source}: storage_options: unknown protocol {protocol!r}{_suggest(str(protocol), known)}"
+                f"{source}: storage_options: unknown protocol {protocol!r}{config.suggest(str(protocol), known)}"
             )
         if not isinstance(options, dict):
             raise RecipeError(f"{source}: storage_options.{protocol} must be a mapping of options, {fix}")
@@ -295,42 +296,6 @@ def check_columns(recipe: Recipe) -> None:
         policy.check(recipe)
 
 
-def apply_override(data: dict[str, Any], item: str, source: Path | str = "<recipe>") -> None:
-    """Apply one ``--set`` item: ``acquire.timeout=5`` or ``decide.image_size.min_side=128``."""
-    if "=" not in item:
-        raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set acquire.timeout=5")
-    dotted, _, text = item.partition("=")
-    value = yaml.safe_load(text) if text else None
-    parts = dotted.strip().split(".")
-    node: Any = data
-    for depth, part in enumerate(parts[:-1]):
-        node = _child(node, part, parts[: depth + 1], data, source)
-    if isinstance(node, list):
-        raise RecipeError(f"--set {item!r}: name an entry of {'.'.join(parts[:-1])} and then a parameter")
-    node[parts[-1]] = value
-
-
-def _child(node: Any, part: str, path: list[str], root: dict, source: Path | str) -> Any:
-    if isinstance(node, list):
-        tag = "policy" if path[0] == "decide" else "stage"
-        for entry in node:
-            if isinstance(entry, dict) and entry.get(tag) == part:
-                return entry
-        if path[0] in ("enrich", "decide"):  # --set may add a policy (applied last) or an enrich stage
-            node.append({tag: part})
-            return node[-1]
-        names = [e.get(tag) for e in node if isinstance(e, dict)]
-        raise RecipeError(
-            f"--set {'.'.join(path)}: {source} has no {path[0]} entry {part!r} (entries: {names}). "
-            f"Add '- {tag}: {part}' to {path[0]} in the recipe first."
-        )
-    if not isinstance(node, dict):
-        raise RecipeError(f"--set {'.'.join(path)}: {'.'.join(path[:-1])} is not a section")
-    if node.get(part) is None:
-        node[part] = [] if (node is root and part in ("annotate", "decide", "enrich")) else {}
-    return node[part]
-
-
 def _list(data: dict, section: str, source: str) -> list:
     value = data.get(section) or []
     if not isinstance(value, list):
@@ -348,35 +313,12 @@ def _entry(entry: Any, index: int, section: str, tag: str, registry: dict, sourc
     name = params.pop(tag)
     if name not in registry:
         raise RecipeError(
-            f"{where}: unknown {tag} {name!r}{_suggest(str(name), registry)}. "
+            f"{where}: unknown {tag} {name!r}{config.suggest(str(name), registry)}. "
             f"Known {tag}s: {', '.join(sorted(registry))}"
         )
     cls = registry[name]
     return cls(_config(cls.Config, params, f"{where} ({tag} {name!r})"))
 
 
-def _config(model: type[BaseModel], params: Any, where: str) -> Any:
-    if params is None:
-        params = {}
-    if not isinstance(params, dict):
-        raise RecipeError(f"{where}: expected a mapping of parameters, got {params!r}")
-    try:
-        return model(**params)
-    except ValidationError as err:
-        raise RecipeError(_explain(err, model, where)) from None
-
-
-def _explain(err: ValidationError, model: type[BaseModel], where: str) -> str:
-    first = err.errors()[0]
-    name = ".".join(str(p) for p in first["loc"])
-    known = sorted(model.model_fields)
-    if first["type"] == "extra_forbidden":
-        return f"{where}: unknown parameter {name!r}{_suggest(name, known)}. Known parameters: {', '.join(known)}"
-    field_info = model.model_fields.get(str(first["loc"][0])) if first["loc"] else None
-    doc = f" ({field_info.description})" if field_info and field_info.description else ""
-    return f"{where}: parameter {name!r}: {first['msg']}, got {first.get('input')!r}{doc}"
-
-
-def _suggest(word: str, options) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+def _config(model: type[Any], params: Any, where: str) -> Any:
+    return config.validate(model, params, where, RecipeError)

@@ -34,7 +34,7 @@ from curate.emit.run import emit as emit_run
 from curate.enrich import store as enrich_store
 from curate.enrich.recaption import cache_key
 from curate.lock import LOCK_NAME, RunLock
-from curate.manifest import Manifest, versions
+from curate.manifest import STEPS, Manifest, versions
 from curate.reasons import REASONS
 from curate.recipe import Recipe, RecipeError, build_recipe
 from curate.report.html import write_report
@@ -49,9 +49,6 @@ class RunResult:
     funnel: dict
     manifest: dict
 
-
-STEPS = ("acquire", "annotate", "decide", "enrich", "emit")
-"""The steps ``--until`` names; every run that decides also writes the report (step ``report``)."""
 
 OUTPUT_FOLDERS = (
     "input",
@@ -122,7 +119,7 @@ def run_pipeline(
 
 def redecide(run_dir: str | Path, overrides: list[str] | None = None, address: str | None = None) -> RunResult:
     """Re-run decide and emit from stored signals with the run's recipe plus ``overrides``."""
-    from curate.recipe import apply_override
+    from curate.recipe import apply_overrides
 
     run_dir = str(run_dir)
     if not is_run(run_dir):
@@ -133,8 +130,7 @@ def redecide(run_dir: str | Path, overrides: list[str] | None = None, address: s
         if not manifest.done("annotate"):
             raise InputError(f"{run_dir}: annotate has not finished; run `curate run` to complete it first")
         data = json.loads(json.dumps(manifest.data["recipe"]))
-        for item in overrides or []:
-            apply_override(data, item, manifest.data.get("recipe_source", "<recipe>"))
+        apply_overrides(data, overrides, manifest.data.get("recipe_source", "<recipe>"))
         recipe = build_recipe(data, manifest.data.get("recipe_source", "<recipe>"))
         manifest.data["recipe"] = recipe.to_dict()
         with runtime.session(address):

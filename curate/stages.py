@@ -7,7 +7,7 @@ runs on its own: ``stage(table)`` appends its ``writes`` to a ``pyarrow.Table`` 
 from curate.enrich.recaption import Recaption
 from curate.signals.caption import CaptionSignals
 from curate.signals.classifier import ImageClassifier
-from curate.signals.clip import ClipScore
+from curate.signals.clip import ClipScorer
 from curate.signals.concepts import ConceptMatch
 from curate.signals.hashes import Hashes
 from curate.signals.image import ImageSignals
@@ -16,7 +16,7 @@ from curate.stage import Stage, StageConfig
 
 __all__ = [
     "CaptionSignals",
-    "ClipScore",
+    "ClipScorer",
     "ConceptMatch",
     "Hashes",
     "ImageClassifier",

@@ -141,3 +141,34 @@ def test_long_tail_plot_is_a_readable_png(tmp_path):
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size[0] > 300
         assert len(set(im.convert("L").getdata())) > 10  # lines were drawn, not a blank canvas
+
+
+def test_stats_concepts_shows_the_names_of_the_runs_vocabulary(tmp_path):
+    """`curate stats RUN --concepts` names each head concept from the vocabulary the run's recipe
+    recorded; a run whose vocabulary file is gone falls back to `#id`."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+
+    run = tmp_path / "run"
+    pool(tmp_path)
+    (run / "samples").mkdir(parents=True)
+    (tmp_path / "samples.parquet").rename(run / "samples" / "part.parquet")
+    decide(str(run / "samples" / "*.parquet"), [Balance(Balance.Config(t=400))], run / "decisions")
+    names = [f"thing {c:02d}" for c in range(N_CONCEPTS)]
+    vocabulary = tmp_path / "vocabulary.txt"
+    vocabulary.write_text("# a comment line\n" + "\n".join(name.upper() for name in names) + "\n")
+    recipe = {"annotate": [{"stage": "image"}, {"stage": "concepts", "vocabulary": str(vocabulary)}]}
+    (run / "manifest.json").write_text(json.dumps({"recipe": recipe, "steps": {}}))
+
+    def head() -> list[tuple[str, int]]:
+        result = CliRunner().invoke(app, ["stats", str(run), "--concepts", "--format", "json"])
+        assert result.exit_code == 0, result.output
+        rows = json.loads(result.stdout)["concepts"]
+        return [(r["concept (head) / summary"], r["before"]) for r in rows[:3]]
+
+    assert head() == [(names[c], ZIPF[c]) for c in range(3)]
+    vocabulary.unlink()
+    assert head() == [(f"#{c}", ZIPF[c]) for c in range(3)]

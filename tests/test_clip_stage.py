@@ -15,7 +15,7 @@ from curate.demo.server import LoopbackServer, write_url_list
 from curate.manifest import Manifest
 from curate.recipe import build_recipe
 from curate.run import redecide, run_pipeline
-from curate.signals.clip import ClipScore
+from curate.signals.clip import ClipScorer
 
 pytestmark = pytest.mark.slow
 
@@ -121,12 +121,12 @@ def test_actor_pool_scores_equal_in_process_scores(lit_model, curated_shards):
             "caption": [r["txt"].decode() for r in rows],
         }
     )
-    config = ClipScore.Config(model=str(lit_model), batch_size=16)
+    config = ClipScorer.Config(model=str(lit_model), batch_size=16)
     local = dict(
-        zip(batch.column("key").to_pylist(), ClipScore(config)(batch).column("clip_score").to_pylist(), strict=True)
+        zip(batch.column("key").to_pylist(), ClipScorer(config)(batch).column("clip_score").to_pylist(), strict=True)
     )
     with runtime.session(num_cpus=2):
-        remote_table = runtime.run_stage(batch, ClipScore(config))
+        remote_table = runtime.run_stage(batch, ClipScorer(config))
     remote = dict(
         zip(remote_table.column("key").to_pylist(), remote_table.column("clip_score").to_pylist(), strict=True)
     )

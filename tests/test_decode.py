@@ -19,7 +19,7 @@ from PIL import Image
 from curate.emit.webdataset import WebDatasetWriter
 from curate.enrich.recaption import decode_image
 from curate.report import grid
-from curate.signals.clip import ClipScore
+from curate.signals.clip import ClipScorer
 from curate.signals.image import measure_image, perceptual_hashes
 from curate.train.data import iter_pairs
 
@@ -86,8 +86,8 @@ def hamming(a: int, b: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def clip_stage() -> ClipScore:
-    return ClipScore(ClipScore.Config(model="clip-tiny"))
+def clip_stage() -> ClipScorer:
+    return ClipScorer(ClipScorer.Config(model="clip-tiny"))
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -248,4 +248,4 @@ def test_cli_on_a_model_folder_writes_eval_json(shards, tmp_path):
     assert saved["retrieval"]["n"] == 12 and "zero_shot" not in saved
     assert "retrieval.image_to_text_R@1" in result.output
     bad = CliRunner().invoke(app, [*args, "--zero-shot", "no-such-task"])
-    assert bad.exit_code != 0 and "no zero-shot task" in bad.output
+    assert isinstance(bad.exception, EvalError) and "no such zero-shot task" in str(bad.exception)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from curate.models.lid import ENV_VAR, LanguageIdentifier, bundled_lid_model, resolve_lid_model
-from curate.signals.language import LanguageConfig, LanguageID
+from curate.signals.language import LanguageID, LanguageIDConfig
 
 SENTENCES = {
     "en": [
@@ -146,7 +146,7 @@ def test_stage_writes_typed_columns():
 def test_stage_reads_the_configured_column():
     assert LanguageID.reads == ("caption",)
     assert LanguageID().reads == ("caption",)
-    stage = LanguageID(LanguageConfig(column="caption_norm"))
+    stage = LanguageID(LanguageIDConfig(column="caption_norm"))
     assert stage.reads == ("caption_norm",)
     batch = pa.table({"caption": ["x"], "caption_norm": [SENTENCES["it"][0]]})
     assert stage(batch).column("lang").to_pylist() == ["it"]

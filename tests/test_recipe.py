@@ -61,8 +61,12 @@ def test_set_overrides_by_entry_name_and_rejects_unknown_entries():
     recipe = load_recipe("demo", ["decide.image_size.min_side=200", "acquire.timeout=7.5"])
     assert recipe.decide[0].config.min_side == 200
     assert recipe.acquire.timeout == 7.5
-    with pytest.raises(RecipeError, match="no decide entry 'balance'"):
-        load_recipe("demo", ["decide.balance.t=3"])
+    with pytest.raises(RecipeError, match="no annotate entry 'clp'"):
+        load_recipe("demo", ["annotate.clp.model=x"])  # annotate order matters: --set cannot add a stage
+    added = load_recipe("demo", ["decide.url_filter.domains=[spam.example]"])  # --set may add a policy, applied last
+    assert added.decide[-1].name == "url_filter" and added.decide[-1].config.domains == ["spam.example"]
+    with pytest.raises(RecipeError, match=r"decide\[5\] \(policy 'url_filter'\): unknown parameter 'domain' \(did you"):
+        load_recipe("demo", ["decide.url_filter.domain=[spam.example]"])  # and checked like one in the file
     with pytest.raises(RecipeError, match="expected KEY=VALUE"):
         load_recipe("demo", ["acquire.timeout"])
 

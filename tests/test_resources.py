@@ -9,6 +9,7 @@ from curate import resources
 from curate.acquire.inputs import InputError
 from curate.bench import read_eval_spec
 from curate.cli import app
+from curate.errors import EvalError, PresetError
 from curate.recipe import RecipeError, find_recipe, load_recipe
 from curate.train.clip import ClipTrainConfig
 from curate.train.eval import load_task
@@ -74,10 +75,10 @@ def test_unknown_names_are_clear_errors(elsewhere):
         resources.resolve("train", "clip-tinny")
     with pytest.raises(ValueError, match="unknown kind of bundled file 'recipes'"):
         resources.folder("recipes")
-    with pytest.raises(InputError, match="no-such-spec"):
+    with pytest.raises(EvalError, match=r"no-such-spec\.yaml: no such eval spec file\. Bundled eval specs: shapes"):
         read_eval_spec("no-such-spec.yaml")
     result = CliRunner().invoke(app, ["train", "clip", "--config", "nope", "--data", "x", "--output", "y"])
-    assert isinstance(result.exception, InputError) and "no bundled train" in str(result.exception)
+    assert isinstance(result.exception, PresetError) and "Bundled presets: clip-tiny" in str(result.exception)
 
 
 def test_curate_bundled_lists_the_files_and_prints_one_path(elsewhere):

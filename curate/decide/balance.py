@@ -45,9 +45,7 @@ class Balance(Policy):
     reasons = ("no_concept", "balanced_out")
 
     def apply(self, db: DecideDB) -> None:
-        rows = db.con.sql(
-            "SELECT v.key, s.concept_ids FROM verdict v JOIN samples s USING (key) WHERE v.reason IS NULL ORDER BY v.key"
-        ).to_arrow_table()
+        rows = db.con.sql("SELECT key, concept_ids FROM kept ORDER BY key").to_arrow_table()
         ids = pc.fill_null(rows.column("concept_ids"), pa.scalar([], pa.list_(pa.int32()))).combine_chunks()
         matched = pc.greater(pc.list_value_length(ids), 0).to_numpy(zero_copy_only=False)
         if self.config.no_match == "drop":

@@ -26,11 +26,20 @@ class PolicyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+KEPT = "SELECT s.* FROM verdict v JOIN samples s USING (key) WHERE v.reason IS NULL"
+"""The rows still kept: the one place that says what "kept" means during decide (view ``kept``)."""
+
+
 class DecideDB:
-    """A DuckDB connection with view ``samples`` and table ``verdict(key, reason, stage, dup_of, ...)``
-    (it also carries what the decisions files need: raw shard, url, caption)."""
+    """A DuckDB connection with view ``samples``, table ``verdict(key, reason, stage, dup_of, ...)``
+    (it also carries what the decisions files need: raw shard, url, caption) and view ``kept``.
+
+    ``kept`` is the samples rows no policy has rejected yet (every ``samples`` column): policies read
+    ``FROM kept s`` rather than joining ``verdict`` themselves. A view, so it is always current.
+    """
 
     def __init__(self, con: duckdb.DuckDBPyConnection, embeddings_dir: Path | None = None) -> None:
+        con.execute("CREATE OR REPLACE TEMP VIEW kept AS " + KEPT)
         self.con = con
         self.embeddings_dir = embeddings_dir  # RUN/embeddings, read with pyarrow (float16 lists)
         self.info: dict = {}  # what policies chose (e.g. balance's cap), recorded in the manifest
@@ -40,8 +49,7 @@ class DecideDB:
         reasons.check(reason)
         self.con.execute(
             f"""UPDATE verdict SET reason = $reason, stage = $stage
-                FROM samples s WHERE verdict.key = s.key AND verdict.reason IS NULL
-                AND ({predicate})""",
+                FROM kept s WHERE verdict.key = s.key AND ({predicate})""",
             {"reason": reason, "stage": stage},
         )
 

@@ -40,18 +40,18 @@ class DedupConfig(PolicyConfig):
 
 
 def preference(db: DecideDB, prefer: list[str]) -> str:
-    """``prefer`` as a SQL ORDER BY list over ``s`` (samples) and ``v`` (verdict), ending with the key (no ties)."""
+    """``prefer`` as a SQL ORDER BY list over ``s`` (a samples row), ending with the key (no ties)."""
     have = {row[0] for row in db.con.sql("DESCRIBE samples").fetchall()}
     order = [f's."{m["col"]}" {m["dir"].upper()} NULLS LAST' for m in map(ORDER.match, prefer) if m["col"] in have]
-    return ", ".join([*order, "v.key"])
+    return ", ".join([*order, "s.key"])
 
 
 def ranked(db: DecideDB, columns: list[str], where: str, prefer: list[str]) -> pa.Table:
     """Still-kept rows matching ``where``: key, ``columns`` and ``rank`` (0 = most preferred)."""
     select = "".join(f', s."{c}"' for c in columns)
     return db.con.sql(
-        f"""SELECT v.key{select}, (row_number() OVER (ORDER BY {preference(db, prefer)}) - 1)::BIGINT AS rank
-            FROM verdict v JOIN samples s USING (key) WHERE v.reason IS NULL AND ({where})"""
+        f"""SELECT s.key{select}, (row_number() OVER (ORDER BY {preference(db, prefer)}) - 1)::BIGINT AS rank
+            FROM kept s WHERE {where}"""
     ).to_arrow_table()
 
 
@@ -87,10 +87,9 @@ class ExactDedup(Policy):
         """One window over the groups inside DuckDB (partitioned, spills to disk): no rows in Python."""
         by = ", ".join(f's."{c}"' for c in self.config.by)
         not_null = " AND ".join(f's."{c}" IS NOT NULL' for c in self.config.by)
-        first = f"first_value(v.key) OVER (PARTITION BY {by} ORDER BY {preference(db, self.config.prefer)})"
+        first = f"first_value(s.key) OVER (PARTITION BY {by} ORDER BY {preference(db, self.config.prefer)})"
         dups = f"""SELECT key, dup_of FROM (
-                       SELECT v.key, {first} AS dup_of FROM verdict v JOIN samples s USING (key)
-                       WHERE v.reason IS NULL AND {not_null})
+                       SELECT s.key, {first} AS dup_of FROM kept s WHERE {not_null})
                    WHERE key <> dup_of"""
         db.reject_query(dups, "dup_exact", self.name)
 
@@ -192,9 +191,7 @@ class Decontaminate(Policy):
 
         c = self.config
         ids, eval_hashes = eval_set_hashes(c.eval_hashes, c.eval_images, c.eval_shards)
-        rows = db.con.sql(
-            "SELECT v.key, s.phash FROM verdict v JOIN samples s USING (key) WHERE v.reason IS NULL AND s.phash IS NOT NULL"
-        ).to_arrow_table()
+        rows = db.con.sql("SELECT key, phash FROM kept WHERE phash IS NOT NULL").to_arrow_table()
         pool_hashes = rows.column("phash").to_numpy().astype(np.uint64)
         pairs = near_pairs(np.concatenate([eval_hashes, pool_hashes]), self.config.k)
         n_eval = len(eval_hashes)

@@ -100,10 +100,10 @@ class HeadPolicy(Policy):
                 f'SELECT key, NULL::VARCHAR AS dup_of FROM "{scored}" WHERE {" OR ".join(cuts)}', code, self.name
             )
         if c.keep_top is not None:
-            (n,) = db.con.execute("SELECT count(*) FROM verdict WHERE reason IS NULL").fetchone()
+            (n,) = db.con.execute("SELECT count(*) FROM kept").fetchone()
             below = f"""SELECT key, NULL::VARCHAR AS dup_of FROM (
-                            SELECT v.key, row_number() OVER (ORDER BY h.score DESC NULLS LAST, v.key) AS place
-                            FROM verdict v LEFT JOIN "{scored}" h USING (key) WHERE v.reason IS NULL)
+                            SELECT s.key, row_number() OVER (ORDER BY h.score DESC NULLS LAST, s.key) AS place
+                            FROM kept s LEFT JOIN "{scored}" h USING (key))
                         WHERE place > $keep"""
             db.reject_query(below, code, self.name, {"keep": round(c.keep_top * n)})
         db.info.setdefault(self.name, {})[code] = {"path": c.path, "sizes": self.head().spec.sizes}

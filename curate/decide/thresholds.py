@@ -102,7 +102,7 @@ class CaptionLength(Policy):
             db.reject_where(f"s.caption_chars > {int(c.max_chars)}", "caption_long", self.name)
 
 
-class LanguageConfig(PolicyConfig):
+class LanguageFilterConfig(PolicyConfig):
     languages: list[Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}$")]] = Field(
         default_factory=lambda: ["en"], min_length=1, description="fastText language codes to keep."
     )
@@ -124,7 +124,7 @@ class Language(Policy):
     """
 
     name = "language"
-    Config = LanguageConfig
+    Config = LanguageFilterConfig
     reads = ("lang", "lang_score")
     reasons = ("wrong_language",)
 
@@ -178,7 +178,7 @@ class ClipScoreConfig(PolicyConfig):
     )
 
 
-class ClipScore(Policy):
+class ClipScoreFilter(Policy):
     """CLIPScore filtering on the stored ``clip_score``: an absolute floor and/or a global top fraction.
 
     ``keep_top`` keeps exactly ``round(fraction * n)`` of the ``n`` rows still kept when it
@@ -195,9 +195,8 @@ class ClipScore(Policy):
         floor = "" if c.min_score is None else f" OR s.clip_score < {float(c.min_score)}"
         db.reject_where(f"s.clip_score IS NULL{floor}", "low_clip_score", self.name)
         if c.keep_top is not None:  # ranked by DuckDB (an out-of-core sort): no key list in memory
-            (n,) = db.con.execute("SELECT count(*) FROM verdict WHERE reason IS NULL").fetchone()
+            (n,) = db.con.execute("SELECT count(*) FROM kept").fetchone()
             below = """SELECT key, NULL::VARCHAR AS dup_of FROM (
-                           SELECT v.key, row_number() OVER (ORDER BY s.clip_score DESC, v.key) AS place
-                           FROM verdict v JOIN samples s USING (key) WHERE v.reason IS NULL)
+                           SELECT key, row_number() OVER (ORDER BY clip_score DESC, key) AS place FROM kept)
                        WHERE place > $keep"""
             db.reject_query(below, "low_clip_score", self.name, {"keep": round(c.keep_top * n)})

@@ -42,9 +42,9 @@ class UrlFilter(Policy):
         domains, patterns = self.blocklist()
         if not domains and not patterns:
             return
-        reader = db.con.sql(
-            "SELECT v.key, s.url FROM verdict v JOIN samples s USING (key) WHERE v.reason IS NULL"
-        ).fetch_arrow_reader(BATCH_ROWS)  # streamed: only the blocked keys are held
+        reader = db.con.sql("SELECT key, url FROM kept").fetch_arrow_reader(
+            BATCH_ROWS
+        )  # streamed: only the blocked keys are held
         blocked = [
             pa.table({"key": batch.column("key")}).filter(blocked_mask(batch.column("url"), domains, patterns))
             for batch in reader

@@ -14,9 +14,12 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 
-def tiny_image(i: int, fmt: str = "JPEG") -> bytes:
-    """An 8x6 image whose pixels encode ``i`` (so every image differs)."""
-    pixels = np.full((6, 8, 3), [i % 251, (i // 251) % 251, (i // 63001) % 251], np.uint8)
+def tiny_image(i: int, fmt: str = "JPEG", size: tuple[int, int] = (8, 6)) -> bytes:
+    """A ``size`` (width, height) image of random 4x4-pixel cells seeded by ``i``: every image differs,
+    also after JPEG (flat colours would not: nearby colours encode to the same bytes)."""
+    width, height = size
+    cells = np.random.default_rng(i).integers(0, 256, (-(-height // 4), -(-width // 4), 3), dtype=np.uint8)
+    pixels = cells.repeat(4, axis=0).repeat(4, axis=1)[:height, :width]
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format=fmt)
     return out.getvalue()

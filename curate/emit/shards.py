@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from curate import storage
 from curate.acquire.raw import read_images
 from curate.emit.base import Sample, Writer
+from curate.emit.formats import FORMATS
 from curate.emit.webdataset import as_jpeg
 
 INTERNAL_COLUMNS = (
@@ -52,8 +53,6 @@ class EmitConfig(BaseModel):
     @field_validator("formats")
     @classmethod
     def _known(cls, value: list[str]) -> list[str]:
-        from curate.emit.formats import FORMATS
-
         unknown = [v for v in value if v not in FORMATS]
         if unknown or not value:
             raise ValueError(f"choose one or more of {', '.join(FORMATS)}")

@@ -16,6 +16,7 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import Field
 
+from curate.device import pick_device
 from curate.images import decode
 from curate.stage import ModelStageConfig, Stage, append_columns
 
@@ -71,11 +72,9 @@ class Recaption(Stage):
             fetch_pretrained(self.config.select_model, self.config.select_pretrained)
 
     def setup(self) -> None:
-        import torch
-
         from curate.models.captioner import load_captioner
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = pick_device()
         cfg = self.config
         self._captioner = load_captioner(cfg.model, cfg.backend, device, cfg.max_new_tokens, cfg.num_beams)
         if cfg.select_model:

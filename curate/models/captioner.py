@@ -14,6 +14,7 @@ from typing import Literal, Protocol
 import torch
 from PIL import Image
 
+from curate.device import pick_device
 from curate.images import decode, to_rgb
 from curate.models.compat import ensure_torchvision
 
@@ -134,7 +135,7 @@ def caption_files(
     """(path, caption) for every image under ``paths``; an unreadable image gets an error message."""
     from tqdm.auto import tqdm
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device()
     captioner = load_captioner(model, device=device, max_new_tokens=max_new_tokens)
     files = list_images(paths)
     rows: list[tuple[str, str]] = []

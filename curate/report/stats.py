@@ -19,6 +19,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from curate import storage
+from curate.concepts import load_vocabulary
+from curate.errors import UserError
 from curate.manifest import Manifest
 
 VIEWS = {"samples": "samples", "decisions": "decisions", "kept": "metadata"}
@@ -139,7 +141,7 @@ class Rows:
     keys: int = 1
 
 
-class NotInRun(LookupError):
+class NotInRun(UserError, LookupError):
     """The run lacks the table or the columns a query needs: its step or stage did not run."""
 
 
@@ -192,13 +194,31 @@ def languages(run_dir: str | Path) -> Rows:
     return Rows(["lang", "samples", "kept"], rows)
 
 
+def concept_names(manifest: dict) -> list[str] | None:
+    """The vocabulary the run's ``concepts`` stage matched (a concept id is an index in it), loaded
+    from the file its recorded recipe names; None without such a stage or when the file is gone."""
+    stages = [s for s in manifest.get("recipe", {}).get("annotate", []) if s.get("stage") == "concepts"]
+    if not stages:
+        return None
+    try:
+        return load_vocabulary(stages[0].get("vocabulary"))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _concept_label(concept: int, names: list[str] | None) -> str:
+    return names[concept] if names is not None and 0 <= concept < len(names) else f"#{concept}"
+
+
 def concepts(run_dir: str | Path) -> Rows:
-    """Head concepts with counts before/after balancing, then the summary rows of :func:`concept_summary`."""
+    """Head concepts by name with counts before/after balancing, then the summary rows of
+    :func:`concept_summary`. A concept the run's vocabulary cannot name shows as ``#id``."""
     with opened(run_dir) as con:
         require(con, "samples", "concept_ids")
         require(con, "decisions")
     summary = concept_summary(run_dir)
-    rows = [(h["concept"], h["before"], h["after"]) for h in summary.pop("head")]
+    names = concept_names(Manifest(run_dir).data)
+    rows = [(_concept_label(h["concept"], names), h["before"], h["after"]) for h in summary.pop("head")]
     rows += [(name, v["before"], v["after"]) for name, v in summary.items()]
     return Rows(["concept (head) / summary", "before", "after"], rows)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from curate import storage
 from curate.lock import describe, holder
+from curate.manifest import STEPS
 from curate.report.stats import Rows
 
 BOOKKEEPING = {
@@ -31,9 +32,7 @@ BOOKKEEPING = {
 
 
 def step_order() -> tuple[str, ...]:
-    """The steps of a run, in order, the report last (imported late: ``curate.run`` imports Ray)."""
-    from curate.run import STEPS
-
+    """The steps of a run, in order, the report last."""
     return (*STEPS, "report")
 
 

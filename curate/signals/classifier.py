@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from curate.device import pick_device
 from curate.images import decode
 from curate.stage import ModelStageConfig, Stage, append_columns
 
@@ -102,7 +103,7 @@ class ImageClassifier(Stage):
     def setup(self) -> None:
         import torch
 
-        self._device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._device = pick_device()
         self._model, labels = load_classifier(self.config.model)
         self._model.to(self._device).eval()
         self._index = _class_index(self.config.label, labels, self.config.model)

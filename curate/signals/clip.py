@@ -1,8 +1,8 @@
 """CLIP image and text embeddings and their cosine (CLIPScore), with any open_clip model.
 
-Two halves, so the accelerator only does model work: :meth:`ClipScore.prepare` runs as CPU
+Two halves, so the accelerator only does model work: :meth:`ClipScorer.prepare` runs as CPU
 tasks (decode, resize, crop to uint8 pixels: a quarter of float32's size in the object store)
-and :meth:`ClipScore.process` runs in an actor pool that loads the model once per actor
+and :meth:`ClipScorer.process` runs in an actor pool that loads the model once per actor
 (normalise, encode, cosine), on a GPU when the actor has one.
 """
 
@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from curate.device import pick_device
 from curate.images import decode
 from curate.stage import ModelStageConfig, Stage, append_columns
 
@@ -34,7 +35,7 @@ class ClipConfig(ModelStageConfig):
     batch_size: int = Field(128, gt=0, description="Rows per model batch.")
 
 
-class ClipScore(Stage):
+class ClipScorer(Stage):
     """Writes ``clip_score`` (cosine of the normalised embeddings) and float16 embeddings."""
 
     name = "clip"
@@ -76,7 +77,7 @@ class ClipScore(Stage):
 
         from curate.models.clip import eval_transform, load_clip, preprocess_spec
 
-        self._device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._device = pick_device()
         self._bundle = load_clip(self.config.model, self.config.pretrained, device=self._device)
         self._bundle.model.eval()
         spec = preprocess_spec(self.config.model, self.config.pretrained)
@@ -109,7 +110,7 @@ class ClipScore(Stage):
         x = (x.permute(0, 3, 1, 2).float() / 255 - self._norm[0]) / self._norm[1]
         tokens = self._bundle.tokenizer(texts)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
-        autocast = torch.autocast("cuda", dtype=dtype, enabled=self._device == "cuda" and dtype is not None)
+        autocast = torch.autocast("cuda", dtype=dtype, enabled=self._device.type == "cuda" and dtype is not None)
         with torch.no_grad(), autocast:
             img = self._bundle.model.encode_image(x.to(self._device), normalize=True)
             txt = self._bundle.model.encode_text(tokens.to(self._device), normalize=True)

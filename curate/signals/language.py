@@ -11,7 +11,7 @@ from curate.models.lid import LanguageIdentifier, resolve_lid_model
 from curate.stage import Stage, StageConfig, append_columns
 
 
-class LanguageConfig(StageConfig):
+class LanguageIDConfig(StageConfig):
     model_path: str | None = Field(
         None,
         description="Local lid.176.bin / lid.176.ftz file or http(s) URL (downloaded once into "
@@ -29,13 +29,13 @@ class LanguageID(Stage):
     """Top-1 language code and its probability; null / 0.0 for a missing or blank text."""
 
     name = "language"
-    Config = LanguageConfig
+    Config = LanguageIDConfig
     reads = ("caption",)
     writes = {"lang": pa.string(), "lang_score": pa.float32()}
     uses_actors = False  # lid.176.ftz is < 1 MB (loads in ~15 ms per task); tasks let Ray fuse
     transient = ("_identifier",)  # a loaded fastText model cannot be pickled
 
-    def __init__(self, config: LanguageConfig | None = None, **params: Any) -> None:
+    def __init__(self, config: LanguageIDConfig | None = None, **params: Any) -> None:
         super().__init__(config, **params)
         self.reads = (self.config.column,)  # the configured column, shadowing the class default
         self._identifier: LanguageIdentifier | None = None

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from curate.console import console, print_rows
+
 
 def eval_clip(
     ckpt: Annotated[
@@ -32,15 +34,22 @@ def eval_clip(
         Path | None,
         typer.Option("--output", help="JSON file [default: CKPT/eval.json for a folder, else eval.json]."),
     ] = None,
+    set: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="KEY.PATH=VALUE", help="Override a value of the zero-shot task (YAML value)."),
+    ] = None,
 ) -> None:
     """Image-text retrieval recall@k (and zero-shot accuracy) of a CLIP on WebDataset shards."""
-    from curate.cli import console, print_rows
-    from curate.train.eval import EvalError, evaluate_clip, flatten_metrics
+    from curate.errors import EvalError, NotFound
+    from curate.train.eval import evaluate_clip, flatten_metrics, load_task
 
+    if set and not zero_shot:
+        raise EvalError(f"--set {set[0]!r}: it overrides the zero-shot task, so give --zero-shot TASK too")
+    task = load_task(zero_shot, set) if zero_shot else None  # a bad task fails before any embedding
     try:
-        result = evaluate_clip(ckpt, data, zero_shot, pretrained, batch_size, limit, device)
-    except (EvalError, FileNotFoundError) as err:
-        raise typer.BadParameter(str(err)) from err
+        result = evaluate_clip(ckpt, data, task, pretrained, batch_size, limit, device)
+    except FileNotFoundError as err:  # a model or shard path the user gave
+        raise NotFound(str(err)) from None
     rows = [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in flatten_metrics(result)]
     print_rows(["metric", "value"], rows, "table")
     output = output or (Path(ckpt) / "eval.json" if Path(ckpt).is_dir() else Path("eval.json"))

@@ -29,14 +29,15 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
-from curate import resources
+from curate import config
+from curate.device import pick_device
+from curate.errors import NotFound, PresetError
 from curate.models.clip import load_clip, save_model_folder
 from curate.train.cached import ProjectionHeads, cached_tower_features, feature_batches, one_cpu_thread
-from curate.train.common import autocast, cosine_lr, latest_checkpoint, pick_device, save_checkpoint
+from curate.train.common import autocast, cosine_lr, latest_checkpoint, save_checkpoint
 from curate.train.data import dataset_size, expand_shards, train_loader, train_pipeline
 
 
@@ -79,10 +80,10 @@ class ClipTrainConfig(BaseModel):
         return self
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> ClipTrainConfig:
-        """Read a preset (a YAML file or a bundled name: ``clip-tiny``); ``overrides`` (e.g. from the CLI) win."""
-        data = yaml.safe_load(resources.resolve("train", path).read_text()) or {}
-        return cls(**{**data, **(overrides or {})})
+    def from_yaml(cls, path: str | Path, overrides: config.Overrides = None) -> ClipTrainConfig:
+        """Read a preset (a YAML file or a bundled name: ``clip-tiny``); ``overrides`` (``["steps=50"]``,
+        ``{"steps": 50}``) win. Problems raise :class:`~curate.errors.PresetError` (see :mod:`curate.config`)."""
+        return config.load(cls, "train", path, overrides, PresetError)
 
 
 def train_clip(cfg: ClipTrainConfig, data: str, output: str | Path, resume: str | bool = False) -> dict:
@@ -268,7 +269,7 @@ def _resume(model, optimizer, output: Path, resume: str | bool, device) -> int:
         return 0
     path = latest_checkpoint(output) if resume is True else Path(resume)
     if path is None or not path.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {path or output / 'checkpoints'}")
+        raise NotFound(f"--resume: no checkpoint at {path or output / 'checkpoints'}")
     state = torch.load(path, map_location=device, weights_only=False)
     model.load_state_dict(state["state_dict"])
     optimizer.load_state_dict(state["optimizer"])

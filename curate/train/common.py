@@ -1,17 +1,10 @@
-"""What both trainers share: device choice, autocast, warmup + cosine schedule, checkpoint paths."""
+"""What both trainers share: autocast, warmup + cosine schedule, checkpoint paths."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-
-
-def pick_device(name: str, rank: int = 0) -> torch.device:
-    """``auto``: this rank's GPU when there is one, else the CPU; otherwise the named device."""
-    if name == "auto":
-        name = f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def autocast(precision: str, device: torch.device):

@@ -15,6 +15,7 @@ import webdataset as wds
 from PIL import Image
 
 from curate import storage
+from curate.errors import NotFound
 from curate.images import decode
 
 
@@ -44,7 +45,7 @@ def expand_shards(data: str | list[str]) -> list[str]:
         shards = sorted(glob.glob(data)) or [data]
     missing = [s for s in shards if "://" not in s and not os.path.exists(s)]
     if not shards or missing:
-        raise FileNotFoundError(f"no WebDataset shards at {data!r} (missing: {missing[:3]}); pass RUN/shards")
+        raise NotFound(f"no WebDataset shards at {data!r} (missing: {missing[:3]}); pass RUN/shards")
     return shards
 
 

@@ -51,10 +51,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
+from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from curate import resources
+from curate import config, resources
+from curate.device import pick_device
+from curate.errors import EvalError
 from curate.models.clip import ClipBundle, load_clip
 from curate.train.data import dataset_size, expand_shards, iter_pairs
 
@@ -62,11 +64,20 @@ TASK_DIR = resources.folder("eval")
 """Bundled zero-shot tasks, found by name (``shapes``)."""
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
-TASK_KEYS = ("description", "classes", "templates")
 
 
-class EvalError(ValueError):
-    """A task file or an input an evaluation cannot run on, phrased with the fix."""
+class TaskSpec(BaseModel):
+    """A zero-shot task file's keys (the format of the module docstring); the classes are checked by :func:`parse_task`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = Field("", description="Free text: what the task asks.")
+    classes: Any = Field(
+        description="Class name -> keywords that mark it in a caption (none: the name itself), or a list of names."
+    )
+    templates: list[str] | None = Field(
+        None, description="Prompt templates, each with one {} for the class name; default ['a photo of a {}.']."
+    )
 
 
 @dataclass
@@ -174,26 +185,18 @@ def _normalized(emb: torch.Tensor) -> torch.Tensor:
 # --- zero-shot tasks -----------------------------------------------------------------------
 
 
-def load_task(task: str | Path) -> ZeroShotTask:
-    """Read a zero-shot task YAML (a path, or a name in ``configs/eval/``)."""
-    try:
-        path = resources.resolve("eval", task)
-    except FileNotFoundError:
-        raise EvalError(
-            f"no zero-shot task {str(task)!r}: give a YAML file or one of {resources.names('eval')}"
-        ) from None
-    return parse_task(yaml.safe_load(path.read_text()) or {}, name=path.stem)
+def load_task(task: str | Path, overrides: config.Overrides = None) -> ZeroShotTask:
+    """Read a zero-shot task YAML (a path, or a name in ``configs/eval/``) with ``overrides`` (``--set``)."""
+    path, data = config.read_yaml("eval", task, "zero-shot task", EvalError)
+    keys = config.apply_overrides(data, overrides, path, EvalError)
+    return parse_task(data, name=path.stem, where=str(path), overridden=keys)
 
 
-def parse_task(spec: dict, name: str = "task") -> ZeroShotTask:
-    """Validate a task mapping (the YAML format of the module docstring)."""
-    if not isinstance(spec, dict) or "classes" not in spec:
-        raise EvalError(f"task {name}: needs a `classes:` mapping or list")
-    unknown = set(spec) - set(TASK_KEYS)
-    if unknown:
-        raise EvalError(f"task {name}: unknown keys {sorted(unknown)}; allowed {TASK_KEYS}")
-    classes = _parse_classes(spec["classes"], name)
-    templates = tuple(spec.get("templates") or DEFAULT_TEMPLATES)
+def parse_task(spec: dict, name: str = "task", where: str = "", overridden: Iterable[str] = ()) -> ZeroShotTask:
+    """Validate a task mapping (the YAML format of the module docstring); ``where`` names it in errors."""
+    checked = config.validate(TaskSpec, spec, where or f"task {name}", EvalError, overridden)
+    classes = _parse_classes(checked.classes, name)
+    templates = tuple(checked.templates or DEFAULT_TEMPLATES)
     bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1]
     if bad:
         raise EvalError(f"task {name}: each template needs exactly one {{}}; fix {bad}")
@@ -298,17 +301,10 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
 # --- the whole evaluation ------------------------------------------------------------------
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else unchanged."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def evaluate_clip(
     model: str,
     data: str,
-    zero_shot: str | None = None,
+    zero_shot: str | Path | ZeroShotTask | None = None,
     pretrained: str | None = None,
     batch_size: int = 64,
     limit: int | None = None,
@@ -317,11 +313,11 @@ def evaluate_clip(
     """Retrieval (and, given a task, zero-shot) metrics of ``model`` on the shards at ``data``.
 
     ``model`` is anything :func:`curate.models.clip.load_clip` takes; ``data`` anything
-    :func:`curate.train.data.expand_shards` takes; ``zero_shot`` a task file or bundled name.
+    :func:`curate.train.data.expand_shards` takes; ``zero_shot`` a task, a task file or a bundled name.
     """
-    task = load_task(zero_shot) if zero_shot else None  # fail on a bad task before embedding
+    task = zero_shot if isinstance(zero_shot, ZeroShotTask) else load_task(zero_shot) if zero_shot else None
     shards = expand_shards(data)
-    device = resolve_device(device)
+    device = str(pick_device(device))
     bundle = load_clip(model, pretrained, device=device)
     image_emb, text_emb, captions = embed_pairs(bundle, shards, batch_size, device, limit)
     result: dict[str, Any] = {

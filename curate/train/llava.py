@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from curate import resources
+from curate import config
+from curate.device import pick_device
+from curate.errors import NotFound, PresetError
 from curate.models.llava import IGNORE_INDEX, Llava, LMSpec, build_llava, load_llava, save_llava
-from curate.train.common import autocast, cosine_lr, latest_checkpoint, pick_device, save_checkpoint
+from curate.train.common import autocast, cosine_lr, latest_checkpoint, save_checkpoint
 from curate.train.llava_data import LlavaDataset, RecordSet, check_files, collate
 
 DATA_FILES = {1: "pretrain.json", 2: "instruct.json"}
@@ -81,16 +82,10 @@ class LlavaTrainConfig(BaseModel):
     device: str = Field("auto", description="cpu, cuda, cuda:N or auto.")
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> LlavaTrainConfig:
-        """Read a preset (a YAML file or a bundled name: ``llava-tiny``); dotted ``overrides`` (``stage1.steps``: 50) win."""
-        data = yaml.safe_load(resources.resolve("train", path).read_text()) or {}
-        for dotted, value in (overrides or {}).items():
-            node = data
-            *parents, leaf = dotted.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
-        return cls(**data)
+    def from_yaml(cls, path: str | Path, overrides: config.Overrides = None) -> LlavaTrainConfig:
+        """Read a preset (a YAML file or a bundled name: ``llava-tiny``); ``overrides`` (``["stage1.steps=50"]``,
+        ``{"stage1.steps": 50}``) win. Problems raise :class:`~curate.errors.PresetError` (see :mod:`curate.config`)."""
+        return config.load(cls, "train", path, overrides, PresetError)
 
 
 def train_llava(
@@ -136,7 +131,7 @@ def _start(cfg: LlavaTrainConfig, stage: int, output: Path, device: torch.device
     if stage == 1:
         return build_llava(cfg.vision, cfg.vision_pretrained, cfg.lm, str(device))
     if not (output / "stage1" / "llava.json").is_file():
-        raise FileNotFoundError(f"stage 2 starts from {output / 'stage1'}: run stage 1 first (--stage 1)")
+        raise NotFound(f"stage 2 starts from {output / 'stage1'}: run stage 1 first (--stage 1)")
     return load_llava(output / "stage1", str(device))
 
 

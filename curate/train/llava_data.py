@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from curate.acquire.inputs import InputError
+from curate.errors import NotFound
 from curate.images import decode
 from curate.models.llava import IGNORE_INDEX, encode_text, user_turn
 
@@ -98,7 +99,7 @@ def validate_record(record: dict, image_folder: Path) -> None:
     if sum(t["value"].count("<image>") for t in turns) != 1 or "<image>" not in turns[0]["value"]:
         raise ValueError(f"record {rid}: exactly one <image>, in the first human turn")
     if not (image_folder / record["image"]).is_file():
-        raise FileNotFoundError(f"record {rid}: image {image_folder / record['image']} does not exist")
+        raise NotFound(f"record {rid}: image {image_folder / record['image']} does not exist")
 
 
 def read_records(path: str | Path) -> tuple[list[dict], Path]:
