@@ -43,7 +43,7 @@ __all__ = [
 _LAZY = {
     "InputError": "curate.acquire.inputs",
     "Recipe": "curate.recipe",
-    "RecipeError": "curate.recipe",
+    "RecipeError": "curate.errors",
     "Run": "curate.api",
     "RunResult": "curate.run",
     "UserError": "curate.errors",
@@ -59,8 +59,8 @@ if TYPE_CHECKING:
     from curate import policies, stages
     from curate.acquire.inputs import InputError
     from curate.api import Run, decide, for_webdataset, open_run, run
-    from curate.errors import UserError
-    from curate.recipe import Recipe, RecipeError
+    from curate.errors import RecipeError, UserError
+    from curate.recipe import Recipe
     from curate.run import RunResult
 
 
@@ -72,9 +72,8 @@ class VerbModule(types.ModuleType):
     """
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from curate import api
-
-        return getattr(api, self.__name__.rpartition(".")[2])(*args, **kwargs)
+        verb = getattr(importlib.import_module(f"{__name__}.api"), self.__name__.rpartition(".")[2])
+        return verb(*args, **kwargs)
 
 
 def __getattr__(name: str) -> Any:

@@ -32,7 +32,7 @@ from curate.decide.thresholds import (
 from curate.decide.urls import UrlFilter
 from curate.emit.shards import EmitConfig
 from curate.enrich.recaption import Recaption
-from curate.errors import ConfigError
+from curate.errors import RecipeError
 from curate.signals.caption import CaptionSignals
 from curate.signals.classifier import ImageClassifier
 from curate.signals.clip import ClipScorer
@@ -80,10 +80,6 @@ SECTIONS = ("name", "description", "input", "acquire", "annotate", "decide", "en
 ENTRIES: config.Entries = {"annotate": ("stage", False), "decide": ("policy", True), "enrich": ("stage", True)}
 """Lists of named entries, for ``--set decide.image_size.min_side=128``; ``--set`` may add a policy (applied
 last) or an enrich stage (``--set enrich.recaption.model=...``), not an annotate stage (order matters)."""
-
-
-class RecipeError(ConfigError):
-    """A recipe problem, phrased as what is wrong and how to fix it."""
 
 
 @dataclass

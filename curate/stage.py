@@ -11,19 +11,20 @@ from typing import Any, ClassVar, TypeVar
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from curate import config as config_loader
+from curate.errors import RecipeError
+
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
 def make_config(model: type[ConfigT], config: ConfigT | None, params: dict[str, Any], where: str) -> ConfigT:
-    """``config`` as given, else ``model(**params)`` validated with the recipe loader's messages.
+    """``config`` as given, else ``model(**params)`` validated as a recipe entry is (:func:`curate.config.validate`).
 
     Stages and policies built in Python (``ImageSize(min_side=64)``) fail as a recipe entry would: one
     :class:`curate.recipe.RecipeError` naming the parameter, with "did you mean" for a typo.
     """
     if config is None:
-        from curate.recipe import _config  # the one place recipe parameters are validated (recipe imports us)
-
-        return _config(model, params, where)
+        return config_loader.validate(model, params, where, RecipeError)
     if params:
         raise TypeError(f"{where}: pass either a config object or keyword parameters, not both")
     if not isinstance(config, model):
