@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo test lint format bench bench-quality clean
+.PHONY: install demo test lint typecheck format bench bench-quality clean
 
 install: $(STAMP)
 
@@ -24,12 +24,16 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/curate demo --output demo-run
 
-test: $(STAMP) lint
+test: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest -q -rs --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check curate tests benchmarks
 	$(BIN)/ruff format --check curate tests benchmarks
+
+# mypy over the public surface (the files listed under [tool.mypy] in pyproject.toml)
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff format curate tests benchmarks
@@ -51,4 +55,4 @@ bench-quality: $(STAMP)
 	$(BIN)/python benchmarks/closed_loop.py
 
 clean:
-	rm -rf demo-run .pytest_cache test-artifacts
+	rm -rf demo-run .pytest_cache .mypy_cache test-artifacts

@@ -26,6 +26,11 @@ class ConfigError(UserError):
     """A config file (or a ``--set``) that does not read, override or validate."""
 
 
+class RecipeError(ConfigError):
+    """A recipe problem, phrased as what is wrong and how to fix it (raised by :mod:`curate.recipe`, and by
+    stages and policies built from keyword parameters)."""
+
+
 class PresetError(ConfigError):
     """A trainer preset (``curate train clip|llava --config``) that is missing or invalid."""
 

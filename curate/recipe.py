@@ -32,7 +32,7 @@ from curate.decide.thresholds import (
 from curate.decide.urls import UrlFilter
 from curate.emit.shards import EmitConfig
 from curate.enrich.recaption import Recaption
-from curate.errors import ConfigError
+from curate.errors import RecipeError
 from curate.signals.caption import CaptionSignals
 from curate.signals.classifier import ImageClassifier
 from curate.signals.clip import ClipScorer
@@ -82,25 +82,40 @@ ENTRIES: config.Entries = {"annotate": ("stage", False), "decide": ("policy", Tr
 last) or an enrich stage (``--set enrich.recaption.model=...``), not an annotate stage (order matters)."""
 
 
-class RecipeError(ConfigError):
-    """A recipe problem, phrased as what is wrong and how to fix it."""
-
-
 @dataclass
 class Recipe:
-    """A validated recipe: configs and instantiated stages and policies, in order."""
+    """A validated recipe: configs and instantiated stages and policies, in order.
 
-    name: str
-    source: str
-    input: InputConfig
-    acquire: AcquireConfig
-    annotate: list[Stage]
-    decide: list[Policy]
-    emit: EmitConfig
+    Load one with :meth:`from_yaml`, or build one in Python from stage and policy objects
+    (``Recipe(annotate=[ImageSignals()], decide=[ImageSize(min_side=64)])``): it passes the same checks
+    (:func:`check_columns`). Sections left out get their defaults (annotate: the image stage, which the
+    built-in availability check reads); ``input``, ``acquire`` and ``emit`` may be given as dicts.
+    """
+
+    name: str = "recipe"
+    source: str = "<python>"
+    input: InputConfig = field(default_factory=InputConfig)
+    acquire: AcquireConfig = field(default_factory=AcquireConfig)
+    annotate: list[Stage] = field(default_factory=lambda: [ImageSignals()])
+    decide: list[Policy] = field(default_factory=list)
+    emit: EmitConfig = field(default_factory=EmitConfig)
     enrich: list[Stage] = field(default_factory=list)
     description: str = ""
     storage_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     """fsspec options by protocol (``{"s3": {"endpoint_url": ..., "key": ..., "secret": ...}}``); never recorded."""
+
+    def __post_init__(self) -> None:
+        for section, model in (("input", InputConfig), ("acquire", AcquireConfig), ("emit", EmitConfig)):
+            if isinstance(getattr(self, section), dict):
+                setattr(self, section, _config(model, getattr(self, section), f"{self.source}: {section}"))
+        _check_types(self)
+        check_columns(self)
+        self.enrich = [_default_selector(s, self.annotate) for s in self.enrich]
+
+    @classmethod
+    def from_yaml(cls, name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
+        """A bundled recipe by name (``"demo"``) or a recipe file, with ``key.path=value`` overrides."""
+        return load_recipe(name_or_path, overrides)
 
     @property
     def caption_policy(self) -> str:
@@ -157,7 +172,7 @@ def build_recipe(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
     unknown = [k for k in data if k not in SECTIONS]
     if unknown:
         raise RecipeError(f"{source}: unknown section {unknown[0]!r}{config.suggest(unknown[0], SECTIONS)}")
-    recipe = Recipe(
+    return Recipe(  # checked by Recipe.__post_init__
         name=str(data.get("name") or Path(source).stem),
         description=str(data.get("description") or ""),
         source=source,
@@ -175,9 +190,20 @@ def build_recipe(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
         emit=_config(EmitConfig, data.get("emit"), f"{source}: emit"),
         storage_options=_storage_options(data.get("storage_options"), source),
     )
-    check_columns(recipe)
-    recipe.enrich = [_default_selector(s, recipe.annotate) for s in recipe.enrich]
-    return recipe
+
+
+def _check_types(recipe: Recipe) -> None:
+    """Each section holds what it names: a recipe built in Python can mix up a stage and a policy."""
+    lists = {"annotate": (recipe.annotate, Stage), "decide": (recipe.decide, Policy), "enrich": (recipe.enrich, Stage)}
+    for section, (entries, kind) in lists.items():
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, kind):
+                what = "a stage (curate.stages.*)" if kind is Stage else "a policy (curate.policies.*)"
+                raise RecipeError(f"{recipe.source}: {section}[{i}]: expected {what}, got {entry!r}")
+    configs = {"input": (recipe.input, InputConfig), "acquire": (recipe.acquire, AcquireConfig)}
+    for section, (value, model) in {**configs, "emit": (recipe.emit, EmitConfig)}.items():
+        if not isinstance(value, model):
+            raise RecipeError(f"{recipe.source}: {section} must be a {model.__name__}, got {value!r}")
 
 
 def _storage_options(value: Any, source: str) -> dict[str, dict[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import fsspec
 
+import curate
 from curate import annotated, runtime, storage
 from curate.acquire import staging
 from curate.acquire.download import RETRIED, ShardLayout, complete_shards, retryable_keys
@@ -50,6 +52,7 @@ class RunResult:
 
 OUTPUT_FOLDERS = (
     "input",
+    "input_table",
     "raw",
     "samples",
     "embeddings",
@@ -458,3 +461,6 @@ def emit(recipe: Recipe, run_dir: str, previous: dict | None = None) -> dict:
     """
     enrich = {stage.name: list(stage.writes) for stage in recipe.enrich}
     return emit_run(run_dir, recipe.emit, recipe.caption_policy, enrich, previous or {})
+
+
+sys.modules[__name__].__class__ = curate.VerbModule  # `curate.run(recipe, input=..., output=...)` is curate.api.run

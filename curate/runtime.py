@@ -202,6 +202,12 @@ def run_stage(table: pa.Table, stage: Stage) -> pa.Table:
     return pa.concat_tables(ray.get(refs))
 
 
+def write_parquet(dataset: ray.data.Dataset, folder: str) -> None:
+    """Write a Ray Dataset as Parquet files under ``folder`` from Ray's workers (nothing collects on the driver)."""
+    fsys, path = storage.arrow_fs(folder)
+    dataset.write_parquet(path, filesystem=fsys)
+
+
 def annotate(
     run_dir: str,
     shards: Sequence[str],

@@ -6,10 +6,30 @@ stage directly on a ``pyarrow.Table``.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
+
+from curate import config as config_loader
+from curate.errors import RecipeError
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def make_config(model: type[ConfigT], config: ConfigT | None, params: dict[str, Any], where: str) -> ConfigT:
+    """``config`` as given, else ``model(**params)`` validated as a recipe entry is (:func:`curate.config.validate`).
+
+    Stages and policies built in Python (``ImageSize(min_side=64)``) fail as a recipe entry would: one
+    :class:`curate.recipe.RecipeError` naming the parameter, with "did you mean" for a typo.
+    """
+    if config is None:
+        return config_loader.validate(model, params, where, RecipeError)
+    if params:
+        raise TypeError(f"{where}: pass either a config object or keyword parameters, not both")
+    if not isinstance(config, model):
+        raise TypeError(f"{where}: config must be a {model.__name__}, got {type(config).__name__}")
+    return config
 
 
 class StageConfig(BaseModel):
@@ -45,11 +65,18 @@ class ModelStageConfig(StageConfig):
 
 
 class Stage:
-    """Base class: subclasses set ``name``, ``Config``, ``reads``, ``writes`` and ``process``."""
+    """Base class: subclasses set ``name``, ``Config``, ``reads``, ``writes`` and ``process``.
+
+    Build one from its config or from keyword parameters: ``ImageSignals(batch_size=64)``. Call it on a
+    ``pyarrow.Table`` holding its ``reads`` columns to get the table with its ``writes`` appended.
+    """
 
     name: ClassVar[str]
     Config: ClassVar[type[StageConfig]] = StageConfig
-    reads: ClassVar[tuple[str, ...]] = ()
+    reads: tuple[str, ...] = ()
+    """Columns the stage needs (a recipe checks that an earlier step writes them)."""
+    optional_reads: ClassVar[tuple[str, ...]] = ()
+    """Columns the stage uses when present and does without otherwise (e.g. img2dataset's ``original_width``)."""
     writes: ClassVar[dict[str, pa.DataType]] = {}
     uses_actors: ClassVar[bool] = False
     """True for stages that load a model: they run in an actor pool, set up once per actor."""
@@ -60,8 +87,8 @@ class Stage:
     embedding_columns: ClassVar[tuple[str, ...]] = ()
     """Written columns that go to ``RUN/embeddings/`` (keyed by ``key``) instead of ``samples/``."""
 
-    def __init__(self, config: StageConfig | None = None) -> None:
-        self.config = config if config is not None else self.Config()
+    def __init__(self, config: StageConfig | None = None, **params: Any) -> None:
+        self.config: Any = make_config(self.Config, config, params, f"{type(self).__name__} (stage {self.name!r})")
         self._ready = False
 
     def __getstate__(self) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+import curate
 from curate import storage
 from curate.decide.base import DecideDB, Policy
 from curate.decide.thresholds import Availability
@@ -148,3 +150,6 @@ def commit(build: Path, out_dir: str) -> None:
 def shard_of(path: str) -> str:
     """The raw shard a decisions (or samples, enrich) file is named after: ``.../00042.parquet`` → ``00042``."""
     return storage.name(path).removesuffix(".parquet")
+
+
+sys.modules[__name__].__class__ = curate.VerbModule  # `curate.decide(run_dir, overrides)` is curate.api.decide

@@ -7,13 +7,14 @@ Policies apply in recipe order; a row keeps the first reason it gets.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import duckdb
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from curate import reasons
+from curate.stage import make_config
 
 if TYPE_CHECKING:
     from curate.recipe import Recipe
@@ -76,15 +77,18 @@ class DecideDB:
 
 
 class Policy:
-    """Base class: subclasses set ``name``, ``Config``, ``reads``, ``reasons`` and ``apply``."""
+    """Base class: subclasses set ``name``, ``Config``, ``reads``, ``reasons`` and ``apply``.
+
+    Build one from its config or from keyword parameters: ``ImageSize(min_side=64)``.
+    """
 
     name: ClassVar[str]
     Config: ClassVar[type[PolicyConfig]] = PolicyConfig
     reads: ClassVar[tuple[str, ...]] = ()
     reasons: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, config: PolicyConfig | None = None) -> None:
-        self.config = config if config is not None else self.Config()
+    def __init__(self, config: PolicyConfig | None = None, **params: Any) -> None:
+        self.config: Any = make_config(self.Config, config, params, f"{type(self).__name__} (policy {self.name!r})")
 
     def check(self, recipe: Recipe) -> None:
         """Fail fast while the recipe is validated, on the driver (e.g. a head made for another CLIP model)."""

@@ -10,7 +10,7 @@ synthetic one, so the ``both`` policy can pick per sample. The policy itself is 
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 from PIL import Image
@@ -52,8 +52,8 @@ class Recaption(Stage):
     uses_actors = True
     transient = ("_captioner", "_clip")
 
-    def __init__(self, config: RecaptionConfig | None = None) -> None:
-        super().__init__(config)
+    def __init__(self, config: RecaptionConfig | None = None, **params: Any) -> None:
+        super().__init__(config, **params)
         self._captioner = self._clip = None
 
     @property

@@ -8,7 +8,7 @@ and :meth:`ClipScorer.process` runs in an actor pool that loads the model once p
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -47,8 +47,8 @@ class ClipScorer(Stage):
     has_prepare = True
     transient = ("_geometric", "_bundle", "_norm")
 
-    def __init__(self, config: ClipConfig | None = None) -> None:
-        super().__init__(config)
+    def __init__(self, config: ClipConfig | None = None, **params: Any) -> None:
+        super().__init__(config, **params)
         self.reads = ("image", self.config.text_column)
         self._geometric = self._bundle = self._norm = self._device = self._hw = None
 

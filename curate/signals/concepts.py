@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyarrow as pa
 from pydantic import Field
 
@@ -33,8 +35,8 @@ class ConceptMatch(Stage):
     uses_actors = False  # the cached automaton loads in well under a second; tasks let Ray fuse
     transient = ("_automaton",)  # a (large) automaton is loaded per worker, never pickled
 
-    def __init__(self, config: ConceptsConfig | None = None) -> None:
-        super().__init__(config)
+    def __init__(self, config: ConceptsConfig | None = None, **params: Any) -> None:
+        super().__init__(config, **params)
         self.reads = (self.config.column,)  # the configured column, shadowing the class default
         self._automaton = None
 

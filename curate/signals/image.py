@@ -35,12 +35,14 @@ class ImageSignals(Stage):
 
     ``width``/``height`` are the displayed size (EXIF orientation applied) of the image as served.
     When acquire downscaled it (``acquire.max_side``), they are img2dataset's ``original_width``/
-    ``original_height``; ``bytes`` and ``format`` always describe the stored file.
+    ``original_height`` (optional reads: without them, e.g. on WebDataset rows with no ``json``, the size is
+    the decoded image's); ``bytes`` and ``format`` always describe the stored file.
     """
 
     name = "image"
     Config = ImageConfig
-    reads = ("image", "original_width", "original_height")
+    reads = ("image",)
+    optional_reads = ("original_width", "original_height")  # img2dataset's; else measured on the image
     writes = {
         "width": pa.int32(),
         "height": pa.int32(),
@@ -58,16 +60,17 @@ class ImageSignals(Stage):
 
     def process(self, batch: pa.Table) -> pa.Table:
         cols: dict[str, list] = {name: [] for name in self.writes}
-        originals = zip(
-            batch.column("original_width").to_pylist(),
-            batch.column("original_height").to_pylist(),
-            strict=True,
-        )
+        originals = zip(_column(batch, "original_width"), _column(batch, "original_height"), strict=True)
         for data, original in zip(batch.column("image").to_pylist(), originals, strict=True):
             row = measure_image(data, self.config.max_decode_pixels, original, self.config.dhash)
             for name in self.writes:
                 cols[name].append(row.get(name))
         return append_columns(batch, cols, self.writes)
+
+
+def _column(batch: pa.Table, name: str) -> list:
+    """An optional column's values, all None when the batch lacks it."""
+    return batch.column(name).to_pylist() if name in batch.column_names else [None] * len(batch)
 
 
 def measure_image(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyarrow as pa
 from pydantic import Field
 
@@ -33,8 +35,8 @@ class LanguageID(Stage):
     uses_actors = False  # lid.176.ftz is < 1 MB (loads in ~15 ms per task); tasks let Ray fuse
     transient = ("_identifier",)  # a loaded fastText model cannot be pickled
 
-    def __init__(self, config: LanguageIDConfig | None = None) -> None:
-        super().__init__(config)
+    def __init__(self, config: LanguageIDConfig | None = None, **params: Any) -> None:
+        super().__init__(config, **params)
         self.reads = (self.config.column,)  # the configured column, shadowing the class default
         self._identifier: LanguageIdentifier | None = None
 
