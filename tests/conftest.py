@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -22,17 +25,89 @@ os.environ["CURATE_RAY_TMPDIR"] = _RAY_TMP
 
 
 def pytest_sessionfinish(session, exitstatus):
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
     shutil.rmtree(_RAY_TMP, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def ray_session():
-    """One embedded Ray for a module's pipeline runs (each run_pipeline joins it instead of starting its own)."""
+    """The tests' one embedded Ray, shared by every module that asks for it: each run_pipeline joins it instead
+    of starting its own (a start and shutdown take ~5 s, and fresh workers import curate and torch again).
+
+    It is started here when none runs (first use, or after a test that needed its own cluster shut it down)
+    and stays up for the next module; a test that does not ask for it gets no Ray (see ``_own_ray``).
+    Its workers keep the environment of their start: a test that sets variables workers must see starts its own.
+    """
+    ensure_ray()
+    yield
+
+
+def ensure_ray() -> None:
+    """Start the shared embedded Ray unless a Ray is running."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=_RAY_TMP)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=_RAY_TMP, logging_level=logging.WARNING)
+        _SHARED_RAY.add(ray.get_runtime_context().get_node_id())
+
+
+_SHARED_RAY: set[str] = set()
+"""Node ids of the Rays ``ray_session`` started (a Ray a test or fixture started itself is left alone)."""
+_RAY_MODULES: set[str] = set()
+"""Test files with a test that uses ``ray_session``."""
+
+
+def pytest_collection_modifyitems(session, config, items):
+    _RAY_MODULES.update(str(item.path) for item in items if "ray_session" in getattr(item, "fixturenames", ()))
+
+
+@pytest.fixture(autouse=True)
+def _own_ray(request):
+    """The tests of a file that never uses ``ray_session`` run as before it existed: the shared Ray is shut
+    down first, so each of their runs starts (and stops) an embedded Ray of its own, or the cluster it builds."""
+    ray = sys.modules.get("ray")
+    if str(request.node.path) not in _RAY_MODULES and ray is not None and _shared_ray_is_up(ray):
+        ray.shutdown()
     yield
-    ray.shutdown()
+
+
+def _shared_ray_is_up(ray) -> bool:
+    return ray.is_initialized() and ray.get_runtime_context().get_node_id() in _SHARED_RAY
+
+
+def downloaded_samples(keys: list[str], **columns) -> pa.Table:
+    """Samples as acquisition and the image stage leave them: every download a success, every image
+    100x100 and decoded; ``columns`` add columns or replace these."""
+    n = len(keys)
+    base = {
+        "key": keys,
+        "url": [f"http://h/{k}" for k in keys],
+        "caption": ["c"] * n,
+        "status": ["success"] * n,
+        "width": [100] * n,
+        "height": [100] * n,
+        "decode_error": pa.nulls(n, pa.string()),
+    }
+    return pa.table(base | columns)
+
+
+@pytest.fixture
+def tiny_run(tmp_path) -> Path:
+    """A run directory written by hand, for `curate stats`: three samples without a download status, their
+    decisions (one rejected as too small) and the two kept rows' metadata."""
+    run, keys = tmp_path / "run", ["0", "1", "2"]
+    for folder, table in {
+        "samples": pa.table(
+            {"key": keys, "url": ["u0", "u1", "u2"], "width": [10, 20, 30], "lang": ["en", "en", "de"]}
+        ),
+        "decisions": pa.table({"key": keys, "keep": [True, False, True], "reason": [None, "too_small", None]}),
+        "metadata": pa.table({"key": ["0", "2"], "caption": ["a", "c"]}),
+    }.items():
+        (run / folder).mkdir(parents=True)
+        pq.write_table(table, run / folder / "00000.parquet")
+    (run / "manifest.json").write_text("{}")
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +147,7 @@ def curated_shards(tmp_path_factory) -> Path:
 
     objects, rows = build_corpus(n_clean=300, seed=3, slow_delay_s=3.0)
     tmp = tmp_path_factory.mktemp("curated")
+    ensure_ray()
     with LoopbackServer(objects) as server:
         urls = write_url_list(rows, server.base_url, tmp / "urls.parquet")
         run_pipeline(load_recipe("demo"), urls, tmp / "run")

@@ -16,7 +16,7 @@ from curate.cli import app
 pytestmark = pytest.mark.slow
 
 
-def test_bench_quality_compares_recipes_with_no_filter(served_corpus, curated_shards, tmp_path):
+def test_bench_quality_compares_recipes_with_no_filter(served_corpus, curated_shards, ray_session, tmp_path):
     spec = tmp_path / "eval.yaml"
     spec.write_text(yaml.safe_dump({"data": str(curated_shards), "zero_shot": "shapes"}))
     basic = yaml.safe_load(

@@ -14,8 +14,6 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import typer
 from PIL import Image
@@ -153,22 +151,6 @@ def test_curate_quiet_run_logs_no_ray_info_or_warnings(tmp_path):
 
 
 # --- curate stats -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def tiny_run(tmp_path) -> Path:
-    """A run directory written by hand: samples without a download status, decisions, kept rows."""
-    run = tmp_path / "run"
-    keys = ["0", "1", "2"]
-    for folder, table in {
-        "samples": pa.table({"key": keys, "width": [10, 20, 30], "lang": ["en", "en", "de"]}),
-        "decisions": pa.table({"key": keys, "keep": [True, False, True], "reason": [None, "too_small", None]}),
-        "metadata": pa.table({"key": ["0", "2"], "caption": ["a", "c"]}),
-    }.items():
-        (run / folder).mkdir(parents=True)
-        pq.write_table(table, run / folder / "00000.parquet")
-    (run / "manifest.json").write_text("{}")
-    return run
 
 
 def test_stats_json_is_one_document_for_canned_queries_and_sql(tiny_run):

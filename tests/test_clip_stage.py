@@ -46,7 +46,7 @@ def mismatched_pool(seed: int = 5, n_clean: int = 100, fraction: float = 0.4):
 
 
 @pytest.fixture(scope="module")
-def scored_run(lit_model, tmp_path_factory):
+def scored_run(lit_model, ray_session, tmp_path_factory):
     objects, rows = mismatched_pool()
     tmp = tmp_path_factory.mktemp("clip-run")
     with LoopbackServer(objects) as server:
@@ -107,7 +107,7 @@ def test_changing_keep_top_redecides_without_recomputing_embeddings(scored_run, 
     assert Manifest(run_dir).steps["annotate"]["executions"] == 1
 
 
-def test_actor_pool_scores_equal_in_process_scores(lit_model, curated_shards):
+def test_actor_pool_scores_equal_in_process_scores(lit_model, curated_shards, ray_session):
     """The stage under Ray (CPU prepare tasks + an actor pool) gives the in-process scores (1e-5)."""
     import webdataset as wds
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from conftest import downloaded_samples
 
 from curate.decide import DECISION_COLUMNS, decide
 from curate.recipe import build_recipe
@@ -90,18 +91,12 @@ def test_thresholds_change_without_touching_signals(tmp_path):
 def test_language_policy_scores(tmp_path):
     """min_lang_score applies to kept languages; min_other_score decides how sure an unlisted one must be."""
     langs = [("en", 0.95), ("en", 0.30), ("de", 0.92), ("de", 0.35), (None, None)]
-    table = pa.table(
-        {
-            "key": [f"{i:03d}" for i in range(len(langs))],
-            "url": [f"http://h/{i}" for i in range(len(langs))],
-            "caption": ["c"] * len(langs),
-            "status": ["success"] * len(langs),
-            "width": [300] * len(langs),
-            "height": [300] * len(langs),
-            "decode_error": pa.nulls(len(langs), pa.string()),
-            "lang": [lang for lang, _ in langs],
-            "lang_score": pa.array([score for _, score in langs], pa.float32()),
-        }
+    table = downloaded_samples(
+        [f"{i:03d}" for i in range(len(langs))],
+        width=[300] * len(langs),
+        height=[300] * len(langs),
+        lang=[lang for lang, _ in langs],
+        lang_score=pa.array([score for _, score in langs], pa.float32()),
     )
     pq.write_table(table, tmp_path / "samples.parquet")
 
@@ -124,18 +119,12 @@ def test_decisions_are_one_file_per_raw_shard_covering_every_sample_once(tmp_pat
     rng = np.random.default_rng(0)
     shard_of = [shards[i] for i in rng.integers(0, len(shards), n)]
     keys = [f"{shard}{i:06d}" for i, shard in enumerate(shard_of)]
-    table = pa.table(
-        {
-            "key": keys,
-            "raw_shard": shard_of,
-            "url": [f"http://h/{k}" for k in keys],
-            "caption": ["c"] * n,
-            "status": ["success"] * n,
-            "width": rng.integers(10, 400, n).tolist(),
-            "height": [300] * n,
-            "decode_error": pa.nulls(n, pa.string()),
-            "sha256": [f"h{i % 2000}" for i in range(n)],  # duplicates across raw shards
-        }
+    table = downloaded_samples(
+        keys,
+        raw_shard=shard_of,
+        width=rng.integers(10, 400, n).tolist(),
+        height=[300] * n,
+        sha256=[f"h{i % 2000}" for i in range(n)],  # duplicates across raw shards
     ).take(rng.permutation(n))
     (tmp_path / "samples").mkdir()
     for part in range(3):  # each part file holds rows of every raw shard
@@ -167,17 +156,10 @@ def test_keep_top_and_url_filter_run_inside_duckdb_batch_by_batch(tmp_path, monk
 
     monkeypatch.setattr(urls, "BATCH_ROWS", 7)  # several batches
     n = 50
-    table = pa.table(
-        {
-            "key": [f"{i:03d}" for i in range(n)],
-            "url": [f"http://{'bad' if i % 10 == 3 else 'ok'}.example/{i}" for i in range(n)],
-            "caption": ["c"] * n,
-            "status": ["success"] * n,
-            "width": [100] * n,
-            "height": [100] * n,
-            "decode_error": pa.nulls(n, pa.string()),
-            "clip_score": pa.array([float(i % 5) for i in range(n)], pa.float32()),  # ties
-        }
+    table = downloaded_samples(
+        [f"{i:03d}" for i in range(n)],
+        url=[f"http://{'bad' if i % 10 == 3 else 'ok'}.example/{i}" for i in range(n)],
+        clip_score=pa.array([float(i % 5) for i in range(n)], pa.float32()),  # ties
     )
     pq.write_table(table, tmp_path / "samples.parquet")
     recipe = build_recipe(

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import downloaded_samples
 from PIL import Image, ImageDraw
 
 from curate.decide import decide
@@ -28,15 +29,7 @@ def write_run(tmp_path, samples: dict, embeddings: np.ndarray | None = None):
 
 
 def base_columns(n: int) -> dict:
-    return {
-        "key": [f"{i:04d}" for i in range(n)],
-        "url": [f"http://h/{i}" for i in range(n)],
-        "caption": ["c"] * n,
-        "status": ["success"] * n,
-        "width": [100] * n,
-        "height": [100] * n,
-        "decode_error": pa.nulls(n, pa.string()),
-    }
+    return downloaded_samples([f"{i:04d}" for i in range(n)]).to_pydict()
 
 
 def run_decide(tmp_path, policies: list) -> dict:
@@ -128,7 +121,7 @@ COPIES = {  # kind -> (make the copy from the original's JPEG, the reason it mus
 
 
 @pytest.fixture(scope="module")
-def dedup_run(tmp_path_factory):
+def dedup_run(ray_session, tmp_path_factory):
     from curate.demo.corpus import WebObject
     from curate.demo.server import LoopbackServer
     from curate.run import run_pipeline

@@ -20,9 +20,9 @@ from ray.cluster_utils import Cluster
 
 from curate import runtime
 from curate.demo.synthetic import synthetic_run
-from curate.emit.base import Sample, Writer
 from curate.emit.formats import FORMATS
 from curate.emit.llava import combine_json_lines
+from curate.emit.parquet import MetadataFormat
 from curate.emit.run import emit
 from curate.emit.shards import EmitConfig, kept_rows
 
@@ -159,22 +159,16 @@ def test_kept_rows_reads_per_shard_decisions_and_enrich_results_of_either_layout
     assert got == {mine[0]: ("x", None), mine[1]: (None, 0.5)} and "z" not in rows.column_names
 
 
-class KeysFormat(Writer):
-    """A third format, as small as one can be: the keys of each shard, then of the run, one a line."""
+class KeysFormat(MetadataFormat):
+    """A third format, as small as one can be: the keys of each shard, then of the run, one a line
+    (it collects rows as the Parquet metadata writer does, and writes only their keys)."""
 
     name = "keys"
     folder = "keys"
 
-    def open(self, shard: str, schema: pa.Schema) -> None:
-        super().open(shard, schema)
-        self.keys: list[str] = []
-
-    def write(self, sample: Sample) -> None:
-        self.keys.append(sample.key)
-
     def close(self) -> dict:
         Path(self.path(".txt")).parent.mkdir(parents=True, exist_ok=True)
-        Path(self.path(".txt")).write_text("".join(k + "\n" for k in self.keys))
+        Path(self.path(".txt")).write_text("".join(row["key"] + "\n" for row in self._rows))
         return {"file": self.path(".txt")}
 
     @classmethod

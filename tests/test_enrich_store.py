@@ -22,7 +22,7 @@ from curate.signals.hashes import Hashes
 
 
 @pytest.fixture
-def run(curated_shards, tmp_path):
+def run(curated_shards, ray_session, tmp_path):
     target = tmp_path / "run"
     shutil.copytree(curated_shards.parent, target)
     return target

@@ -30,22 +30,7 @@ def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     return exit_info.value.code or 0, out, err
 
 
-# --- a small run directory written by hand: for the SQL sandbox --------------------------------
-
-
-@pytest.fixture
-def tiny_run(tmp_path):
-    run = tmp_path / "run"
-    keys = ["0", "1", "2"]
-    for folder, table in {
-        "samples": pa.table({"key": keys, "url": ["u0", "u1", "u2"], "width": [10, 20, 30]}),
-        "decisions": pa.table({"key": keys, "keep": [True, False, True], "reason": [None, "too_small", None]}),
-        "metadata": pa.table({"key": ["0", "2"], "caption": ["a", "c"]}),
-    }.items():
-        (run / folder).mkdir(parents=True)
-        pq.write_table(table, run / folder / "00000.parquet")
-    (run / "manifest.json").write_text("{}")
-    return run
+# --- the SQL sandbox, on conftest's tiny_run ----------------------------------------------------------
 
 
 def test_stats_sql_over_the_run_views_works(tiny_run, monkeypatch, capsys):

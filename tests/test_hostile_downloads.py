@@ -185,7 +185,7 @@ def test_the_recipe_refuses_a_bad_address_allow_list():
 
 
 @pytest.mark.slow
-def test_a_run_ends_each_hostile_url_with_its_reason_and_never_requests_blocked_ones(server, tmp_path):
+def test_a_run_ends_each_hostile_url_with_its_reason_and_never_requests_blocked_ones(server, ray_session, tmp_path):
     """`curate run` end to end: url_filter applies before acquire; the reasons reach decisions/."""
     cases = {
         "/ok2.jpg": None,

@@ -57,7 +57,7 @@ def test_a_long_caption_is_said_once_and_short_ones_keep_two_follow_ups():
 
 
 @pytest.fixture(scope="module")
-def long_export(tmp_path_factory) -> Path:
+def long_export(ray_session, tmp_path_factory) -> Path:
     """curate's own LLaVA export of 32 samples whose captions are 400-character alt texts."""
     run = tmp_path_factory.mktemp("long") / "run"
     synthetic_run(run, 32, 2, keep_every=1)

@@ -40,7 +40,7 @@ def metadata(run_dir) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def run_copy(curated_shards, tmp_path_factory):
+def run_copy(curated_shards, ray_session, tmp_path_factory):
     target = tmp_path_factory.mktemp("recaption") / "run"
     shutil.copytree(curated_shards.parent, target)
     return target

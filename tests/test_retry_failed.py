@@ -83,7 +83,7 @@ class ManifestWatch:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(ray_session, tmp_path_factory):
     """The demo corpus in 4 download shards, with 4 clean URLs answering 503, one slow URL and one always
     busy, run once; the server recovers (the slow URL answers in 1 s, within the 2 s timeout); run again with
     --retry-failed; then once more, when only the busy URL is left to retry. Yields what each run saw."""

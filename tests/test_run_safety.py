@@ -21,7 +21,7 @@ from curate.run import clean_leftovers, prepare_run_dir, redecide
 
 
 @pytest.fixture
-def run(curated_shards, tmp_path) -> Path:
+def run(curated_shards, ray_session, tmp_path) -> Path:
     """A private copy of the finished demo run (the session fixture's run stays untouched)."""
     copy = tmp_path / "run"
     shutil.copytree(curated_shards.parent, copy, symlinks=True)

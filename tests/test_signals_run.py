@@ -133,7 +133,7 @@ def planted(base: str) -> list[tuple[str, str, str | None]]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(ray_session, tmp_path_factory):
     images = special_images() | {f"ok{i}.jpg": encode(photo(10 + i), "JPEG") for i in range(11)}
     images["blocked/ok5.jpg"] = images["ok5.jpg"]
     images["copy-of-ok0.jpg"] = images["ok0.jpg"]

@@ -6,6 +6,7 @@ import glob
 import importlib
 import json
 import os
+import random
 from collections.abc import Callable, Iterator
 from functools import partial
 
@@ -91,12 +92,18 @@ def train_pipeline(
         wds.ResampledShards(shards, worker_seed=partial(_worker_seed, seed), deterministic=True),
         wds.split_by_worker,
         wds.tarfile_to_samples(handler=wds.warn_and_continue),
-        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), rng=None),
+        partial(_seeded_shuffle, bufsize=shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed),
         wds.decode(decode_images, handler=wds.warn_and_continue),
         wds.to_tuple("jpg", "txt"),
         wds.map_tuple(preprocess, lambda text: tokenize([text])[0]),
         wds.batched(batch_size, partial=False),
     )
+
+
+def _seeded_shuffle(data: Iterator, bufsize: int, initial: int, seed: int) -> Iterator:
+    """webdataset's buffer shuffle, seeded per run, rank and worker: its default generator is seeded from the
+    clock and the pid, so the same seed gave another sample order (and loss curve) on every run."""
+    yield from wds.shuffle(bufsize, initial, rng=random.Random(_worker_seed(seed)))(data)
 
 
 def _worker_seed(seed: int) -> int:
