@@ -162,13 +162,17 @@ def test_each_reason_is_reached_by_its_planted_sample(run):
     reachable -= set(ACQUIRE_REASONS)  # hostile servers: planted in test_hostile_downloads.py
     reachable -= {"no_image"}  # a WebDataset key without an image: planted in test_existing_shards.py
     assert {r for r in got if r} == reachable <= set(reasons.REASONS)
-    # every other policy has its planted samples in test_clip_stage.py, test_dedup.py or test_balance.py
+    # every other policy has its planted samples in test_clip_stage.py, test_dedup.py, test_balance.py,
+    # test_blocklist.py or test_heads.py (head and score: recipe-named reasons)
     assert set(POLICIES) - {p.name for p in recipe.decide} == {
         "clip_score",
         "near_dedup",
         "semantic_dedup",
         "decontaminate",
         "balance",
+        "blocklist",
+        "head",
+        "score",
     }
 
 
