@@ -62,7 +62,6 @@ def rejected(tmp_path, **params) -> set[int]:
 
 def test_relative_score_rejects_hub_captions_a_plain_cosine_keeps(tmp_path):
     pool(tmp_path)
-    bad = set(range(HUBS + WRONG))
     plain = rejected(tmp_path, keep_top=0.8)
     relative = rejected(tmp_path, keep_top=0.8, relative=True, reference=200)
     assert len(plain) == len(relative) == round(0.2 * N)
