@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, model_validator
 
 from curate.decide.base import DecideDB, Policy, PolicyConfig
 
@@ -190,6 +190,14 @@ class ClipScoreConfig(PolicyConfig):
         4096, ge=16, description="With relative: rows sampled (seeded) from the run as the neighbour pool."
     )
     seed: int = Field(0, description="With relative: the reference sample's seed.")
+
+    @model_validator(mode="after")
+    def _cosine_range(self) -> ClipScoreConfig:
+        if not self.relative and self.min_score is not None and not -1.0 <= self.min_score <= 1.0:
+            raise ValueError(
+                f"min_score {self.min_score} is not a cosine (-1 to 1); relative scores need relative: true"
+            )
+        return self
 
 
 class ClipScoreFilter(Policy):
