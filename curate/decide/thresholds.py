@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, model_validator
 
 from curate.decide.base import DecideDB, Policy, PolicyConfig
 
@@ -167,7 +167,11 @@ class CaptionBoilerplate(Policy):
 
 class ClipScoreConfig(PolicyConfig):
     min_score: float | None = Field(
-        None, ge=-1.0, le=1.0, description="Reject below this cosine (LAION: 0.28 with OpenAI ViT-B/32)."
+        None,
+        ge=-3.0,
+        le=2.0,
+        description="Reject below this cosine (LAION: 0.28 with OpenAI ViT-B/32); with relative: true, below "
+        "this relative score (CSLS, around 0).",
     )
     keep_top: float | None = Field(
         None,
@@ -176,27 +180,76 @@ class ClipScoreConfig(PolicyConfig):
         description="Keep this fraction of the rows that reach this policy, by score over the whole "
         "pool, not per shard (DataComp's percentile method: 0.3 keeps the top 30 %).",
     )
+    relative: bool = Field(
+        False,
+        description="Rank by the relative score (CSLS) computed at decide time from RUN/embeddings: the cosine "
+        "minus how close the image is to captions in general and the caption to images in general.",
+    )
+    neighbours: int = Field(10, ge=1, le=1000, description="With relative: the k nearest neighbours averaged.")
+    reference: int = Field(
+        4096, ge=16, description="With relative: rows sampled (seeded) from the run as the neighbour pool."
+    )
+    seed: int = Field(0, description="With relative: the reference sample's seed.")
+
+    @model_validator(mode="after")
+    def _cosine_range(self) -> ClipScoreConfig:
+        if not self.relative and self.min_score is not None and not -1.0 <= self.min_score <= 1.0:
+            raise ValueError(
+                f"min_score {self.min_score} is not a cosine (-1 to 1); relative scores need relative: true"
+            )
+        return self
 
 
 class ClipScoreFilter(Policy):
     """CLIPScore filtering on the stored ``clip_score``: an absolute floor and/or a global top fraction.
 
     ``keep_top`` keeps exactly ``round(fraction * n)`` of the ``n`` rows still kept when it
-    runs, ordered by score (ties broken by key), so the fraction is exact and deterministic.
+    runs, ordered by score (ties broken by key), so the fraction is exact and deterministic. With
+    ``relative: true`` both apply to the CSLS score (:mod:`curate.decide.relative`), which decisions keep as
+    ``score_clip_relative``.
     """
 
     name = "clip_score"
     Config = ClipScoreConfig
-    reads = ("clip_score",)
     reasons = ("low_clip_score",)
+
+    @property
+    def reads(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("clip_score", "clip_image_emb") if self.config.relative else ("clip_score",)
 
     def apply(self, db: DecideDB) -> None:
         c = self.config
-        floor = "" if c.min_score is None else f" OR s.clip_score < {float(c.min_score)}"
-        db.reject_where(f"s.clip_score IS NULL{floor}", "low_clip_score", self.name)
+        db.reject_where("s.clip_score IS NULL", "low_clip_score", self.name)
+        source, score = ("kept", "clip_score")
+        if c.relative:
+            _relative_scores(db, c)
+            source, score = ("kept_scores", "score_clip_relative")
+        if c.min_score is not None:
+            below = f"SELECT key, NULL::VARCHAR AS dup_of FROM {source} WHERE {score} < $min"
+            db.reject_query(below, "low_clip_score", self.name, {"min": float(c.min_score)})
         if c.keep_top is not None:  # ranked by DuckDB (an out-of-core sort): no key list in memory
             (n,) = db.con.execute("SELECT count(*) FROM kept").fetchone()
-            below = """SELECT key, NULL::VARCHAR AS dup_of FROM (
-                           SELECT key, row_number() OVER (ORDER BY clip_score DESC, key) AS place FROM kept)
+            below = f"""SELECT key, NULL::VARCHAR AS dup_of FROM (
+                           SELECT key, row_number() OVER (ORDER BY {score} DESC NULLS LAST, key) AS place
+                           FROM {source})
                        WHERE place > $keep"""
             db.reject_query(below, "low_clip_score", self.name, {"keep": round(c.keep_top * n)})
+
+
+def _relative_scores(db: DecideDB, c: ClipScoreConfig) -> None:
+    """``verdict.score_clip_relative`` from the stored embeddings, and view ``kept_scores`` (kept rows + it)."""
+    from curate.decide.relative import csls_scores
+
+    if db.embeddings_dir is None:
+        raise ValueError("clip_score relative: true needs RUN/embeddings (the clip stage's embeddings)")
+    db.con.execute("CREATE OR REPLACE TABLE _clip_relative (key VARCHAR, score FLOAT)")
+    for part in csls_scores(str(db.embeddings_dir), c.neighbours, c.reference, c.seed):
+        db.con.register("_part", part)
+        db.con.execute("INSERT INTO _clip_relative SELECT key, csls FROM _part")
+        db.con.unregister("_part")
+    db.con.execute("ALTER TABLE verdict ADD COLUMN IF NOT EXISTS score_clip_relative FLOAT")
+    db.con.execute("UPDATE verdict SET score_clip_relative = r.score FROM _clip_relative r WHERE verdict.key = r.key")
+    db.con.execute(
+        """CREATE OR REPLACE TEMP VIEW kept_scores AS SELECT k.key, v.score_clip_relative
+           FROM kept k JOIN verdict v USING (key)"""
+    )
