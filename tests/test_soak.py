@@ -1,7 +1,9 @@
 """Soak: 2,000 URLs, 5 % hostile, through `curate run` until decide, against a clean run of the same size.
 
-Every row must be decided exactly once with its expected reason, and the hostile run must take at
-most 1.5x the clean run's wall time: no URL can stall a shard past the deadline.
+Every row must be decided exactly once with its expected reason, and no URL may stall a shard past the
+deadline: the hostile run may take at most 10 deadlines longer than the clean one (measured: +2.9 s; a drip
+URL without the deadline would hold its shard for 500 s). The bound is absolute, not a ratio: the tests share one
+Ray, so a clean run no longer carries Ray's start-up (a 1.5x ratio of 5.4 s failed at 8.3 s, as designed).
 """
 
 from __future__ import annotations
@@ -117,4 +119,4 @@ def test_hostile_urls_cost_little_and_every_row_is_decided_once(ray_session, tmp
     wrong = {d["url"]: (expected[d["url"]], d["reason"]) for d in decided if d["reason"] != expected[d["url"]]}
     assert not wrong
     print(f"soak: clean {clean_s:.1f}s, hostile {hostile_s:.1f}s for {N} URLs")
-    assert hostile_s <= 1.5 * clean_s, f"hostile {hostile_s:.1f}s vs clean {clean_s:.1f}s"
+    assert hostile_s - clean_s <= 10 * DEADLINE_S, f"hostile {hostile_s:.1f}s vs clean {clean_s:.1f}s: a URL stalled"
