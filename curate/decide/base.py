@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
@@ -96,3 +97,13 @@ class Policy:
     def apply(self, db: DecideDB) -> None:
         """Reject rows through ``db.reject_where`` or ``db.reject_keys``."""
         raise NotImplementedError
+
+
+def embedding_matrix(lists: pa.Array | pa.ChunkedArray, dim: int | None = None) -> np.ndarray:
+    """Stored embeddings (a list column, float16 in RUN/embeddings) as an (n, d) numpy matrix of their dtype.
+
+    ``dim`` is the width to use when there are no rows (default 0).
+    """
+    lists = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
+    width = len(lists[0]) if len(lists) else (dim or 0)
+    return lists.flatten().to_numpy(zero_copy_only=False).reshape(len(lists), width)

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
 from curate import storage
-from curate.decide.base import DecideDB, Policy, PolicyConfig
+from curate.decide.base import DecideDB, Policy, PolicyConfig, embedding_matrix
 from curate.decide.neardup import DEFAULT_K  # pHash bits; the measurement behind it is there
 
 ORDER = re.compile(r"^(?P<col>[a-z_][a-z0-9_]*) (?P<dir>asc|desc)$")
@@ -163,9 +163,7 @@ def _with_embeddings(rows: pa.Table, folder: Path | None, column: str) -> tuple[
     table = table.filter(pc.is_valid(table.column(column)))
     position = pa.table({"key": table.column("key"), "_row": pa.array(np.arange(len(table)))})
     joined = rows.join(position, "key").sort_by("rank")  # float16 lists cannot pass through a join
-    lists = table.column(column).take(joined.column("_row")).combine_chunks()
-    dim = len(lists[0]) if len(lists) else 0
-    emb = lists.flatten().to_numpy(zero_copy_only=False).reshape(len(lists), dim)
+    emb = embedding_matrix(table.column(column).take(joined.column("_row")))
     return joined.drop_columns(["_row"]), emb
 
 

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
 from curate import reasons, storage
-from curate.decide.base import DecideDB, Policy, PolicyConfig
+from curate.decide.base import DecideDB, Policy, PolicyConfig, embedding_matrix
 from curate.heads import Head, HeadError, load_head, same_model
 
 if TYPE_CHECKING:
@@ -130,9 +130,7 @@ def _scored_file(path: str, head: Head) -> pa.Table:
     column = head.spec.embedding
     table = pq.read_table(local, filesystem=fsys, columns=["key", column])
     table = table.filter(pc.is_valid(table.column(column)))
-    lists = table.column(column).combine_chunks()
-    dim = len(lists[0]) if len(lists) else head.spec.sizes[0]
-    emb = lists.flatten().to_numpy(zero_copy_only=False).reshape(len(lists), dim)
+    emb = embedding_matrix(table.column(column), head.spec.sizes[0])
     return pa.table({"key": table.column("key"), "score": pa.array(head.score(emb), pa.float32())})
 
 

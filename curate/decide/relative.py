@@ -24,15 +24,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate import storage
+from curate.decide.base import embedding_matrix
 
 IMAGE, TEXT = "clip_image_emb", "clip_text_emb"
 
 
 def unit(lists: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """float16 list rows as an L2-normalised float32 matrix."""
-    lists = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
-    dim = len(lists[0]) if len(lists) else 0
-    x = lists.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(lists), dim)
+    x = embedding_matrix(lists).astype(np.float32)
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     return np.ascontiguousarray(x)
 

@@ -19,6 +19,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from curate import storage
+from curate.decide.base import embedding_matrix
 from curate.heads import Head, HeadError, HeadSpec, build_module, save_head
 from curate.manifest import Manifest
 
@@ -93,7 +94,7 @@ def labelled_embeddings(run_dir: str, keys: list[str], column: str) -> tuple[np.
         raise HeadError(f"{run_dir}: only {len(rows)} of {len(keys)} labelled keys have a {column}; label more keys")
     order = np.argsort(rows.column("_i").to_numpy())
     lists = rows.column(column).combine_chunks().take(pa.array(order))
-    x = lists.flatten().to_numpy(zero_copy_only=False).reshape(len(lists), -1).astype(np.float32)
+    x = embedding_matrix(lists).astype(np.float32)
     found = np.zeros(len(keys), dtype=bool)
     found[rows.column("_i").to_numpy()] = True
     return x, found
