@@ -21,6 +21,7 @@ side streams; the list side (about 100 bytes an entry) is held in memory.
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 from typing import Literal
 
@@ -34,7 +35,6 @@ from curate.decide.base import DecideDB, Policy, PolicyConfig
 from curate.errors import UserError
 
 _HEX = re.compile(r"^[0-9a-f]+$")
-_READ_CHUNK = 1 << 20
 
 
 class BlocklistError(UserError):
@@ -129,17 +129,13 @@ def read_blocklist(path: str) -> tuple[list[str], np.ndarray, str]:
     fs, fpath = storage.fs_path(path)
     if not fs.exists(fpath):
         raise BlocklistError(f"blocklist {path}: no such file. Give decide.blocklist.path a text or Parquet list.")
-    digest = hashlib.sha256()
-    with fs.open(fpath, "rb") as f:
-        while chunk := f.read(_READ_CHUNK):
-            digest.update(chunk)
+    with fs.open(fpath, "rb") as f:  # read once: the digest is of the very bytes parsed (a URL may change)
+        data = f.read()
     if path.endswith(".parquet"):
-        with fs.open(fpath, "rb") as f:
-            sha256, phash = _from_parquet(pq.read_table(f), path)
+        sha256, phash = _from_parquet(pq.read_table(io.BytesIO(data)), path)
     else:
-        with fs.open(fpath, "rt", encoding="utf-8") as f:
-            sha256, phash = _from_text(f, path)
-    return sha256, np.array(phash, dtype=np.uint64), digest.hexdigest()
+        sha256, phash = _from_text(data.decode("utf-8").splitlines(), path)
+    return sha256, np.array(phash, dtype=np.uint64), hashlib.sha256(data).hexdigest()
 
 
 def _from_parquet(table: pa.Table, path: str) -> tuple[list[str], list[int]]:
