@@ -27,6 +27,13 @@ if TYPE_CHECKING:
 _REASON = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 
+def new_reason_code(reason: str) -> str:
+    """A recipe-named reason: a new lowercase code, never a built-in one."""
+    if not _REASON.match(reason) or reason in reasons.REASONS:
+        raise ValueError(f"{reason!r} must be a new lowercase code (letters, digits, _), not a built-in one")
+    return reason
+
+
 class HeadConfig(PolicyConfig):
     path: str = Field(..., description="A head folder ('curate train head') or a LAION .pth head file.")
     reason: str = Field(..., description="The reason code rejected rows get (e.g. watermark, nsfw, low_aesthetic).")
@@ -39,12 +46,7 @@ class HeadConfig(PolicyConfig):
         None, description="The CLIP model the head expects, when its file does not say (LAION's .pth heads)."
     )
 
-    @field_validator("reason")
-    @classmethod
-    def _new_code(cls, reason: str) -> str:
-        if not _REASON.match(reason) or reason in reasons.REASONS:
-            raise ValueError(f"{reason!r} must be a new lowercase code (letters, digits, _), not a built-in one")
-        return reason
+    _new_code = field_validator("reason")(new_reason_code)
 
     @model_validator(mode="after")
     def _one_cut(self) -> HeadConfig:
@@ -140,7 +142,7 @@ class ScoreCutConfig(PolicyConfig):
     min_score: float | None = Field(None, description="Reject rows below this.")
     max_score: float | None = Field(None, description="Reject rows above this.")
 
-    _new_code = field_validator("reason")(HeadConfig._new_code.__func__)  # type: ignore[attr-defined]
+    _new_code = field_validator("reason")(new_reason_code)
 
     @model_validator(mode="after")
     def _one_cut(self) -> ScoreCutConfig:
