@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from curate.acquire.raw import _tar_images
 from curate.calibrate import calibrate_run
 from curate.calibrate.measure import (
+    EPS_CANDIDATES,
     K_CANDIDATES,
     calibrate_k,
     hamming,
@@ -170,3 +171,26 @@ def test_errors_name_the_file_and_the_fix(planted, tmp_path):
         calibrate_run(str(run), duplicates=str(bad))
     with pytest.raises(CalibrationError, match=r"manifest\.json"):
         calibrate_run(str(tmp_path))
+
+
+def test_eps_from_the_runs_own_clip_model(tmp_path):
+    """A run whose recipe has a clip stage: eps is measured with that stage's model (clip-tiny here), on
+    distinct images read from WebDataset tars."""
+    rng = np.random.default_rng(4)
+    run = tmp_path / "run"
+    write_run(run, [jpeg(pattern(rng)) for _ in range(24)], ["image", {"stage": "clip", "model": "clip-tiny"}])
+    with tarfile.open(tmp_path / "distinct.tar", "w") as tar:
+        for i in range(16):
+            data = jpeg(pattern(rng))
+            info = tarfile.TarInfo(f"d{i:03d}.jpg")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    result = calibrate_run(str(run), distinct=str(tmp_path / "distinct.tar"), n=24)
+    semantic = result["semantic_dedup"]
+    assert semantic["model"] == "clip-tiny" and semantic["column"] == "clip_image_emb"
+    assert [r["value"] for r in semantic["table"]] == list(EPS_CANDIDATES)
+    assert result["negatives"]["images"] == 16 and result["positives"]["pairs"] == 24
+    recalls = [r["recall"] for r in semantic["table"]]
+    assert recalls == sorted(recalls) and 0 < semantic["duplicate_cosine"]["median"] <= 1.0001
+    if semantic["recommended"] is not None:
+        assert f"decide.semantic_dedup.eps={semantic['recommended']}" in result["overrides"]
