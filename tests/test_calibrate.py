@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from test_object_storage import bucket, s3_server, s3fs  # noqa: F401 (fixtures)
 from typer.testing import CliRunner
 
 from curate.acquire.raw import _tar_images
@@ -194,3 +195,16 @@ def test_eps_from_the_runs_own_clip_model(tmp_path):
     assert recalls == sorted(recalls) and 0 < semantic["duplicate_cosine"]["median"] <= 1.0001
     if semantic["recommended"] is not None:
         assert f"decide.semantic_dedup.eps={semantic['recommended']}" in result["overrides"]
+
+
+def test_calibrate_a_run_on_s3(planted, bucket):  # noqa: F811
+    """RUN and the pairs file in a bucket (moto's S3 server): read through fsspec, calibration.json written there."""
+    run, pairs, planted_k = planted
+    fs = s3fs()
+    for path in sorted(p for p in run.rglob("*") if p.is_file() and p.name != "calibration.json"):
+        fs.put_file(str(path), f"{bucket}/run/{path.relative_to(run)}")
+    fs.put_file(str(pairs), f"{bucket}/pairs.csv")
+    result = calibrate_run(f"{bucket}/run", duplicates=f"{bucket}/pairs.csv", n=200, seed=1)
+    assert result["near_dedup"]["recommended"] == planted_k
+    saved = json.loads(fs.cat_file(f"{bucket.removeprefix('s3://')}/run/calibration.json"))
+    assert saved["overrides"] == result["overrides"] and saved["run"] == f"{bucket}/run"
