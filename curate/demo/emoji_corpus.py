@@ -671,10 +671,22 @@ def build_seed_set(
     cache = Path(cache or out_dir)
     artists = _seed_part(out_dir / f"seed-v{CORPUS_VERSION}-seed{seed}-{'-'.join(SEED_SOURCES)}-r{ARTISTS_REVISION}",
                          lambda: load_catalogue(SEED_SOURCES, cache), seed, VAL_FRACTION["artists"], cache)  # fmt: skip
-    held = _seed_part(out_dir / f"seed-v{CORPUS_VERSION}-seed{seed}-{'-'.join(SOURCES)}-holdout{holdout:g}",
+    return SeedSet(artists, build_holdout_part(out_dir, seed, holdout, cache))
+
+
+def build_holdout_part(
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    holdout: float = HOLDOUT,
+    cache: str | Path | None = None,
+) -> SeedPart:
+    """The seed set's second part alone: the ``holdout`` share of the Noto and OpenMoji glyphs the pool
+    of :func:`build_quality_corpus` leaves out (``make demo``'s small trusted set; no npm artists needed)."""
+    out_dir = Path(out_dir or default_cache())
+    cache = Path(cache or out_dir)
+    return _seed_part(out_dir / f"seed-v{CORPUS_VERSION}-seed{seed}-{'-'.join(SOURCES)}-holdout{holdout:g}",
                       lambda: split_glyphs(load_catalogue(SOURCES, cache), seed, holdout)[1], seed,
                       VAL_FRACTION["holdout"], cache)  # fmt: skip
-    return SeedSet(artists, held)
 
 
 def _seed_part(folder: Path, pairs: Callable[[], list[Pair]], seed: int, val_fraction: float, cache: Path) -> SeedPart:
