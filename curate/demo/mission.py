@@ -90,12 +90,17 @@ class Steps:
 
 
 def run_mission(
-    output: str | Path, sizes: Sizes = FULL, corpus: str = "auto", address: str | None = None
+    output: str | Path,
+    sizes: Sizes = FULL,
+    corpus: str = "auto",
+    address: str | None = None,
+    cache: Path | None = None,
 ) -> MissionResult:
-    """Run the whole demo into ``output``; ``corpus``: auto (emoji when installable), emoji or shapes."""
+    """Run the whole demo into ``output``; ``corpus``: auto (emoji when installable), emoji or shapes; the
+    models are cached in ``cache`` (default ``$CURATE_CACHE/demo``)."""
     from curate.io import cache_dir
 
-    output, cache = Path(output).resolve(), cache_dir("demo")
+    output, cache = Path(output).resolve(), cache or cache_dir("demo")
     steps = Steps(7)
     data, fallback = steps.run("corpus", "corpus: real pairs with planted noise", pick_corpus, corpus, output, sizes)
     model = steps.run(
@@ -171,6 +176,7 @@ def calibrate(model: Path, data: DemoCorpus) -> float:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from curate.io import write_json
     from curate.signals.clip import ClipScorer
 
     stored = model / f"min_score-{fingerprint(data.seed_val)}.json"
@@ -181,7 +187,7 @@ def calibrate(model: Path, data: DemoCorpus) -> float:
                       "caption": val.column("caption")})  # fmt: skip
     scores = ClipScorer(ClipScorer.Config(model=str(model), batch_size=64))(batch).column("clip_score")
     min_score = round(float(np.quantile(np.asarray(scores.to_pylist(), np.float32), MAX_CLEAN_LOSS)), 4)
-    stored.write_text(json.dumps({"min_score": min_score, "pairs": len(val), "max_clean_loss": MAX_CLEAN_LOSS}))
+    write_json(str(stored), {"min_score": min_score, "pairs": len(val), "max_clean_loss": MAX_CLEAN_LOSS})
     return min_score
 
 

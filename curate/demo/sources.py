@@ -48,13 +48,15 @@ def emoji_available() -> str | None:
     return None
 
 
-def emoji_corpus(folder: Path, pool: int, seed: int = 0, semantic: int = 8) -> DemoCorpus:
-    """The real pairs: the emoji pool (``pool`` rows), its held-out glyphs as seed set and eval pairs."""
+def emoji_corpus(folder: Path, pool: int, seed: int = 0, semantic: int = 8, built: Path | None = None) -> DemoCorpus:
+    """The real pairs: the emoji pool (``pool`` rows), its held-out glyphs as seed set and eval pairs; the pool
+    and the seed part are built once into ``built`` (default: the sources' cache, shared with the benchmarks)."""
     from curate.demo.emoji_corpus import build_holdout_part, build_quality_corpus, compose, english_caption
     from curate.demo.emoji_sources import default_cache, load_catalogue
 
-    objects, rows = build_quality_corpus(default_cache(), pool, seed)
-    part = build_holdout_part(default_cache(), seed)
+    built = built or default_cache()
+    objects, rows = build_quality_corpus(built, pool, seed, cache=default_cache())
+    part = build_holdout_part(built, seed, cache=default_cache())
     by_concept = {(p.source, p.concept): p for p in load_catalogue()}
     rng = random.Random(seed + 5)
     clean = [r for r in rows if r.defect is None and (r.source, r.concept) in by_concept]
