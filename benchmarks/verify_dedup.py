@@ -1,21 +1,21 @@
 """Measures near-dup verification on real glyphs: pHash and colour-signature distances per pair kind,
 and dup_near precision/recall for k and ``verify_colour`` (the defaults of ``NearDedupConfig``).
 
-Images: every distinct Noto + OpenMoji glyph of the quality corpus catalogue
-(``quality_sources.load_catalogue``), drawn two ways: ``composed`` (the quality corpus's own
+Images: every distinct Noto + OpenMoji glyph of the emoji corpus catalogue
+(``curate.demo.emoji_sources.load_catalogue``), drawn two ways: ``composed`` (the quality corpus's own
 ``compose``: a named background, 45-90 % of the smaller side, JPEG or PNG) and ``plain`` (the glyph
 centred on white, 256 px, PNG: clip-art as served, the hard case for pHash). Pair kinds:
 
-- copy/<perturbation>: the quality corpus's ``near_copy_bytes`` of an image (its PERTURBATIONS:
+- copy/<perturbation>: ``curate.calibrate.perturb.near_copy_bytes`` of an image (its PERTURBATIONS:
   JPEG q25-50, resize, 0.5-2 % crop per side, watermark overlay, brightness, resize + JPEG);
 - colour_variant: two glyphs of one source whose English names differ only in a colour word
   ("red heart" / "green heart", "blue book" / "orange book"), drawn on the same canvas;
 - skin_tone: a Noto glyph and its medium-dark skin-tone version, on the same canvas;
 - distinct_nearest: each image and its pHash-nearest other glyph (all pairs, same drawing style).
 
-Run from the repository root (needs the quality corpus sources, see quality_setup.sh)::
+Run from the repository root (needs the emoji corpus sources, see quality_setup.sh)::
 
-    PYTHONPATH=.:benchmarks python benchmarks/verify_dedup.py --copies 1200 --out /tmp/verify.json
+    PYTHONPATH=. python benchmarks/verify_dedup.py --copies 1200 --out /tmp/verify.json
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from quality_corpus import PERTURBATIONS, compose, encode, near_copy_bytes
-from quality_sources import SOURCES, Pair, default_cache, glyph, load_catalogue
 
+from curate.calibrate.perturb import PERTURBATIONS, near_copy_bytes
 from curate.decide.neardup import components, near_pairs, representatives
+from curate.demo.emoji_corpus import compose, encode
+from curate.demo.emoji_sources import SOURCES, Pair, default_cache, glyph, load_catalogue
 from curate.images import colour_signature, decode
 from curate.signals.image import perceptual_hashes
 
