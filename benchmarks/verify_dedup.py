@@ -30,10 +30,10 @@ import numpy as np
 from PIL import Image
 
 from curate.calibrate.perturb import PERTURBATIONS, near_copy_bytes
-from curate.decide.neardup import components, near_pairs, representatives
+from curate.decide.neardup import all_row_pairs, components, near_pairs, representatives
 from curate.demo.emoji_corpus import compose, encode
 from curate.demo.emoji_sources import SOURCES, Pair, default_cache, glyph, load_catalogue
-from curate.images import colour_signature, decode
+from curate.images import colour_distance, colour_signature, decode
 from curate.signals.image import perceptual_hashes
 
 GRIDS = (4, 6, 8)
@@ -129,12 +129,14 @@ def _bits(a: int, b: int) -> int:
 
 
 def _colour(sig: dict[int, np.ndarray], i: int, other: dict[int, np.ndarray]) -> dict:
-    """Candidate colour distances of signature row ``i`` to ``other``: per grid, mean / worst quarter / max ΔE."""
+    """Colour distances of signature row ``i`` to ``other``, per grid: ``colour_distance`` (worst quarter of
+    2 x 2 windows) and the candidates it was chosen from: mean / worst quarter / max ΔE of single cells."""
     out = {}
     for g in GRIDS:
         cells = np.linalg.norm((sig[g][i] - other[g]).reshape(-1, 3), axis=1)
         worst = np.sort(cells)[-max(1, len(cells) // 4) :].mean()
         out |= {f"g{g}_mean": float(cells.mean()), f"g{g}_q4": float(worst), f"g{g}_max": float(cells.max())}
+        out[f"g{g}_window"] = float(colour_distance(sig[g][i], other[g]))
     return out
 
 
@@ -183,16 +185,16 @@ def _pool(hashes, sig, copies, variants) -> dict:
 
 
 def _pool_scores(pool: dict, args: argparse.Namespace) -> list[dict]:
-    """dup_near precision / recall over the pool for each k and colour threshold (8x8, worst quarter)."""
+    """dup_near precision / recall over the pool for each k, grid and ``verify_colour`` (as near_dedup does it:
+    every row pair of the hash pairs, checked with ``colour_distance``, connected components)."""
     family, hashes, sig = pool["family"], pool["hashes"], pool["sig"]
     expected = len(family) - len(np.unique(family))
     rank = np.random.default_rng(args.seed).permutation(len(family))  # which copy is kept: arbitrary
     out = []
     for k in args.k:
-        pairs = near_pairs(hashes, k)
+        pairs = all_row_pairs(hashes, near_pairs(hashes, k))
         for grid in GRIDS:
-            cells = np.linalg.norm((sig[grid][pairs[:, 0]] - sig[grid][pairs[:, 1]]).reshape(len(pairs), -1, 3), axis=2)
-            dist = np.sort(cells, axis=1)[:, -max(1, cells.shape[1] // 4) :].mean(axis=1)
+            dist = colour_distance(sig[grid][pairs[:, 0]], sig[grid][pairs[:, 1]])
             for t in [None, *args.thresholds]:
                 kept = pairs if t is None else pairs[dist <= t]
                 rep = representatives(components(len(family), kept), rank)
@@ -215,6 +217,80 @@ def _pool_scores(pool: dict, args: argparse.Namespace) -> list[dict]:
     return out
 
 
+def semantic(args: argparse.Namespace, cache: Path) -> dict:
+    """dup_semantic precision / recall on the composed pool (glyphs, their copies, colour variants; captions
+    are the English names) with ``args.clip`` image embeddings: connected groups (before), no chains, and
+    no chains + caption veto, for each eps."""
+    import pyarrow as pa
+
+    from curate.decide.semantic import caption_keys, semantic_groups
+    from curate.signals.clip import ClipScorer
+
+    pairs = load_catalogue(SOURCES)
+    images = [draw(p, "composed", args.seed * 100_003 + i, cache) for i, p in enumerate(pairs)]
+    bodies = [encode(im, "JPEG", 90) for im in images]
+    captions = [f"{p.name[0].upper()}{p.name[1:]}." for p in pairs]
+    family = list(range(len(pairs)))
+    rng = random.Random(args.seed)
+    for i in range(min(args.copies, len(pairs))):
+        bodies.append(near_copy_bytes(images[i], PERTURBATIONS[i % len(PERTURBATIONS)], rng))
+        captions.append(captions[i])
+        family.append(i)
+    for n, (a, b) in enumerate(colour_variants(pairs)):
+        bodies.append(encode(draw(pairs[b], "composed", args.seed * 100_003 + a, cache), "PNG"))
+        captions.append(f"{pairs[b].name[0].upper()}{pairs[b].name[1:]}.")
+        family.append(len(pairs) + n)
+    stage = ClipScorer(model=args.clip, batch_size=64)
+    stage.setup()
+    emb = []
+    for lo in range(0, len(bodies), 64):
+        batch = pa.table({"image": bodies[lo : lo + 64], "caption": captions[lo : lo + 64]})
+        emb += stage.process(batch).column("clip_image_emb").to_pylist()
+    x = np.array(emb, np.float32)
+    fam, keys = np.array(family), caption_keys(captions)
+    rank = np.random.default_rng(args.seed).permutation(len(fam))
+    expected = len(fam) - len(np.unique(fam))
+    out = []
+    for eps in args.eps:
+        for mode in ("components", "no_chain", "no_chain+caption_veto"):
+            if mode == "components":
+                rep = _semantic_components(x, rank, eps)
+            else:
+                veto = keys if mode.endswith("veto") else None
+                rep = semantic_groups(x, rank, 1, eps, args.seed, caption_keys=veto)
+            gone = np.flatnonzero(rep != np.arange(len(fam)))
+            right = int((fam[gone] == fam[rep[gone]]).sum())
+            out.append(
+                {
+                    "eps": eps,
+                    "mode": mode,
+                    "rejected": len(gone),
+                    "precision": round(right / max(1, len(gone)), 4),
+                    "recall": round(right / max(1, expected), 4),
+                }
+            )
+    nearest = _nearest_cosine(x, fam)
+    return {"rows": len(fam), "expected": int(expected), "model": args.clip, "scores": out, "cosine": nearest}
+
+
+def _semantic_components(x: np.ndarray, rank: np.ndarray, eps: float) -> np.ndarray:
+    """The policy before: connected components of cos > 1 - eps, lowest rank kept (one cluster)."""
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    i, j = np.nonzero(np.triu(u @ u.T > 1 - eps, 1))
+    return representatives(components(len(x), np.stack([i, j], 1)), rank)
+
+
+def _nearest_cosine(x: np.ndarray, fam: np.ndarray) -> dict:
+    """Quantiles of the cosine of each copy to its original and of each row's nearest other-family row."""
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sim = u @ u.T
+    same = fam[:, None] == fam[None, :]
+    np.fill_diagonal(same, False)
+    copies = sim[same]
+    other = np.where(same | np.eye(len(x), dtype=bool), -2, sim).max(axis=1)
+    return {"copy": _quantiles(1 - copies), "distinct_nearest": _quantiles(1 - other)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=1200, help="originals copied (one perturbation each)")
@@ -224,9 +300,17 @@ def main() -> None:
     parser.add_argument("--thresholds", type=float, nargs="+", default=[4, 6, 8, 10, 12, 15, 20])
     parser.add_argument("--styles", nargs="+", default=["composed", "plain"])
     parser.add_argument("--out", type=Path, default=Path("verify_dedup.json"))
+    parser.add_argument("--semantic", action="store_true", help="measure dup_semantic instead (composed pool)")
+    parser.add_argument("--clip", default="lit-offline", help="CLIP model for --semantic")
+    parser.add_argument("--eps", type=float, nargs="+", default=[0.02, 0.05, 0.1])
     parser.add_argument("--dump", help="also save each style's pool (hashes, signatures, families) as DUMP-STYLE.npz")
     args = parser.parse_args()
     cache = default_cache()
+    if args.semantic:
+        result = semantic(args, cache)
+        args.out.write_text(json.dumps(result, indent=1))
+        print(json.dumps(result, indent=1))
+        return
     result = {style: measure(style, args, cache) for style in args.styles}
     args.out.write_text(json.dumps(result, indent=1))
     print(json.dumps({s: r["kinds"] for s, r in result.items()}, indent=1)[:6000])
