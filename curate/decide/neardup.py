@@ -2,7 +2,8 @@
 
 ``near_pairs`` finds every pair of rows whose hashes differ in at most ``k`` bits, without an
 all-pairs pass; ``components`` and ``representatives`` turn those pairs into the row to keep in
-each group. A decide policy calls the three in turn. Pure numpy/scipy: no Ray, no DuckDB.
+each group. A decide policy calls the three in turn (with ``all_row_pairs`` between the first two
+when it checks each pair further, e.g. by colour). Pure numpy/scipy: no Ray, no DuckDB.
 
 Algorithm: multi-index hashing (Norouzi, Punjani and Fleet, "Fast Search in Hamming Space with
 Multi-Index Hashing", CVPR 2012), with a radius per band as in Qin et al.'s GPH (ICDE 2018).
