@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -24,6 +24,9 @@ K_CANDIDATES = tuple(range(0, 17, 2))
 """near_dedup.k values tried (pHash distances are even: k and k + 1 select the same pairs)."""
 EPS_CANDIDATES = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
 """semantic_dedup.eps values tried (cosine distance; the policy's default is 0.05)."""
+VERIFY_CANDIDATES = (2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 30.0)
+"""near_dedup.verify_colour values tried (curate.images.colour_distance: mean CIELAB ΔE of the worst quarter of
+the colour signature's cells; a pHash pair counts only within it)."""
 BLOCK = 1024  # rows of the all-pairs passes done at once
 
 
@@ -84,6 +87,24 @@ def hamming_histogram(hashes: np.ndarray) -> np.ndarray:
     return counts
 
 
+def close_pairs(hashes: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs i < j of ``hashes`` within ``limit`` bits: (i, j, distance) arrays (exact, in row blocks)."""
+    h = np.asarray(hashes, np.uint64)
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for start in range(0, len(h), BLOCK):
+        dist = np.bitwise_count(h[start : start + BLOCK, None] ^ h[None, :])
+        upper = np.arange(len(h))[None, :] > (start + np.arange(len(dist)))[:, None]
+        i, j = np.nonzero(upper & (dist <= limit))
+        found.append((i + start, j, dist[i, j].astype(np.int64)))
+    if not found:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return (
+        np.concatenate([f[0] for f in found]),
+        np.concatenate([f[1] for f in found]),
+        np.concatenate([f[2] for f in found]),
+    )
+
+
 def pairs_above(unit: np.ndarray, thresholds: Sequence[float]) -> list[int]:
     """For each threshold t, how many of the m(m-1)/2 pairs of unit rows have cosine > t."""
     counts = np.zeros(len(thresholds), np.int64)
@@ -111,6 +132,34 @@ def eps_table(copy_cos: np.ndarray, distinct: np.ndarray, pool: int, dup_share: 
     false = pairs_above(distinct, [1 - eps for eps in EPS_CANDIDATES])
     cos = np.asarray(copy_cos, np.float64)
     return table(EPS_CANDIDATES, lambda eps: _mean(cos > 1 - eps), false, len(distinct), pool, dup_share)
+
+
+def verify_table(
+    copy_bits: np.ndarray, copy_colour: np.ndarray, pair_bits: np.ndarray, pair_colour: np.ndarray, m: int,
+    pool: int, dup_share: float, max_false_merge: float,
+) -> list[dict]:  # fmt: skip
+    """Per near_dedup.verify_colour value: the k :func:`recommend` picks when pHash pairs must also be within it in
+    colour, and that k's row. ``copy_*``: the known duplicate pairs' pHash bits and colour distances;
+    ``pair_*``: those of the known-distinct pairs within the largest k tried (:func:`close_pairs`) among ``m``
+    distinct images."""
+    rows = []
+    for limit in VERIFY_CANDIDATES:
+        confirmed, same = copy_colour <= limit, pair_colour <= limit
+        false = [int(((pair_bits <= k) & same).sum()) for k in K_CANDIDATES]
+        recall = _share_at_most(np.where(confirmed, copy_bits, 65))
+        best = recommend(table(K_CANDIDATES, recall, false, m, pool, dup_share), max_false_merge)
+        rows.append({"verify_colour": limit, **(asdict(best) if best else {"value": None})})
+    return rows
+
+
+def recommend_verified(rows: Sequence[dict], plain: Candidate | None) -> dict | None:
+    """The verify_colour row with the best recall, then the smallest k, then the strictest limit; None when no row
+    has a k or the unverified ``plain`` recommendation recalls more."""
+    usable = [r for r in rows if r["value"] is not None]
+    if not usable:
+        return None
+    best = min(usable, key=lambda r: (-r["recall"], r["value"], r["verify_colour"]))
+    return None if plain is not None and plain.recall > best["recall"] else best
 
 
 def _share_at_most(values: np.ndarray) -> Callable[[float], float]:
