@@ -1,6 +1,6 @@
 """Benchmark: precision and recall of curate's rejection reasons against planted noise with ground truth.
 
-Claim checked: on a noisy pool of real image-text pairs (``benchmarks/quality_corpus.py``: Noto
+Claim checked: on a noisy pool of real image-text pairs (``curate/demo/emoji_corpus.py``: Noto
 Color Emoji and OpenMoji glyphs with their names, composed onto backgrounds), each planted noise
 kind is rejected with its reason at precision and recall >= 0.9 for mismatched captions
 (``low_clip_score``), non-English captions (``wrong_language``) and near-duplicates (``dup_near``).
@@ -47,8 +47,9 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality_clip import FitSettings, auc, calibrate, train_filter_model, validation_scores
-from quality_corpus import NOISE, build_quality_corpus, build_seed_set, noise_counts, write_truth
-from quality_sources import SEED_SOURCES, SOURCES, default_cache, load_catalogue
+
+from curate.demo.emoji_corpus import NOISE, build_quality_corpus, build_seed_set, noise_counts, write_truth
+from curate.demo.emoji_sources import SEED_SOURCES, SOURCES, default_cache, load_catalogue
 
 RECIPE = Path(__file__).resolve().parent / "quality_recipe.yaml"
 GOAL_KINDS = ("mismatched", "non_english", "dup_near")

@@ -375,10 +375,31 @@ def _require_manifest(run_dir: str | Path) -> None:
 
 @app.command()
 def demo(
-    output: Annotated[Path, typer.Option("--output", help="Run directory.")] = Path("demo-run"),
-    n: Annotated[int, typer.Option("--n", help="Clean pairs in the generated corpus.")] = 300,
+    output: Annotated[Path, typer.Option("--output", help="Folder of the demo's run, models and summary.")] = Path(
+        "demo-run"
+    ),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Only hygiene (pipelines/demo.yaml) on generated shapes, in seconds.")
+    ] = False,
+    corpus: Annotated[
+        str, typer.Option("--corpus", help="auto (real emoji pairs when installable), emoji or shapes (generated).")
+    ] = "auto",
+    size: Annotated[str, typer.Option("--size", help="full (make demo) or tiny (every step, tens of pairs).")] = "full",
+    n: Annotated[int, typer.Option("--n", help="With --quick: clean pairs in the generated corpus.")] = 300,
     address: AddressOpt = None,
 ) -> None:
+    """The whole mission on a small corpus served on 127.0.0.1: filter, dedup, balance, recaption, train, eval."""
+    if quick:
+        quick_demo(output, n, address)
+        return
+    from curate.demo.mission import FULL, TINY, print_summary, run_mission
+
+    if corpus not in ("auto", "emoji", "shapes") or size not in ("full", "tiny"):
+        raise typer.BadParameter(f"--corpus {corpus!r} --size {size!r}: use auto/emoji/shapes and full/tiny")
+    print_summary(run_mission(output, FULL if size == "full" else TINY, corpus, address))
+
+
+def quick_demo(output: Path, n: int, address: str | None) -> None:
     """Generate a small web corpus, serve it on 127.0.0.1, and run pipelines/demo.yaml on it."""
     from curate.demo.corpus import build_corpus
     from curate.demo.server import LoopbackServer, previous_port, write_url_list

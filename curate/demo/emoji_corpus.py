@@ -1,6 +1,6 @@
 """A noisy web pool of real image-text pairs with planted noise of known kinds, and a disjoint seed set.
 
-The pairs are real (:mod:`quality_sources`: Noto Color Emoji and OpenMoji glyphs with their CLDR
+The pairs are real (:mod:`curate.demo.emoji_sources`: Noto Color Emoji and OpenMoji glyphs with their CLDR
 names and OpenMoji tags). Each image is a glyph composed onto a background (solid, gradient or
 noisy; one of 15 named colours), at a random scale, place and slight rotation, on a canvas whose
 smaller side is 256-560 px, saved as JPEG (q70-95) or PNG; each caption is alt text built from the
@@ -31,9 +31,9 @@ in it drawn by someone else (as a real filter has seen most concepts); OpenMoji'
 and emoji newer than those sets mostly are not.
 
 Served on loopback by :class:`curate.demo.server.LoopbackServer`; :func:`write_truth` writes the
-URL list with the truth columns. Build from the repository root with ``benchmarks`` importable::
+URL list with the truth columns::
 
-    from quality_corpus import build_quality_corpus
+    from curate.demo.emoji_corpus import build_quality_corpus
     objects, rows = build_quality_corpus(n=3000, seed=0)
 """
 
@@ -53,10 +53,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
-from quality_sources import SEED_SOURCES, SOURCES, Pair, default_cache, glyph, load_catalogue
 
 from curate.calibrate.perturb import PERTURBATIONS, near_copy_bytes
 from curate.demo.corpus import WebObject
+from curate.demo.emoji_sources import SEED_SOURCES, SOURCES, Pair, default_cache, glyph, load_catalogue
 
 CORPUS_VERSION = 1
 HOLDOUT = 0.25  # share of the Noto and OpenMoji glyphs kept out of the pool for the seed set
@@ -637,10 +637,22 @@ def build_seed_set(
     cache = Path(cache or out_dir)
     artists = _seed_part(out_dir / f"seed-v{CORPUS_VERSION}-seed{seed}-{'-'.join(SEED_SOURCES)}-r{ARTISTS_REVISION}",
                          lambda: load_catalogue(SEED_SOURCES, cache), seed, VAL_FRACTION["artists"], cache)  # fmt: skip
-    held = _seed_part(out_dir / f"seed-v{CORPUS_VERSION}-seed{seed}-{'-'.join(SOURCES)}-holdout{holdout:g}",
+    return SeedSet(artists, build_holdout_part(out_dir, seed, holdout, cache))
+
+
+def build_holdout_part(
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    holdout: float = HOLDOUT,
+    cache: str | Path | None = None,
+) -> SeedPart:
+    """The seed set's second part alone: the ``holdout`` share of the Noto and OpenMoji glyphs the pool
+    of :func:`build_quality_corpus` leaves out (``make demo``'s small trusted set; no npm artists needed)."""
+    out_dir = Path(out_dir or default_cache())
+    cache = Path(cache or out_dir)
+    return _seed_part(out_dir / f"seed-v{CORPUS_VERSION}-seed{seed}-{'-'.join(SOURCES)}-holdout{holdout:g}",
                       lambda: split_glyphs(load_catalogue(SOURCES, cache), seed, holdout)[1], seed,
                       VAL_FRACTION["holdout"], cache)  # fmt: skip
-    return SeedSet(artists, held)
 
 
 def _seed_part(folder: Path, pairs: Callable[[], list[Pair]], seed: int, val_fraction: float, cache: Path) -> SeedPart:
