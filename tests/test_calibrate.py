@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import random
+import shutil
 import tarfile
 
 import numpy as np
@@ -232,3 +233,15 @@ def test_verify_colour_lets_k_catch_copies_that_colour_variants_would_share():
         2 / 3
     )  # a stricter limit drops copies
     assert [r["value"] for r in rows if r["verify_colour"] == 30.0] == [None]  # at 30 the variants pass the check
+
+
+def test_missing_inputs_are_user_errors(planted, tmp_path):
+    run, _, _ = planted
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CalibrationError, match="no image files"):
+        calibrate_run(str(run), distinct=str(tmp_path / "empty"), n=10)
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    (broken / "raw" / "00000.tar").unlink()
+    with pytest.raises(CalibrationError, match="raw shard is missing"):
+        calibrate_run(str(broken), n=10)
