@@ -128,18 +128,22 @@ def test_cli_writes_calibration_json(planted, tmp_path):
     assert saved["positives"]["pairs"] == 60 and saved["negatives"]["images"] == 40
     assert [r["value"] for r in saved["near_dedup"]["table"]] == list(K_CANDIDATES)
     for row in saved["near_dedup"]["table"]:
-        assert set(row) == {"value", "recall", "false_pairs", "false_merge_share", "precision"}
+        assert set(row) == {"value", "recall", "false_pairs", "observed_pairs", "false_merge_share", "precision"}
     assert saved["near_dedup"]["closest_distinct_distance"] > saved["near_dedup"]["recommended"]
 
 
-def test_without_trusted_sets_the_runs_own_duplicates_count_as_false_merges(planted):
-    """The default negatives are the run's own images: the 30 planted copies (other bytes, same picture) are
-    false pairs at every k, so at a third of the pool no k is safe and none is recommended."""
-    run, _, _ = planted
+def test_without_trusted_sets_the_runs_own_duplicates_are_not_false_merges(planted):
+    """The default negatives are the run's own images, planted copies included (other bytes, same picture): the
+    pairs at k = 0, over the near copies' recall at k = 0, estimate how many of the observed pairs are the run's
+    own duplicates, and those are not counted as false."""
+    run, _, planted_k = planted
     result = calibrate_run(str(run), n=90, seed=0)
+    near = result["near_dedup"]
     assert result["positives"]["pairs"] == 90 and result["negatives"]["images"] == 90
-    assert result["near_dedup"]["table"][0]["false_pairs"] >= 20
-    assert result["near_dedup"]["recommended"] is None
+    assert near["table"][-1]["observed_pairs"] == 30  # exactly the planted pairs: distinct images are > 16 bits apart
+    assert 20 <= near["own_duplicate_pairs"] <= 45
+    assert all(row["false_pairs"] <= 3 for row in near["table"])
+    assert near["recommended"] is not None and near["recommended"] >= planted_k
 
 
 def test_false_merges_grow_with_the_pool_and_bound_k():

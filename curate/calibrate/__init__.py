@@ -54,6 +54,7 @@ class Probe:
     distinct: list[bytes]
     sources: dict[str, str] = field(default_factory=dict)
     distinct_is_left: bool = False  # the default: the sample's originals are also the negatives
+    negatives_from_run: bool = True  # the negatives are the run's own images (its duplicates among them)
 
 
 def calibrate_run(
@@ -127,7 +128,7 @@ def build_probe(
     if len(left) < 1 or len(negatives) < 2:
         raise CalibrationError(f"{run_dir}: too few decoded images to calibrate on ({len(left)} pairs, "
                                f"{len(negatives)} distinct images); pass --duplicates and --distinct sets.")  # fmt: skip
-    return Probe(left, right, negatives, sources, distinct_is_left=not distinct and not duplicates)
+    return Probe(left, right, negatives, sources, not distinct and not duplicates, negatives_from_run=not distinct)
 
 
 def _progress_list(items, total: int, what: str) -> list:
@@ -165,8 +166,9 @@ def near_dedup_section(probe: Probe, pool: int, share: float, max_false_merge: f
     distinct = left if probe.distinct_is_left else image_signals(probe.distinct, "distinct images")
     pos = left.ok & right.ok
     bits = measure.hamming(left.phash[pos], right.phash[pos])
-    rows = measure.k_table(bits, distinct.phash[distinct.ok], pool, share)
+    rows = measure.k_table(bits, distinct.phash[distinct.ok], pool, share, own=probe.negatives_from_run)
     best = measure.recommend(rows, max_false_merge)
+    own = measure.own_pairs(rows[0].observed_pairs, rows[0].recall) if probe.negatives_from_run else 0.0
     closest = measure.hamming_histogram(distinct.phash[distinct.ok]).nonzero()[0]
     return {
         "column": "phash",
@@ -174,14 +176,15 @@ def near_dedup_section(probe: Probe, pool: int, share: float, max_false_merge: f
         "recommended": int(best.value) if best else None,
         "duplicate_distance": measure.quantiles(bits.tolist()),
         "closest_distinct_distance": int(closest[0]) if len(closest) else None,
+        "own_duplicate_pairs": round(own, 1),
         "undecodable": int((~pos).sum() + (0 if probe.distinct_is_left else (~distinct.ok).sum())),
-        "verify_colour": verify_section(left, right, distinct, (pool, share, max_false_merge), best),
+        "verify_colour": verify_section(left, right, distinct, (pool, share, max_false_merge, own), best),
     }
 
 
 def verify_section(left: Hashed, right: Hashed, distinct: Hashed, scale: tuple, plain) -> dict:
     """near_dedup.verify_colour: per limit, the k it allows and its recall; ``scale`` is (pool, dup share, max
-    false merge); ``plain`` the recommendation without the check."""
+    false merge, the run's own duplicate pairs among the negatives); ``plain`` the recommendation without the check."""
     if left.colour is None or right.colour is None or distinct.colour is None:
         return {"skipped": "the image stage records no colour_sig in this curate version: verify_colour not calibrated"}
     from curate.images import colour_distance
@@ -213,7 +216,7 @@ def semantic_section(recipe, probe: Probe, pool: int, share: float, max_false_me
     left, right = embed(stage, probe.left, "known duplicates"), embed(stage, probe.right, "their pairs")
     distinct = left if probe.distinct_is_left else embed(stage, probe.distinct, "distinct images")
     cos = (left * right).sum(axis=1)
-    rows = measure.eps_table(cos, distinct, pool, share)
+    rows = measure.eps_table(cos, distinct, pool, share, own=probe.negatives_from_run)
     best = measure.recommend(rows, max_false_merge)
     return {
         "column": "clip_image_emb",
