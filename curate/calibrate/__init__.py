@@ -10,8 +10,12 @@ Recommended: ``decide.near_dedup.k`` from pHash distances, and ``decide.semantic
 the CLIP image embeddings of the run's own clip stage (the same model, loaded the same way). The
 table and the recommendation are written to ``RUN/calibration.json``.
 
-Without ``--distinct`` the run's own images are the negatives: near-duplicates the run already holds
-count as false pairs, so the estimate errs towards smaller values.
+Without ``--distinct`` the run's own images are the negatives, and the run's own duplicates are among
+their pairs: the pairs at the strictest value (k = 0: distinct images almost never share a pHash), over
+the known duplicates' recall there, estimate how many there are, and that many times the recall at each
+value are not counted as false (:func:`curate.calibrate.measure.own_pairs`). Measured on the emoji
+quality corpus (1,395 decoded images, 8 % near copies; ``curate.demo.emoji_corpus``): false-merge share
+at k = 6 / 8 estimated 0.0071 / 0.032, true 0.0079 / 0.029 (without the correction 0.15 / 0.18).
 """
 
 from __future__ import annotations
