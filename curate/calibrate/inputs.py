@@ -60,7 +60,14 @@ def sample_rows(samples: pa.Table, n: int, seed: int, exclude: set[str] | frozen
 
 def run_images(run_dir: str, rows: pa.Table) -> list[bytes]:
     """The raw image bytes of ``rows`` (from RUN/raw, wherever its shards are), in row order."""
-    found = read_images(rows, run_dir)
+    try:
+        found = read_images(rows, run_dir)
+    except FileNotFoundError as err:
+        raise CalibrationError(
+            f"{run_dir}: a raw shard is missing ({err.filename or err}); calibration reads the run's images from "
+            "RUN/raw (or the already-downloaded input it was made from): restore it, or pass --duplicates and "
+            "--distinct sets."
+        ) from None
     return [found[key] for key in rows.column("key").to_pylist()]
 
 
@@ -110,6 +117,8 @@ def distinct_images(path: str, n: int, seed: int) -> list[bytes]:
     from curate.acquire.existing import webdataset_tars
 
     files = _image_files(path) if storage.isdir(path) else []
+    if storage.isdir(path) and not files and not any(p.endswith(".tar") for p in storage.entries(path)):
+        raise CalibrationError(f"--distinct {path}: no image files ({' '.join(IMAGE_SUFFIXES)}) and no .tar in it.")
     if files:
         rng = np.random.default_rng(seed)
         chosen = sorted(rng.choice(len(files), size=min(n, len(files)), replace=False))
