@@ -22,7 +22,8 @@ REASONS: dict[str, str] = {
     "caption_boilerplate": "The caption is boilerplate, not a description: a file name, a bare URL, "
     "stock alt text, repeated tokens or no letters (samples.caption_boilerplate says which).",
     "wrong_language": "fastText's language for the caption is not one the recipe keeps (and scores at "
-    "least min_other_score), or it is a kept one scoring below min_lang_score.",
+    "least min_other_score; with rule calibrated, min_other_score_short on a short caption, or the caption's "
+    "letters are in a script no kept language uses), or it is a kept one scoring below min_lang_score.",
     "low_clip_score": "The image-caption CLIP score is below the recipe's min_score, or outside "
     "the keep_top fraction of the rows that reached the clip_score policy.",
     "dup_near": "A perceptual near-duplicate (pHash within the near_dedup policy's k bits, confirmed by "
