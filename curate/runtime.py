@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import sys
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -156,36 +155,23 @@ def _read_shards(batch: pa.Table, run_dir: str, chunk_rows: int) -> Iterator[pa.
 READ_BLOCK_ROWS = 512
 """Rows per block annotate reads from a raw shard (at least the largest stage ``batch_size``)."""
 
-WORKER_STAGES: dict[str, Stage] = {}
-"""Stages set up in this worker process, by the token of the pipeline that shipped them: a task's stage
-arrives unpickled (nothing set up) with every task, and would otherwise load its model once per block."""
-WORKER_STAGES_KEPT = 8
-"""Pipelines whose stages a worker keeps set up (a long-lived worker serves run after run)."""
-
-
-class _TaskStage:
-    """A stage's CPU half (``prepare``) or a stage without a model, as a task function set up once per worker."""
-
-    def __init__(self, stage: Stage, method: str) -> None:
-        self.stage, self.method, self.token = stage, method, uuid.uuid4().hex
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        stage = worker_stage(self.token, self.stage)
-        return stage(batch) if self.method == "__call__" else stage.prepare(batch)
-
-
-def worker_stage(token: str, stage: Stage) -> Stage:
-    """This worker's copy of the stage shipped under ``token``: the first one it got, set up once."""
-    if token not in WORKER_STAGES:
-        while len(WORKER_STAGES) >= WORKER_STAGES_KEPT:
-            WORKER_STAGES.pop(next(iter(WORKER_STAGES)))
-        WORKER_STAGES[token] = stage
-    return WORKER_STAGES[token]
-
 
 def torch_threads(num_cpus: float) -> int:
-    """Threads for an actor's torch: its CPUs, at least one (Ray starts workers with ``OMP_NUM_THREADS=1``)."""
+    """Threads for an actor's torch: its CPUs, at least one. Ray sets ``OMP_NUM_THREADS`` to an actor's CPUs only
+    when the environment has none: a driver started with ``OMP_NUM_THREADS=1`` (as a benchmark sets it) left
+    every model actor on one thread whatever its ``num_cpus``."""
     return max(1, int(num_cpus))
+
+
+class _Prepare:
+    """A stage's CPU half as a plain task function (Ray Data sets it up once per worker process, not per task:
+    tests/test_runtime_structure.py)."""
+
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.stage.prepare(batch)
 
 
 class _StageActor:
@@ -201,20 +187,15 @@ class _StageActor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.stage(batch)
 
-    def threads(self) -> int:
-        """torch's intra-op threads in this actor (0 without torch): what tests check."""
-        torch = sys.modules.get("torch")
-        return torch.get_num_threads() if torch is not None else 0
-
 
 def apply_stage(ds: ray.data.Dataset, stage: Stage) -> ray.data.Dataset:
     """Add ``stage`` to ``ds``: its CPU ``prepare`` as tasks, then tasks or an actor pool."""
     cfg = stage.config
     common = {"batch_format": "pyarrow", "batch_size": cfg.batch_size}
     if stage.has_prepare:
-        ds = ds.map_batches(_TaskStage(stage, "prepare"), num_cpus=1, **common)
+        ds = ds.map_batches(_Prepare(stage), num_cpus=1, **common)
     if not stage.uses_actors:
-        return ds.map_batches(_TaskStage(stage, "__call__"), num_cpus=cfg.num_cpus, **common)
+        return ds.map_batches(stage, num_cpus=cfg.num_cpus, **common)
     num_gpus = cfg.num_gpus
     if num_gpus is None:  # auto: one GPU per actor when the cluster has GPUs
         num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
