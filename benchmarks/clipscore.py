@@ -68,14 +68,19 @@ def split_rates(model: str, data: pa.Table, batch_size: int, threads: int) -> di
     return {"prepare_images_per_s": len(data) / cpu, "model_images_per_s": len(data) / model_s, "threads": threads}
 
 
-def ray_rates(model: str, data: pa.Table, batch_size: int, actors: int) -> dict:
+def ray_rates(model: str, data: pa.Table, batch_size: int, actors: int, decode: str = "cpu") -> dict:
     """The stage through Ray Data: steady-state images/s and the actor start-up, measured apart.
 
     ``run_stage`` starts its actor pool (model load included) every call, so a run of one batch is timed
     (start-up + one batch) and then the whole table: steady state is the extra images over the extra time;
     start-up is the one-batch run less one batch at the steady rate. Wall clock of the whole call also reported.
+    ``decode``: ``cpu`` (Pillow in CPU tasks before the actors) or ``device`` (in the actors: nvJPEG on
+    their GPU, Pillow where there is none).
     """
-    cfg = ClipScorer.Config(model=model, batch_size=batch_size, actors=actors)
+    from curate.device import pick_device
+
+    gpus = 1.0 / actors if pick_device().type == "cuda" else 0.0  # several actors share one GPU
+    cfg = ClipScorer.Config(model=model, batch_size=batch_size, actors=actors, decode=decode, num_gpus=gpus)
     runtime.run_stage(data.slice(0, batch_size), ClipScorer(cfg))  # warm-up: worker processes, imports
     start = time.perf_counter()
     runtime.run_stage(data.slice(0, batch_size), ClipScorer(cfg))
@@ -92,12 +97,23 @@ def ray_rates(model: str, data: pa.Table, batch_size: int, actors: int) -> dict:
     }
 
 
+def decoder_name(decode: str) -> str:
+    """The decoder a ``decode`` mode uses on this machine: pillow, or nvjpeg (device mode with a GPU decoder)."""
+    if decode == "cpu":
+        return "pillow"
+    from curate.device import pick_device
+    from curate.signals.device_decode import gpu_jpeg_decoder
+
+    return "nvjpeg" if gpu_jpeg_decoder(pick_device()) is not None else "pillow"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--models", nargs="+", default=["clip-tiny", "ViT-B-32"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64])
     parser.add_argument("--actors", nargs="+", type=int, default=[1])
+    parser.add_argument("--decode", nargs="+", choices=["cpu", "device"], default=["cpu"], help="clip stage decode")
     parser.add_argument("--out", default="benchmarks/results/clipscore.json")
     args = parser.parse_args()
     data = table(args.n)
@@ -108,22 +124,25 @@ def main() -> None:
                 threads = runtime.torch_threads(ClipScorer.Config().num_cpus)  # an actor's, on a CPU node
                 split = split_rates(model, data.slice(0, min(args.n, 16 * batch_size)), batch_size, threads)
                 for actors in args.actors:
-                    rates = ray_rates(model, data, batch_size, actors)
-                    slowest = min(split["prepare_images_per_s"], split["model_images_per_s"])
-                    rates["ratio"] = rates["ray_images_per_s"] / split["model_images_per_s"]
-                    rates["ratio_to_slowest_half"] = rates["ray_images_per_s"] / slowest
-                    rows.append({"model": model, "batch_size": batch_size, "actors": actors, **rates, **split})
+                    for decode in args.decode:
+                        rates = ray_rates(model, data, batch_size, actors, decode)
+                        slowest = min(split["prepare_images_per_s"], split["model_images_per_s"])
+                        rates["ratio"] = rates["ray_images_per_s"] / split["model_images_per_s"]
+                        rates["ratio_to_slowest_half"] = rates["ray_images_per_s"] / slowest
+                        row = {"model": model, "batch_size": batch_size, "actors": actors, "decode": decode}
+                        rows.append({**row, "decoder": decoder_name(decode), **rates, **split})
     print(
-        f"{args.n} images (~256 px JPEG); prepare/model measured in one process (torch on the actor's threads), ray = the stage via Ray Data"
+        f"{args.n} images (~256 px JPEG); prepare/model measured in one process (torch on the actor's threads), "
+        "ray = the stage via Ray Data"
     )
     print("ray/s: steady state (actor start-up excluded, reported apart); ratio: ray/s over model/s (goal >= 0.8)")
-    header = f"{'model':12} {'batch':>6} {'actors':>6} {'prepare/s':>10} {'model/s':>9} {'ray/s':>8} {'ratio':>6}"
-    print(header + f" {'start-up s':>10} {'wall/s':>8}")
+    header = f"{'model':12} {'batch':>6} {'actors':>6} {'decoder':>8} {'prepare/s':>10} {'model/s':>9} {'ray/s':>8}"
+    print(header + f" {'ratio':>6} {'start-up s':>10} {'wall/s':>8}")
     for r in rows:
         print(
-            f"{r['model']:12} {r['batch_size']:6d} {r['actors']:6d} {r['prepare_images_per_s']:10.0f} "
-            f"{r['model_images_per_s']:9.1f} {r['ray_images_per_s']:8.1f} {r['ratio']:6.2f} "
-            f"{r['ray_startup_s']:10.1f} {r['ray_wall_images_per_s']:8.1f}"
+            f"{r['model']:12} {r['batch_size']:6d} {r['actors']:6d} {r['decoder']:>8} "
+            f"{r['prepare_images_per_s']:10.0f} {r['model_images_per_s']:9.1f} {r['ray_images_per_s']:8.1f} "
+            f"{r['ratio']:6.2f} {r['ray_startup_s']:10.1f} {r['ray_wall_images_per_s']:8.1f}"
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"n": args.n, "rows": rows}, indent=2))

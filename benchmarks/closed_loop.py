@@ -3,7 +3,7 @@
 Claim checked: at equal samples seen, a CLIP trained on the full curated recipe's output beats one
 trained on the unfiltered pool by >= 5 points of zero-shot accuracy.
 
-What runs (``curate bench quality`` in process, on the pool of ``benchmarks/quality_corpus.py``
+What runs (``curate bench quality`` in process, on the pool of ``curate/demo/emoji_corpus.py``
 served on 127.0.0.1):
 
 - recipes: no filter (only undecodable rows go), DataComp's basic filter
@@ -43,8 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from filter_quality import BROKEN, RECIPE, calibrate_k
 from quality_clip import calibrate, train_filter_model, validation_scores
-from quality_corpus import SeedSet, build_quality_corpus, build_seed_set, write_truth
-from quality_sources import SEED_SOURCES, SOURCES, default_cache, load_catalogue
+
+from curate.demo.emoji_corpus import SeedSet, build_quality_corpus, build_seed_set, write_truth
+from curate.demo.emoji_sources import SEED_SOURCES, SOURCES, default_cache, load_catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ["{}.", "a {} emoji.", "a {} icon.", "{} clipart.", "an illustration of a {}."]

@@ -32,8 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from quality_corpus import SeedPart, SeedSet
 
+from curate.demo.emoji_corpus import SeedPart, SeedSet
 from curate.models.clip import load_clip, save_model_folder
 from curate.models.lit import lock_towers
 from curate.train.cached import cached_tower_features

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what benchmarks/quality_corpus.py needs, when missing:
+# Installs what curate/demo/emoji_corpus.py needs, when missing:
 #   - Debian: fonts-noto-color-emoji (the Noto glyphs), libcairo2 (for cairosvg), npm (as root);
 #   - PyPI into .venv: pyproject's `bench` extra (emoji: CLDR names and translations; cairosvg);
 #   - npm, unpacked into the cache (never into the repository): openmoji, @iconify-json/twemoji,
@@ -29,7 +29,7 @@ fi
 "$PY" - <<'EOF'
 import sys
 sys.path.insert(0, "benchmarks")
-from quality_sources import SEED_SOURCES, SOURCES, default_cache, ensure_sources, load_catalogue
+from curate.demo.emoji_sources import SEED_SOURCES, SOURCES, default_cache, ensure_sources, load_catalogue
 
 for sources in (SOURCES, SEED_SOURCES):
     ensure_sources(sources)

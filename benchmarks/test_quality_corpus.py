@@ -1,5 +1,5 @@
 """Not in `make test` (it needs apt fonts and npm packs; run `bash benchmarks/quality_setup.sh` then
-`.venv/bin/pytest benchmarks/test_quality_corpus.py`). The quality corpus (benchmarks/quality_corpus.py): real pairs, planted noise, truth kept, served on loopback.
+`.venv/bin/pytest benchmarks/test_quality_corpus.py`). The quality corpus (curate/demo/emoji_corpus.py): real pairs, planted noise, truth kept, served on loopback.
 
 Builds a 60-row pool (no training, no Ray). Needs Debian's fonts-noto-color-emoji, npm's openmoji
 and the PyPI packages emoji and cairosvg; installs the first two when running as root (the
@@ -30,8 +30,8 @@ BROKEN = ("missing", "corrupt", "html")
 def qc():
     pytest.importorskip("emoji", reason="pip install emoji (the bench extra)")
     pytest.importorskip("cairosvg", reason="pip install cairosvg (the bench extra)")
-    import quality_corpus
-    import quality_sources
+    from curate.demo import emoji_corpus as quality_corpus
+    from curate.demo import emoji_sources as quality_sources
 
     try:
         quality_sources.ensure_sources(install=True)
@@ -46,7 +46,7 @@ def corpus(qc, tmp_path_factory):
 
 
 def _sources_cache() -> Path:
-    from quality_sources import default_cache
+    from curate.demo.emoji_sources import default_cache
 
     return default_cache()
 
@@ -135,7 +135,7 @@ def test_the_same_seed_builds_the_same_pool(qc, corpus, tmp_path):
 
 
 def test_seed_artists_draw_the_same_emoji_under_the_same_names(qc):
-    from quality_sources import SOURCES, SourceUnavailable, ensure_sources, iconify_pairs, load_catalogue
+    from curate.demo.emoji_sources import SOURCES, SourceUnavailable, ensure_sources, iconify_pairs, load_catalogue
 
     try:
         ensure_sources(("twemoji",), _sources_cache())
@@ -149,7 +149,7 @@ def test_seed_artists_draw_the_same_emoji_under_the_same_names(qc):
 
 
 def test_pool_and_seed_holdout_share_no_glyph(qc):
-    from quality_sources import SOURCES, load_catalogue
+    from curate.demo.emoji_sources import SOURCES, load_catalogue
 
     pairs = load_catalogue(SOURCES, _sources_cache())
     pool, held = qc.split_glyphs(pairs, 0, qc.HOLDOUT)

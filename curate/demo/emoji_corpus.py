@@ -1,6 +1,6 @@
 """A noisy web pool of real image-text pairs with planted noise of known kinds, and a disjoint seed set.
 
-The pairs are real (:mod:`quality_sources`: Noto Color Emoji and OpenMoji glyphs with their CLDR
+The pairs are real (:mod:`curate.demo.emoji_sources`: Noto Color Emoji and OpenMoji glyphs with their CLDR
 names and OpenMoji tags). Each image is a glyph composed onto a background (solid, gradient or
 noisy; one of 15 named colours), at a random scale, place and slight rotation, on a canvas whose
 smaller side is 256-560 px, saved as JPEG (q70-95) or PNG; each caption is alt text built from the
@@ -31,9 +31,9 @@ in it drawn by someone else (as a real filter has seen most concepts); OpenMoji'
 and emoji newer than those sets mostly are not.
 
 Served on loopback by :class:`curate.demo.server.LoopbackServer`; :func:`write_truth` writes the
-URL list with the truth columns. Build from the repository root with ``benchmarks`` importable::
+URL list with the truth columns::
 
-    from quality_corpus import build_quality_corpus
+    from curate.demo.emoji_corpus import build_quality_corpus
     objects, rows = build_quality_corpus(n=3000, seed=0)
 """
 
@@ -52,10 +52,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageDraw, ImageEnhance, ImageFont
-from quality_sources import SEED_SOURCES, SOURCES, Pair, default_cache, glyph, load_catalogue
+from PIL import Image
 
+from curate.calibrate.perturb import PERTURBATIONS, near_copy_bytes
 from curate.demo.corpus import WebObject
+from curate.demo.emoji_sources import SEED_SOURCES, SOURCES, Pair, default_cache, glyph, load_catalogue
 
 CORPUS_VERSION = 1
 HOLDOUT = 0.25  # share of the Noto and OpenMoji glyphs kept out of the pool for the seed set
@@ -170,9 +171,6 @@ BOILERPLATE = (
     "www.example.com",
 )
 """Stock alt texts seen on the web (some of which curate's detector does not know: measured)."""
-
-PERTURBATIONS = ("jpeg", "resize", "crop", "overlay", "brightness", "resize_jpeg")
-WATERMARKS = ("© stock", "sample", "preview", "emojis.example.com", "@icons", "free download")
 
 
 @dataclass(frozen=True)
@@ -330,38 +328,6 @@ def boilerplate_caption(rng: random.Random) -> tuple[str, str]:
         uuid=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
     )
     return text, template
-
-
-# --- near-duplicate copies ------------------------------------------------------------------------
-
-
-def perturb(img: Image.Image, kind: str, rng: random.Random) -> Image.Image:
-    """A near-duplicate of ``img``: never larger, smaller side kept >= MIN_SIDE + 10 px."""
-    w, h = img.size
-    if kind in ("resize", "resize_jpeg"):
-        f = max(rng.uniform(0.6, 0.9), (MIN_SIDE + 10) / min(w, h))
-        return img.resize((round(w * f), round(h * f)), Image.Resampling.LANCZOS) if f < 1 else img.copy()
-    if kind == "crop":
-        left, top, right, bottom = (rng.uniform(0.005, 0.02) for _ in range(4))
-        return img.crop((round(left * w), round(top * h), w - round(right * w), h - round(bottom * h)))
-    if kind == "overlay":
-        out = img.copy()
-        draw = ImageDraw.Draw(out)
-        font = ImageFont.load_default(size=max(10, h // 20))
-        text = rng.choice(WATERMARKS)
-        box = draw.textbbox((0, 0), text, font=font)
-        x, y = w - (box[2] - box[0]) - w // 40, h - (box[3] - box[1]) - h // 30
-        draw.text((x, y), text, font=font, fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0))
-        return out
-    if kind == "brightness":
-        return ImageEnhance.Brightness(img).enhance(rng.choice((rng.uniform(0.88, 0.95), rng.uniform(1.05, 1.12))))
-    return img.copy()  # "jpeg": the same pixels, re-encoded below
-
-
-def near_copy_bytes(img: Image.Image, kind: str, rng: random.Random) -> bytes:
-    """The perturbed copy as JPEG: q25-50 for "jpeg"/"resize_jpeg", else q75-90 (a repost's re-encode)."""
-    quality = rng.randint(25, 50) if kind in ("jpeg", "resize_jpeg") else rng.randint(75, 90)
-    return encode(perturb(img, kind, rng), "JPEG", quality)
 
 
 # --- building the pool ----------------------------------------------------------------------------
@@ -671,10 +637,22 @@ def build_seed_set(
     cache = Path(cache or out_dir)
     artists = _seed_part(out_dir / f"seed-v{CORPUS_VERSION}-seed{seed}-{'-'.join(SEED_SOURCES)}-r{ARTISTS_REVISION}",
                          lambda: load_catalogue(SEED_SOURCES, cache), seed, VAL_FRACTION["artists"], cache)  # fmt: skip
-    held = _seed_part(out_dir / f"seed-v{CORPUS_VERSION}-seed{seed}-{'-'.join(SOURCES)}-holdout{holdout:g}",
+    return SeedSet(artists, build_holdout_part(out_dir, seed, holdout, cache))
+
+
+def build_holdout_part(
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    holdout: float = HOLDOUT,
+    cache: str | Path | None = None,
+) -> SeedPart:
+    """The seed set's second part alone: the ``holdout`` share of the Noto and OpenMoji glyphs the pool
+    of :func:`build_quality_corpus` leaves out (``make demo``'s small trusted set; no npm artists needed)."""
+    out_dir = Path(out_dir or default_cache())
+    cache = Path(cache or out_dir)
+    return _seed_part(out_dir / f"seed-v{CORPUS_VERSION}-seed{seed}-{'-'.join(SOURCES)}-holdout{holdout:g}",
                       lambda: split_glyphs(load_catalogue(SOURCES, cache), seed, holdout)[1], seed,
                       VAL_FRACTION["holdout"], cache)  # fmt: skip
-    return SeedSet(artists, held)
 
 
 def _seed_part(folder: Path, pairs: Callable[[], list[Pair]], seed: int, val_fraction: float, cache: Path) -> SeedPart:
