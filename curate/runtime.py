@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -163,15 +164,37 @@ def torch_threads(num_cpus: float) -> int:
     return max(1, int(num_cpus))
 
 
-class _Prepare:
-    """A stage's CPU half as a plain task function (Ray Data sets it up once per worker process, not per task:
-    tests/test_runtime_structure.py)."""
+WORKER_STAGES: dict[str, Stage] = {}
+"""Stages set up in this worker process, by the token of the pipeline that shipped them: a task's stage can
+arrive unpickled (nothing set up) with each task, and would then load its model once per block."""
+WORKER_STAGES_KEPT = 8
+"""Pipelines whose stages a worker keeps set up (a long-lived worker serves run after run)."""
 
-    def __init__(self, stage: Stage) -> None:
-        self.stage = stage
+
+class _TaskStage:
+    """A stage without a model, or a stage's CPU half (``prepare``), as a task function set up once per worker."""
+
+    def __init__(self, stage: Stage, prepare: bool) -> None:
+        self.stage, self.prepare_only, self.token = stage, prepare, uuid.uuid4().hex
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.stage.prepare(batch)
+        stage = worker_stage(self.token, self.stage)
+        return stage.prepare(batch) if self.prepare_only else stage(batch)
+
+
+def task_stage(stage: Stage, prepare: bool) -> _TaskStage:
+    """``stage`` (or its ``prepare``) as a task function that Ray Data names after it (``MapBatches(ImageSignals)``)."""
+    name = type(stage).__name__ + (".prepare" if prepare else "")
+    return type(name, (_TaskStage,), {})(stage, prepare)
+
+
+def worker_stage(token: str, stage: Stage) -> Stage:
+    """This worker's copy of the stage shipped under ``token``: the first one it got, set up once."""
+    if token not in WORKER_STAGES:
+        while len(WORKER_STAGES) >= WORKER_STAGES_KEPT:
+            WORKER_STAGES.pop(next(iter(WORKER_STAGES)))
+        WORKER_STAGES[token] = stage
+    return WORKER_STAGES[token]
 
 
 class _StageActor:
@@ -193,9 +216,9 @@ def apply_stage(ds: ray.data.Dataset, stage: Stage) -> ray.data.Dataset:
     cfg = stage.config
     common = {"batch_format": "pyarrow", "batch_size": cfg.batch_size}
     if stage.runs_prepare():
-        ds = ds.map_batches(_Prepare(stage), num_cpus=1, **common)
+        ds = ds.map_batches(task_stage(stage, prepare=True), num_cpus=1, **common)
     if not stage.uses_actors:
-        return ds.map_batches(stage, num_cpus=cfg.num_cpus, **common)
+        return ds.map_batches(task_stage(stage, prepare=False), num_cpus=cfg.num_cpus, **common)
     num_gpus = cfg.num_gpus
     if num_gpus is None:  # auto: one GPU per actor when the cluster has GPUs
         num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0

@@ -1,16 +1,24 @@
 """How stages run through Ray (issue 22), checked without timing: a model actor's torch gets the threads of
-its CPUs, a task stage is set up once per worker process (not once per block), and a table goes to a stage
-in blocks of its batch size (so ``prepare`` tasks overlap the model)."""
+its CPUs, a task stage is set up once per worker process (not once per block), and annotate hands a raw
+shard to its stages in blocks as it is read."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import tarfile
 import uuid
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from curate import runtime
+from curate.demo.synthetic import tiny_image
+from curate.recipe import build_recipe
+from curate.run import run_pipeline
 from curate.stage import Stage, append_columns
 
 pytestmark = pytest.mark.slow
@@ -62,3 +70,50 @@ def test_a_task_stage_is_set_up_once_per_worker_process_not_once_per_block(ray_s
     setups = [p.name.split("-")[0] for p in marks.iterdir()]
     workers = {str(pid) for pid in out.column("pid").to_pylist()}
     assert sorted(setups) == sorted(workers)  # one setup in each worker that ran a block, not one per block
+
+
+def write_img2dataset_shard(folder: Path, rows: int) -> None:
+    """One img2dataset output shard (``00000.tar``, ``.parquet``, ``_stats.json``) of ``rows`` tiny JPEGs."""
+    folder.mkdir(parents=True)
+    keys = [f"00000{i:04d}" for i in range(rows)]
+    with tarfile.open(folder / "00000.tar", "w") as tar:
+        for i, key in enumerate(keys):
+            data = tiny_image(i)
+            info = tarfile.TarInfo(f"{key}.jpg")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    meta = {
+        "key": keys,
+        "url": [f"https://example.com/{i}.jpg" for i in range(rows)],
+        "caption": [f"picture {i}" for i in range(rows)],
+        "status": ["success"] * rows,
+        "error_message": pa.nulls(rows, pa.string()),
+        "original_width": pa.nulls(rows, pa.int32()),
+        "original_height": pa.nulls(rows, pa.int32()),
+    }
+    pq.write_table(pa.table(meta), folder / "00000.parquet")
+    (folder / "00000_stats.json").write_text(json.dumps({"count": rows, "successes": rows}))
+
+
+def test_annotate_hands_a_raw_shard_to_its_stages_in_blocks_from_several_tasks(ray_session, tmp_path):
+    """A shard goes on in blocks of READ_BLOCK_ROWS rows as it is read, not as one block (Ray Data's default
+    128 MiB blocks held a whole shard of small images: one task, one core, for all its rows)."""
+
+    class TaskIds(Stage):
+        name = "task_ids"
+        writes = {"task_id": pa.string()}
+
+        def process(self, batch: pa.Table) -> pa.Table:
+            import ray
+
+            task = ray.get_runtime_context().get_task_id()
+            return append_columns(batch, {"task_id": [task] * len(batch)}, self.writes)
+
+    rows = 3 * runtime.READ_BLOCK_ROWS
+    write_img2dataset_shard(tmp_path / "pool", rows)
+    recipe = build_recipe({"annotate": [{"stage": "image"}], "decide": []}, "blocks.yaml")
+    recipe.annotate.append(TaskIds(batch_size=64))
+    run_pipeline(recipe, tmp_path / "pool", tmp_path / "run", until="annotate")
+    samples = pq.read_table(tmp_path / "run" / "samples" / "00000.parquet")
+    assert len(samples) == rows
+    assert len(set(samples.column("task_id").to_pylist())) >= 3
