@@ -322,11 +322,16 @@ def print_summary(result: MissionResult) -> None:
 
 
 def eval_rows(result: dict) -> list[tuple[str, str]]:
-    """The headline eval numbers: retrieval recall@1/@5 both ways, zero-shot top-1/top-5."""
-    rows = [(f"retrieval {k}", f"{v:.3f}") for k, v in result.get("retrieval", {}).items() if isinstance(v, float)]
-    zero = result.get("zero_shot", {})
-    rows += [(f"zero-shot {k}", f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in zero.items()
-             if isinstance(v, int | float) and not isinstance(v, bool)]  # fmt: skip
+    """The headline eval numbers: pairs, retrieval recall@1/@5 both ways, zero-shot top-1/top-5, with chance."""
+    retrieval, zero = result.get("retrieval", {}), result.get("zero_shot", {})
+    keys = [("retrieval", k) for k in ("n", "image_to_text_R@1", "image_to_text_R@5", "text_to_image_R@1",
+                                       "text_to_image_R@5", "chance_R@1")]  # fmt: skip
+    keys += [("zero-shot", k) for k in ("n", "classes", "top1", "top5", "chance_top1")]
+    rows = []
+    for group, key in keys:
+        value = (retrieval if group == "retrieval" else zero).get(key)
+        if value is not None:
+            rows.append((f"{group} {key}", f"{value:.3f}" if isinstance(value, float) else str(value)))
     return rows
 
 
