@@ -58,41 +58,17 @@ BROKEN = ("missing", "corrupt", "html")
 
 
 def calibrate_k(seed_set, n_images: int, max_false_merge: float, seed: int = 0) -> dict:
-    """The near_dedup radius from trusted data, not the pool: pHash distances among the seed set's
-    held-out Noto and OpenMoji compositions (distinct images) and to a perturbed copy of each. The
-    largest even k whose false pairs, extrapolated to ``n_images`` (they grow as n^2), would reject
-    at most ``max_false_merge`` of them."""
-    import io
-    import random
-
+    """The near_dedup radius from trusted data, not the pool: :func:`curate.calibrate.measure.calibrate_k` (what
+    `curate calibrate` measures) on the seed set's held-out Noto and OpenMoji compositions (distinct images) and
+    a perturbed copy of each, for a pool of ``n_images``."""
     import webdataset as wds
-    from PIL import Image
 
-    from curate.decide.neardup import near_pairs
-    from curate.demo.emoji_corpus import PERTURBATIONS, near_copy_bytes
+    from curate.calibrate.measure import calibrate_k as calibrate
     from curate.train.data import expand_shards
 
-    rng, orig, dist = random.Random(seed), [], []
-    for i, sample in enumerate(wds.WebDataset(expand_shards(str(seed_set.holdout.train)), shardshuffle=False)):
-        with Image.open(io.BytesIO(sample["jpg"])) as im:
-            im = im.convert("RGB")
-        with Image.open(io.BytesIO(near_copy_bytes(im, PERTURBATIONS[i % len(PERTURBATIONS)], rng))) as copy:
-            h, c = _phash(im), _phash(copy)
-        orig.append(h)
-        dist.append(_bits(h, c))
-    hashes, dist, n = np.array(orig, np.uint64), np.array(dist), len(orig)
-    table = {}
-    for k in range(2, 13, 2):
-        rate = len(near_pairs(hashes, k)) / (n * (n - 1) / 2)
-        table[k] = {"copy_recall": float((dist <= k).mean()), "false_merge_share": rate * (n_images - 1) / 2}
-    ok = [k for k, v in table.items() if v["false_merge_share"] <= max_false_merge]
-    return {"k": max(ok, default=2), "images": n, "pool_images": n_images, "table": table}
-
-
-def _phash(im) -> int:
-    import imagehash
-
-    return int(str(imagehash.phash(im)), 16)
+    shards = expand_shards(str(seed_set.holdout.train))
+    images = [sample["jpg"] for sample in wds.WebDataset(shards, shardshuffle=False)]
+    return calibrate(images, n_images, max_false_merge, seed)
 
 
 def run_recipe(objects: dict, rows: list, model_dir: Path, min_score: float, k: int, run_dir: Path) -> Path:

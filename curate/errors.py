@@ -12,6 +12,7 @@ anything else is a bug and keeps its traceback. Each area subclasses it (``Recip
     ├── InputError            inputs and run directories (curate.acquire.inputs)
     │   └── RunLocked, LlavaDataError, ...
     ├── NotInRun              a query needs data the run lacks (curate.report.stats)
+    ├── CalibrationError      a run or trusted set `curate calibrate` cannot use (curate.calibrate)
     └── NotFound              a named file or folder is missing (also a FileNotFoundError)
 """
 
@@ -37,6 +38,11 @@ class PresetError(ConfigError):
 
 class EvalError(ConfigError):
     """An eval spec, a zero-shot task, or an input an evaluation cannot run on, phrased with the fix."""
+
+
+class CalibrationError(UserError):
+    """A run, or a trusted set given to ``curate calibrate``, that calibration cannot use; the message names the
+    file or key and what to do."""
 
 
 class NotFound(UserError, FileNotFoundError):

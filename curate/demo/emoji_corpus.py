@@ -52,8 +52,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageDraw, ImageEnhance, ImageFont
+from PIL import Image
 
+from curate.calibrate.perturb import PERTURBATIONS, near_copy_bytes
 from curate.demo.corpus import WebObject
 from curate.demo.emoji_sources import SEED_SOURCES, SOURCES, Pair, default_cache, glyph, load_catalogue
 
@@ -170,9 +171,6 @@ BOILERPLATE = (
     "www.example.com",
 )
 """Stock alt texts seen on the web (some of which curate's detector does not know: measured)."""
-
-PERTURBATIONS = ("jpeg", "resize", "crop", "overlay", "brightness", "resize_jpeg")
-WATERMARKS = ("© stock", "sample", "preview", "emojis.example.com", "@icons", "free download")
 
 
 @dataclass(frozen=True)
@@ -330,38 +328,6 @@ def boilerplate_caption(rng: random.Random) -> tuple[str, str]:
         uuid=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
     )
     return text, template
-
-
-# --- near-duplicate copies ------------------------------------------------------------------------
-
-
-def perturb(img: Image.Image, kind: str, rng: random.Random) -> Image.Image:
-    """A near-duplicate of ``img``: never larger, smaller side kept >= MIN_SIDE + 10 px."""
-    w, h = img.size
-    if kind in ("resize", "resize_jpeg"):
-        f = max(rng.uniform(0.6, 0.9), (MIN_SIDE + 10) / min(w, h))
-        return img.resize((round(w * f), round(h * f)), Image.Resampling.LANCZOS) if f < 1 else img.copy()
-    if kind == "crop":
-        left, top, right, bottom = (rng.uniform(0.005, 0.02) for _ in range(4))
-        return img.crop((round(left * w), round(top * h), w - round(right * w), h - round(bottom * h)))
-    if kind == "overlay":
-        out = img.copy()
-        draw = ImageDraw.Draw(out)
-        font = ImageFont.load_default(size=max(10, h // 20))
-        text = rng.choice(WATERMARKS)
-        box = draw.textbbox((0, 0), text, font=font)
-        x, y = w - (box[2] - box[0]) - w // 40, h - (box[3] - box[1]) - h // 30
-        draw.text((x, y), text, font=font, fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0))
-        return out
-    if kind == "brightness":
-        return ImageEnhance.Brightness(img).enhance(rng.choice((rng.uniform(0.88, 0.95), rng.uniform(1.05, 1.12))))
-    return img.copy()  # "jpeg": the same pixels, re-encoded below
-
-
-def near_copy_bytes(img: Image.Image, kind: str, rng: random.Random) -> bytes:
-    """The perturbed copy as JPEG: q25-50 for "jpeg"/"resize_jpeg", else q75-90 (a repost's re-encode)."""
-    quality = rng.randint(25, 50) if kind in ("jpeg", "resize_jpeg") else rng.randint(75, 90)
-    return encode(perturb(img, kind, rng), "JPEG", quality)
 
 
 # --- building the pool ----------------------------------------------------------------------------
