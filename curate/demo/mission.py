@@ -38,8 +38,15 @@ class Sizes:
     semantic: int = 8  # semantic duplicates planted (the same subject drawn again)
     filter_steps: int = 300  # lit-offline projection steps on the seed set
     captioner_records: int = 400  # seed pairs the captioner trains on
-    captioner: dict = field(
-        default_factory=lambda: {"stage1.steps": 60, "stage2.steps": 150, "log_every": 10, "save_every": 1000}
+    captioner: dict = field(  # llava-tiny settings: a short run (its captions compete with the alt text per row)
+        default_factory=lambda: {
+            "stage1.steps": 40,
+            "stage1.batch_size": 8,
+            "stage2.steps": 60,
+            "stage2.batch_size": 8,
+            "log_every": 10,
+            "save_every": 1000,
+        }  # fmt: skip
     )
     train_steps: int = 200  # lit-offline steps on the curated shards
     clip_batch: int = 64  # pairs per lit-offline step (filter and curated training)
@@ -135,16 +142,35 @@ def pick_corpus(kind: str, output: Path, sizes: Sizes) -> tuple[DemoCorpus, str 
 
 
 def fingerprint(*parts: Any) -> str:
-    """A short hash of files (their bytes) and settings: names a cached model by what it was trained on."""
+    """A short hash of data (the content of tars' members and Parquet tables, not their file bytes, which hold
+    write times) and settings: names a cached model by what it was trained on."""
     digest = hashlib.sha256()
     for part in parts:
         if isinstance(part, Path):
             for f in sorted(part.rglob("*")) if part.is_dir() else [part]:
-                if f.is_file() and f.suffix in (".tar", ".json", ".parquet"):
-                    digest.update(f.name.encode() + f.read_bytes())
+                digest.update(f.name.encode() + _content(f))
         else:
             digest.update(json.dumps(part, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:12]
+
+
+def _content(path: Path) -> bytes:
+    """What a file holds: each tar member's name and bytes, a Parquet table's Arrow stream; else nothing."""
+    import io
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if path.suffix == ".tar":
+        with tarfile.open(path) as tar:
+            return b"".join(m.name.encode() + tar.extractfile(m).read() for m in tar.getmembers() if m.isfile())  # type: ignore[union-attr]
+    if path.suffix == ".parquet":
+        table, out = pq.read_table(path), io.BytesIO()
+        with pa.ipc.new_stream(out, table.schema) as writer:
+            writer.write_table(table)
+        return out.getvalue()
+    return path.read_bytes() if path.suffix == ".json" else b""
 
 
 def cached(folder: Path, build: Callable[[Path], Any]) -> Path:
