@@ -46,7 +46,7 @@ class Sizes:
             "stage2.batch_size": 8,
             "log_every": 10,
             "save_every": 1000,
-        }  # fmt: skip
+        }
     )
     train_steps: int = 200  # lit-offline steps on the curated shards
     clip_batch: int = 64  # pairs per lit-offline step (filter and curated training)
