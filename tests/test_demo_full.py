@@ -28,7 +28,7 @@ def demo(tmp_path_factory, ray_session):
 
 def test_every_step_writes_its_output(demo):
     result, _, output, _, _ = demo
-    run = output / "run"
+    run = output
     assert result.corpus == "shapes" and set(result.seconds) == {
         "corpus", "filter", "calibrate", "captioner", "curate", "train", "eval"
     }  # fmt: skip
@@ -53,7 +53,7 @@ def test_every_step_writes_its_output(demo):
 
 def test_every_sample_ends_kept_or_with_a_reason_and_planted_defects_get_theirs(demo):
     result, _, output, _, _ = demo
-    run = output / "run"
+    run = output
     listed = pq.read_table(run / "demo_urls.parquet", columns=["url", "expected_reason"]).to_pylist()
     truth = {r["url"]: r["expected_reason"] for r in listed}
     urls = {r["key"]: r["url"] for r in pq.read_table(run / "samples", columns=["key", "url"]).to_pylist()}

@@ -68,7 +68,9 @@ TINY = Sizes(
 
 @dataclass
 class MissionResult:
-    """Where everything is and what it measured (also ``OUTPUT/demo.json``)."""
+    """Where everything is and what it measured (also ``OUTPUT/demo.json``). ``OUTPUT`` is the run directory;
+    the demo adds ``demo/`` (seed splits, eval pairs, zero-shot task), ``clip/`` (the CLIP trained on the
+    curated shards) and ``demo.json``."""
 
     output: str
     corpus: str
@@ -105,9 +107,10 @@ def run_mission(
 ) -> MissionResult:
     """Run the whole demo into ``output``; ``corpus``: auto (emoji when installable), emoji or shapes; the
     models are cached in ``cache`` (default ``$CURATE_CACHE/demo``)."""
-    from curate.io import cache_dir
+    from curate.io import cache_dir, write_json
 
     output, cache = Path(output).resolve(), cache or cache_dir("demo")
+    start_run(output)
     steps = Steps(7)
     data, fallback = steps.run("corpus", "corpus: real pairs with planted noise", pick_corpus, corpus, output, sizes)
     model = steps.run(
@@ -123,8 +126,18 @@ def run_mission(
     metrics = steps.run("eval", "curate eval clip on held-aside pairs", evaluate, clip, data)
     result = MissionResult(str(output), data.kind, fallback, run.funnel, outputs(output, clip), metrics,
                            {"model": str(model), "min_score": min_score}, steps.seconds)  # fmt: skip
-    (output / "demo.json").write_text(json.dumps(asdict(result), indent=2, default=str))
+    write_json(str(output / "demo.json"), asdict(result))
     return result
+
+
+def start_run(output: Path) -> None:
+    """Make ``output`` a curate run directory (or check it is one): the demo's own files go beside the run's."""
+    from curate.manifest import Manifest
+    from curate.run import is_run, prepare_run_dir
+
+    prepare_run_dir(output)
+    if not is_run(output):
+        Manifest(output).save()  # the folder is a run from here on: the corpus and the URL list are written into it
 
 
 def pick_corpus(kind: str, output: Path, sizes: Sizes) -> tuple[DemoCorpus, str | None]:
@@ -137,8 +150,8 @@ def pick_corpus(kind: str, output: Path, sizes: Sizes) -> tuple[DemoCorpus, str 
     if kind == "shapes" or why:
         if why:
             console.print(f"[yellow]generated shapes instead of real pairs:[/yellow] {why}")
-        return shapes_corpus(output / "corpus", sizes.pool, semantic=sizes.semantic), why
-    return emoji_corpus(output / "corpus", sizes.pool, semantic=sizes.semantic), None
+        return shapes_corpus(output / "demo", sizes.pool, semantic=sizes.semantic), why
+    return emoji_corpus(output / "demo", sizes.pool, semantic=sizes.semantic), None
 
 
 def fingerprint(*parts: Any) -> str:
@@ -263,23 +276,18 @@ def curate_pool(
 ):
     """``curate run pipelines/demo-full.yaml`` on the pool, served on 127.0.0.1 (a second demo resumes)."""
     from curate.demo.server import LoopbackServer, previous_port, write_url_list
-    from curate.manifest import Manifest
     from curate.recipe import load_recipe
-    from curate.run import is_run, prepare_run_dir, run_pipeline
+    from curate.run import run_pipeline
 
-    run_dir = output / "run"
     recipe = load_recipe("demo-full", [
         f"annotate.clip.model={model}", f"decide.clip_score.min_score={min_score}",
         f"enrich.recaption.model={captioner}", f"enrich.recaption.max_new_tokens={sizes.recaption_tokens}",
     ])  # fmt: skip
-    prepare_run_dir(run_dir)
-    if not is_run(run_dir):
-        Manifest(run_dir).save()  # the folder is a run from here on: its URL list is written into it
-    urls = run_dir / "demo_urls.parquet"
+    urls = output / "demo_urls.parquet"
     with LoopbackServer(data.objects, port=previous_port(urls)) as server:  # same URLs: the run resumes
         urls = write_url_list(data.rows, server.base_url, urls)
         console.print(f"      serving {len(data.objects)} objects on {server.base_url}; {len(data.rows)} URLs")
-        return run_pipeline(recipe, str(urls), str(run_dir), address)
+        return run_pipeline(recipe, str(urls), str(output), address)
 
 
 def train_on_curated(output: Path, sizes: Sizes) -> Path:
@@ -288,7 +296,7 @@ def train_on_curated(output: Path, sizes: Sizes) -> Path:
 
     settings = {"steps": sizes.train_steps, "batch_size": sizes.clip_batch, "save_every": 10_000}
     cfg = ClipTrainConfig.from_yaml("lit-offline", settings)
-    shards, folder = output / "run" / "shards", output / "clip"
+    shards, folder = output / "shards", output / "clip"
     marker = folder / "demo_trained_on.json"
     key = fingerprint(shards, cfg.model_dump())
     if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
@@ -314,10 +322,9 @@ def evaluate(model: Path, data: DemoCorpus) -> dict:
 
 def outputs(output: Path, clip: Path) -> dict[str, str]:
     """Where each output of the demo is."""
-    run = output / "run"
     return {
-        "shards": f"{run}/shards", "metadata": f"{run}/metadata", "llava": f"{run}/llava",
-        "report": f"{run}/report/report.html", "manifest": f"{run}/manifest.json",
+        "shards": f"{output}/shards", "metadata": f"{output}/metadata", "llava": f"{output}/llava",
+        "report": f"{output}/report/report.html", "manifest": f"{output}/manifest.json",
         "clip model": str(clip), "eval": str(clip / "eval.json"), "summary": str(output / "demo.json"),
     }  # fmt: skip
 
@@ -363,7 +370,7 @@ def eval_rows(result: dict) -> list[tuple[str, str]]:
 
 def next_commands(result: MissionResult) -> list[str]:
     """Commands to try on the demo's outputs."""
-    run, paths = f"{result.output}/run", result.paths
+    run, paths = result.output, result.paths
     return [
         f'curate stats {run} "SELECT reason, count(*) FROM decisions GROUP BY 1 ORDER BY 2 DESC"',
         f"curate decide {run} --set decide.balance.t=3            # re-decide from stored signals, in seconds",
