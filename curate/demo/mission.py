@@ -374,6 +374,7 @@ def next_commands(result: MissionResult) -> list[str]:
     return [
         f'curate stats {run} "SELECT reason, count(*) FROM decisions GROUP BY 1 ORDER BY 2 DESC"',
         f"curate decide {run} --set decide.balance.t=3            # re-decide from stored signals, in seconds",
+        f"curate calibrate {run}                                  # measure near_dedup.k and semantic_dedup.eps",
         f"curate train llava --config llava-tiny --data {paths['llava']} --output models/llava",
         f"curate eval clip {paths['clip model']} --data {paths['shards']}",
         f"curate status {run}",
