@@ -340,7 +340,7 @@ def print_summary(result: MissionResult) -> None:
     for name, n in steps.items():
         funnel.add_row(name, str(n), f"{100 * n / total:.1f}%", "")
     for reason, n in result.funnel["rejected"].items():
-        funnel.add_row(f"  rejected: {reason}", str(n), f"{100 * n / total:.1f}%", REASONS.get(reason, ""))
+        funnel.add_row(f"  rejected: {reason}", str(n), f"{100 * n / total:.1f}%", short(REASONS.get(reason, "")))
     where = Table("output", "where", title="outputs", title_justify="left")
     for name, path in result.paths.items():
         where.add_row(name, path)
@@ -352,6 +352,12 @@ def print_summary(result: MissionResult) -> None:
     console.print(f"CLIP filter: {result.filter['model']} (min_score {result.filter['min_score']:.4f})")
     console.print(f"step times (s): {result.seconds}")
     console.print("next:\n" + "\n".join(f"  {c}" for c in next_commands(result)))
+
+
+def short(text: str, width: int = 72) -> str:
+    """A reason's description cut to its first clause, at most ``width`` characters (``curate reasons`` has all)."""
+    first = text.split(". ")[0].split("; ")[0].rstrip(".")
+    return first if len(first) <= width else first[: width - 1].rstrip() + "…"
 
 
 def eval_rows(result: dict) -> list[tuple[str, str]]:
