@@ -147,11 +147,12 @@ def pick_corpus(kind: str, output: Path, sizes: Sizes) -> tuple[DemoCorpus, str 
     why = emoji_available() if kind in ("auto", "emoji") else None
     if kind == "emoji" and why:
         raise RuntimeError(why)
-    if kind == "shapes" or why:
-        if why:
-            console.print(f"[yellow]generated shapes instead of real pairs:[/yellow] {why}")
-        return shapes_corpus(output / "demo", sizes.pool, semantic=sizes.semantic), why
-    return emoji_corpus(output / "demo", sizes.pool, semantic=sizes.semantic), None
+    if why:
+        console.print(f"[yellow]generated shapes instead of real pairs:[/yellow] {why}")
+    with console.status("composing the pool, seed set and eval pairs (the real pairs once, then from the cache)"):
+        if kind == "shapes" or why:
+            return shapes_corpus(output / "demo", sizes.pool, semantic=sizes.semantic), why
+        return emoji_corpus(output / "demo", sizes.pool, semantic=sizes.semantic), None
 
 
 def fingerprint(*parts: Any) -> str:
@@ -214,6 +215,7 @@ def calibrate(model: Path, data: DemoCorpus) -> float:
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
 
     from curate.io import write_json
     from curate.signals.clip import ClipScorer
@@ -222,10 +224,11 @@ def calibrate(model: Path, data: DemoCorpus) -> float:
     if stored.is_file():
         return json.loads(stored.read_text())["min_score"]
     val = pq.read_table(data.seed_val, columns=["image", "caption"])
-    batch = pa.table({"key": [f"{i:09d}" for i in range(len(val))], "image": val.column("image"),
-                      "caption": val.column("caption")})  # fmt: skip
-    scores = ClipScorer(ClipScorer.Config(model=str(model), batch_size=64))(batch).column("clip_score")
-    min_score = round(float(np.quantile(np.asarray(scores.to_pylist(), np.float32), MAX_CLEAN_LOSS)), 4)
+    val = val.append_column("key", pa.array([f"{i:09d}" for i in range(len(val))]))
+    scorer, scores = ClipScorer(ClipScorer.Config(model=str(model), batch_size=64)), []
+    for start in tqdm(range(0, len(val), 64), desc="score held-out pairs", unit="batch"):
+        scores += scorer(val.slice(start, 64)).column("clip_score").to_pylist()
+    min_score = round(float(np.quantile(np.asarray(scores, np.float32), MAX_CLEAN_LOSS)), 4)
     write_json(str(stored), {"min_score": min_score, "pairs": len(val), "max_clean_loss": MAX_CLEAN_LOSS})
     return min_score
 
