@@ -13,6 +13,8 @@ import yaml
 
 from curate.demo import mission, sources
 
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # the fixture runs the whole demo twice (minutes)
+
 HYGIENE = {"download_error", "download_timeout", "decode_error", "too_small", "dup_exact", "caption_boilerplate"}
 """Planted defects whose reason does not depend on a trained model: each such row must get exactly its reason."""
 
