@@ -57,14 +57,30 @@ def split_rates(model: str, data: pa.Table, batch_size: int) -> dict:
     return {"prepare_images_per_s": len(data) / cpu, "model_images_per_s": len(data) / model_s}
 
 
-def ray_rate(model: str, data: pa.Table, batch_size: int, actors: int) -> float:
-    """images/s through Ray Data (actor pool), wall clock, model load excluded by a warm-up run."""
-    cfg = ClipScorer.Config(model=model, batch_size=batch_size, actors=actors)
+def ray_rate(model: str, data: pa.Table, batch_size: int, actors: int, decode: str = "cpu") -> float:
+    """images/s through Ray Data (actor pool), wall clock, model load excluded by a warm-up run.
+
+    ``decode``: ``cpu`` (Pillow in CPU tasks before the actors) or ``device`` (in the actors: nvJPEG on
+    their GPU, Pillow where there is none)."""
+    from curate.device import pick_device
+
+    gpus = 1.0 / actors if pick_device().type == "cuda" else 0.0  # several actors share one GPU
+    cfg = ClipScorer.Config(model=model, batch_size=batch_size, actors=actors, decode=decode, num_gpus=gpus)
     runtime.run_stage(data.slice(0, batch_size), ClipScorer(cfg))  # warm-up: workers, imports
     start = time.perf_counter()
     out = runtime.run_stage(data, ClipScorer(cfg))
     assert len(out) == len(data)
     return len(data) / (time.perf_counter() - start)
+
+
+def decoder_name(decode: str) -> str:
+    """The decoder a ``decode`` mode uses on this machine: pillow, or nvjpeg (device mode with a GPU decoder)."""
+    if decode == "cpu":
+        return "pillow"
+    from curate.device import pick_device
+    from curate.signals.device_decode import gpu_jpeg_decoder
+
+    return "nvjpeg" if gpu_jpeg_decoder(pick_device()) is not None else "pillow"
 
 
 def main() -> None:
@@ -73,6 +89,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["clip-tiny", "ViT-B-32"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64])
     parser.add_argument("--actors", nargs="+", type=int, default=[1])
+    parser.add_argument("--decode", nargs="+", choices=["cpu", "device"], default=["cpu"], help="clip stage decode")
     parser.add_argument("--out", default="benchmarks/results/clipscore.json")
     args = parser.parse_args()
     data = table(args.n)
@@ -82,15 +99,15 @@ def main() -> None:
             for batch_size in args.batch_sizes:
                 split = split_rates(model, data.slice(0, min(args.n, 4 * batch_size)), batch_size)
                 for actors in args.actors:
-                    rate = ray_rate(model, data, batch_size, actors)
-                    rows.append(
-                        {"model": model, "batch_size": batch_size, "actors": actors, "ray_images_per_s": rate, **split}
-                    )
+                    for decode in args.decode:
+                        rate = ray_rate(model, data, batch_size, actors, decode)
+                        row = {"model": model, "batch_size": batch_size, "actors": actors, "decode": decode}
+                        rows.append({**row, "decoder": decoder_name(decode), "ray_images_per_s": rate, **split})
     print(f"{args.n} images (~256 px JPEG); prepare/model measured in one process, ray = whole stage via Ray Data")
-    print(f"{'model':12} {'batch':>6} {'actors':>6} {'prepare/s':>10} {'model/s':>9} {'ray/s':>8}")
+    print(f"{'model':12} {'batch':>6} {'actors':>6} {'decoder':>8} {'prepare/s':>10} {'model/s':>9} {'ray/s':>8}")
     for r in rows:
         print(
-            f"{r['model']:12} {r['batch_size']:6d} {r['actors']:6d} {r['prepare_images_per_s']:10.0f} "
+            f"{r['model']:12} {r['batch_size']:6d} {r['actors']:6d} {r['decoder']:>8} {r['prepare_images_per_s']:10.0f} "
             f"{r['model_images_per_s']:9.1f} {r['ray_images_per_s']:8.1f}"
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -176,7 +176,7 @@ def apply_stage(ds: ray.data.Dataset, stage: Stage) -> ray.data.Dataset:
     """Add ``stage`` to ``ds``: its CPU ``prepare`` as tasks, then tasks or an actor pool."""
     cfg = stage.config
     common = {"batch_format": "pyarrow", "batch_size": cfg.batch_size}
-    if stage.has_prepare:
+    if stage.runs_prepare():
         ds = ds.map_batches(_Prepare(stage), num_cpus=1, **common)
     if not stage.uses_actors:
         return ds.map_batches(stage, num_cpus=cfg.num_cpus, **common)

@@ -101,6 +101,11 @@ class Stage:
     def setup(self) -> None:
         """Load models or build lookup tables; called once per worker before the first batch."""
 
+    def runs_prepare(self) -> bool:
+        """Whether the runtime runs ``prepare`` as CPU tasks before ``process`` (``has_prepare``, unless
+        the config moves that work into the actors)."""
+        return self.has_prepare
+
     def prepare(self, batch: pa.Table) -> pa.Table:
         """CPU-side work for ``process`` (only when ``has_prepare``); returns ``batch`` plus columns."""
         return batch

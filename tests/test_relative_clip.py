@@ -78,3 +78,28 @@ def test_csls_streams_every_row_once_and_is_seeded(tmp_path):
     again = pa.concat_tables(list(csls_scores(str(tmp_path / "embeddings"), k=5, reference=100, seed=1)))
     assert table.column("csls").to_pylist() == again.column("csls").to_pylist()
     np.testing.assert_allclose(table.column("clip_score").to_numpy(), cos, atol=2e-3)  # float16 storage
+
+
+def test_stats_show_the_cut_on_the_relative_score_not_the_plain_one(tmp_path):
+    """stats --scores draws no plain-cosine cut for a relative run; --heads and the report show the relative one."""
+    import duckdb
+
+    from curate.report.stats import clip_thresholds, score_cuts
+
+    pool(tmp_path)
+    lost = rejected(tmp_path, keep_top=0.8, relative=True, reference=200)
+    con = duckdb.connect()
+    con.execute(f"CREATE VIEW samples AS SELECT * FROM read_parquet('{tmp_path / 'samples.parquet'}')")
+    con.execute(f"CREATE VIEW decisions AS SELECT * FROM read_parquet('{tmp_path / 'd'}/*.parquet')")
+    manifest = {"recipe": {"decide": [{"policy": "clip_score", "keep_top": 0.8, "relative": True}]}}
+    assert clip_thresholds(con, manifest) == []
+    (cut,) = score_cuts(manifest, con)
+    assert cut["reason"] == "low_clip_score" and cut["expr"] == 'd."score_clip_relative"'
+    ((value, label),) = cut["lines"]
+    kept_min = con.execute("SELECT min(score_clip_relative) FROM decisions WHERE keep").fetchone()[0]
+    assert label.startswith("keep_top 0.8") and value <= kept_min  # the highest rejected relative score
+    assert con.execute(f"SELECT count(*) FROM decisions WHERE score_clip_relative > {value}").fetchone()[0] == N - len(
+        lost
+    )
+    plain = {"recipe": {"decide": [{"policy": "clip_score", "keep_top": 0.8}]}}
+    assert score_cuts(plain, con) == [] and len(clip_thresholds(con, plain)) == 1

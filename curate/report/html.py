@@ -135,11 +135,15 @@ def clip_scores(ctx: Context) -> Section | None:
 
 def learned_scores(ctx: Context) -> Section | None:
     """Histograms of each head or classifier score, kept over rejected by its reason, with the cut."""
-    cuts = stats.score_cuts(ctx.manifest) if ctx.decided else []
+    cuts = stats.score_cuts(ctx.manifest, ctx.con) if ctx.decided else []
     if not cuts:
         return None
     panels = [
-        plots.Panel(f"{c['reason']} score", stats.values_by_outcome(ctx.con, c["expr"], [c["reason"]]), c["lines"])
+        plots.Panel(
+            c.get("label", f"{c['reason']} score"),
+            stats.values_by_outcome(ctx.con, c["expr"], [c["reason"]]),
+            c["lines"],
+        )
         for c in cuts
     ]
     png = plots.histograms(panels, "Learned scores", ctx.out / "learned_scores.png")

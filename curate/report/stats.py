@@ -249,6 +249,8 @@ def scores(run_dir: str | Path) -> Rows:
         thresholds = clip_thresholds(con, Manifest(run_dir).data) if decided else []
     rows = list(zip(SCORE_STATS, every, kept, strict=True))
     rows += [(label, round(value, 4), None) for value, label in thresholds]
+    if decided and (policy(Manifest(run_dir).data, "clip_score") or {}).get("relative"):
+        rows.append(("cut on the relative score (stats --heads)", None, None))
     return Rows(["statistic", "all", "kept"], rows)
 
 
@@ -263,9 +265,13 @@ def _score_summary(con: duckdb.DuckDBPyConnection, where: str) -> list:
     return [n, *(None if v is None else round(float(v), 4) for v in values)]
 
 
-def score_cuts(manifest: dict) -> list[dict]:
-    """The recipe's learned-score cuts: each ``head`` and ``score`` policy's reason, SQL expression and cut lines."""
+def score_cuts(manifest: dict, con: duckdb.DuckDBPyConnection | None = None) -> list[dict]:
+    """The recipe's learned-score cuts: each ``head`` and ``score`` policy's reason, SQL expression and cut lines,
+    and the relative CLIP score's when ``clip_score`` has ``relative: true`` (its keep_top line needs ``con``)."""
     found = []
+    clip = policy(manifest, "clip_score")
+    if clip is not None and clip.get("relative"):
+        found.append(_relative_clip_cut(clip, con))
     for entry in manifest.get("recipe", {}).get("decide", []):
         if entry.get("policy") not in ("head", "score"):
             continue
@@ -276,12 +282,27 @@ def score_cuts(manifest: dict) -> list[dict]:
     return found
 
 
+def _relative_clip_cut(entry: dict, con: duckdb.DuckDBPyConnection | None) -> dict:
+    expr, reason = 'd."score_clip_relative"', "low_clip_score"
+    lines = (
+        [(float(entry["min_score"]), f"min_score {entry['min_score']}")] if entry.get("min_score") is not None else []
+    )
+    if entry.get("keep_top") is not None and con is not None and "score_clip_relative" in columns(con, "decisions"):
+        (cut,) = con.execute(
+            f"SELECT max({expr}) FROM decisions d WHERE d.reason = $reason AND {expr} IS NOT NULL", {"reason": reason}
+        ).fetchone()
+        if cut is not None:
+            lines.append((float(cut), f"keep_top {entry['keep_top']}: highest rejected score"))
+    return {"reason": reason, "expr": expr, "lines": lines, "policy": "clip_score", "label": "relative CLIP score"}
+
+
 def heads(run_dir: str | Path) -> Rows:
-    """Per learned score (``head`` and ``score`` policies): rows scored, quantiles, the cut, rows it rejected."""
+    """Per learned score (``head`` and ``score`` policies, the relative CLIP score): rows scored, quantiles, the
+    cut, rows it rejected."""
     with opened(run_dir) as con:
-        cuts = score_cuts(Manifest(run_dir).data)
+        cuts = score_cuts(Manifest(run_dir).data, con)
         if not cuts or not columns(con, "decisions"):
-            raise NotInRun("no head or score policy in this run's recipe (see README: learned heads)")
+            raise NotInRun("no head, score or relative clip_score policy in this run's recipe (README: learned heads)")
         rows = []
         for cut in cuts:
             n, q, rejected = con.execute(
@@ -359,9 +380,11 @@ def policy(manifest: dict, name: str) -> dict | None:
 
 
 def clip_thresholds(con: duckdb.DuckDBPyConnection, manifest: dict) -> list[tuple[float, str]]:
-    """The clip_score policy's cut-offs: ``min_score``, and for ``keep_top`` the highest rejected score."""
+    """The clip_score policy's cut-offs: ``min_score``, and for ``keep_top`` the highest rejected score.
+
+    None with ``relative: true``: those cuts are on the relative score (:func:`score_cuts`), not this one."""
     entry = policy(manifest, "clip_score")
-    if entry is None:
+    if entry is None or entry.get("relative"):
         return []
     found = []
     if entry.get("min_score") is not None:
