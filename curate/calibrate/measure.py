@@ -25,8 +25,8 @@ K_CANDIDATES = tuple(range(0, 17, 2))
 EPS_CANDIDATES = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
 """semantic_dedup.eps values tried (cosine distance; the policy's default is 0.05)."""
 VERIFY_CANDIDATES = (2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 30.0)
-"""near_dedup.verify_colour values tried (curate.images.colour_distance: mean CIELAB ΔE of the worst quarter of
-the colour signature's cells; a pHash pair counts only within it)."""
+"""near_dedup.verify_colour values tried (CIELAB ΔE units of curate.images.colour_distance; a pHash pair counts
+only within it; the policy's default is 8)."""
 RECALL_TOLERANCE = 0.01
 """A recommendation takes the smallest value whose recall is within this of the best allowed one."""
 BLOCK = 1024  # rows of the all-pairs passes done at once
