@@ -37,6 +37,7 @@ from curate.calibrate.perturb import near_copy_bytes
 from curate.cli import app
 from curate.errors import CalibrationError
 from curate.recipe import build_recipe
+from curate.signals.image import measure_image
 
 
 def pattern(rng: np.random.Generator) -> Image.Image:
@@ -51,9 +52,9 @@ def jpeg(im: Image.Image, quality: int = 92) -> bytes:
     return buf.getvalue()
 
 
-def write_run(run, images: list[bytes], annotate: list) -> list[str]:
-    """A run as annotate leaves it: RUN/raw/00000.tar, RUN/samples (key, phash, sha256, where the bytes are), and a
-    manifest whose annotate step is done. Returns the keys."""
+def write_run(run, images: list[bytes], annotate: list, colour: bool = True) -> list[str]:
+    """A run as annotate leaves it: RUN/raw/00000.tar, RUN/samples (key, phash, sha256, colour_sig unless not
+    ``colour``, where the bytes are), and a manifest whose annotate step is done. Returns the keys."""
     keys = [f"{i:05d}" for i in range(len(images))]
     (run / "raw").mkdir(parents=True)
     with tarfile.open(run / "raw" / "00000.tar", "w") as tar:
@@ -70,6 +71,9 @@ def write_run(run, images: list[bytes], annotate: list) -> list[str]:
             "raw_shard": ["00000"] * len(keys),
         }
     ).join(where, "key")
+    if colour:
+        sigs = [measure_image(d, 10**8)["colour_sig"] for d in images]
+        samples = samples.append_column("colour_sig", pa.array(sigs, pa.list_(pa.float32())))
     (run / "samples").mkdir()
     pq.write_table(samples.sort_by("key"), run / "samples" / "00000.parquet")
     recipe = build_recipe({"annotate": annotate}, "test").to_dict()
@@ -279,3 +283,14 @@ def test_verify_colour_keeps_copies_and_splits_colour_variants(tmp_path):
     row = next(r for r in verify["table"] if r["verify_colour"] == verify["recommended"])
     assert row["recall"] >= 0.95 and row["value"] == verify["k"]
     assert f"decide.near_dedup.verify_colour={verify['recommended']}" in result["overrides"]
+
+
+def test_a_run_annotated_without_colour_sig_gets_k_alone(tmp_path):
+    """decide checks no colour on a run whose samples lack colour_sig, so the --set line must not lean on it."""
+    rng = np.random.default_rng(5)
+    write_run(tmp_path / "run", [jpeg(pattern(rng)) for _ in range(30)], ["image"], colour=False)
+    result = calibrate_run(str(tmp_path / "run"), n=30)
+    verify = result["near_dedup"]["verify_colour"]
+    assert "table" in verify and "colour_sig" in verify["note"]
+    assert not any("verify_colour" in item for item in result["overrides"])
+    assert result["overrides"] == [f"decide.near_dedup.k={result['near_dedup']['recommended']}"]

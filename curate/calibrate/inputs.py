@@ -41,6 +41,12 @@ def read_samples(run_dir: str) -> pa.Table:
     return dataset.to_table(columns=columns, filter=pc.field("phash").is_valid())
 
 
+def samples_columns(run_dir: str) -> list[str]:
+    """The columns of RUN/samples (from the Parquet schema; no rows read)."""
+    fsys, local = storage.arrow_paths(storage.files(storage.join(run_dir, "samples")))
+    return pads.dataset(local, filesystem=fsys, format="parquet").schema.names
+
+
 def distinct_rows(samples: pa.Table) -> pa.Table:
     """One row per distinct image bytes (the first of each sha256), or every row when sha256 was not recorded."""
     if "sha256" not in samples.column_names or not len(samples):
