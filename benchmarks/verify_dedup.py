@@ -227,6 +227,9 @@ def semantic(args: argparse.Namespace, cache: Path) -> dict:
     from curate.signals.clip import ClipScorer
 
     pairs = load_catalogue(SOURCES)
+    if args.limit:  # every colour variant's glyphs, and the first ``limit`` others
+        keep = {i for pair in colour_variants(pairs) for i in pair} | set(range(args.limit))
+        pairs = [pairs[i] for i in sorted(keep)]
     images = [draw(p, "composed", args.seed * 100_003 + i, cache) for i, p in enumerate(pairs)]
     bodies = [encode(im, "JPEG", 90) for im in images]
     captions = [f"{p.name[0].upper()}{p.name[1:]}." for p in pairs]
@@ -302,6 +305,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("verify_dedup.json"))
     parser.add_argument("--semantic", action="store_true", help="measure dup_semantic instead (composed pool)")
     parser.add_argument("--clip", default="lit-offline", help="CLIP model for --semantic")
+    parser.add_argument("--limit", type=int, help="--semantic: the colour variants' glyphs and this many others")
     parser.add_argument("--eps", type=float, nargs="+", default=[0.02, 0.05, 0.1])
     parser.add_argument("--dump", help="also save each style's pool (hashes, signatures, families) as DUMP-STYLE.npz")
     args = parser.parse_args()
