@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -151,25 +153,62 @@ def _read_shards(batch: pa.Table, run_dir: str, chunk_rows: int) -> Iterator[pa.
         yield from read_shard(run_dir, shard, chunk_rows)
 
 
-class _StageActor:
-    """Holds one stage per actor, so its model is loaded once."""
+READ_BLOCK_ROWS = 512
+"""Rows per block annotate reads from a raw shard (at least the largest stage ``batch_size``)."""
 
-    def __init__(self, stage_cls: type[Stage], config: Any) -> None:
+
+def torch_threads(num_cpus: float) -> int:
+    """Threads for an actor's torch: its CPUs, at least one. Ray sets ``OMP_NUM_THREADS`` to an actor's CPUs only
+    when the environment has none: a driver started with ``OMP_NUM_THREADS=1`` (as a benchmark sets it) left
+    every model actor on one thread whatever its ``num_cpus``."""
+    return max(1, int(num_cpus))
+
+
+WORKER_STAGES: dict[str, Stage] = {}
+"""Stages set up in this worker process, by the token of the pipeline that shipped them: a task's stage can
+arrive unpickled (nothing set up) with each task, and would then load its model once per block."""
+WORKER_STAGES_KEPT = 8
+"""Pipelines whose stages a worker keeps set up (a long-lived worker serves run after run)."""
+
+
+class _TaskStage:
+    """A stage without a model, or a stage's CPU half (``prepare``), as a task function set up once per worker."""
+
+    def __init__(self, stage: Stage, prepare: bool) -> None:
+        self.stage, self.prepare_only, self.token = stage, prepare, uuid.uuid4().hex
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        stage = worker_stage(self.token, self.stage)
+        return stage.prepare(batch) if self.prepare_only else stage(batch)
+
+
+def task_stage(stage: Stage, prepare: bool) -> _TaskStage:
+    """``stage`` (or its ``prepare``) as a task function that Ray Data names after it (``MapBatches(ImageSignals)``)."""
+    name = type(stage).__name__ + (".prepare" if prepare else "")
+    return type(name, (_TaskStage,), {})(stage, prepare)
+
+
+def worker_stage(token: str, stage: Stage) -> Stage:
+    """This worker's copy of the stage shipped under ``token``: the first one it got, set up once."""
+    if token not in WORKER_STAGES:
+        while len(WORKER_STAGES) >= WORKER_STAGES_KEPT:
+            WORKER_STAGES.pop(next(iter(WORKER_STAGES)))
+        WORKER_STAGES[token] = stage
+    return WORKER_STAGES[token]
+
+
+class _StageActor:
+    """Holds one stage per actor, so its model is loaded once; torch gets as many threads as the actor has CPUs."""
+
+    def __init__(self, stage_cls: type[Stage], config: Any, num_cpus: float) -> None:
         self.stage = stage_cls(config)
         self.stage.ensure_setup()
+        torch = sys.modules.get("torch")  # imported by setup when the stage's model is a torch one
+        if torch is not None:
+            torch.set_num_threads(torch_threads(num_cpus))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.stage(batch)
-
-
-class _Prepare:
-    """A stage's CPU half as a plain task function."""
-
-    def __init__(self, stage: Stage) -> None:
-        self.stage = stage
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.stage.prepare(batch)
 
 
 def apply_stage(ds: ray.data.Dataset, stage: Stage) -> ray.data.Dataset:
@@ -177,18 +216,19 @@ def apply_stage(ds: ray.data.Dataset, stage: Stage) -> ray.data.Dataset:
     cfg = stage.config
     common = {"batch_format": "pyarrow", "batch_size": cfg.batch_size}
     if stage.runs_prepare():
-        ds = ds.map_batches(_Prepare(stage), num_cpus=1, **common)
+        ds = ds.map_batches(task_stage(stage, prepare=True), num_cpus=1, **common)
     if not stage.uses_actors:
-        return ds.map_batches(stage, num_cpus=cfg.num_cpus, **common)
+        return ds.map_batches(task_stage(stage, prepare=False), num_cpus=cfg.num_cpus, **common)
     num_gpus = cfg.num_gpus
     if num_gpus is None:  # auto: one GPU per actor when the cluster has GPUs
         num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
+    num_cpus = cfg.num_cpus if not num_gpus else 0.5 * cfg.num_cpus
     return ds.map_batches(
         _StageActor,
-        fn_constructor_args=(type(stage), cfg),
+        fn_constructor_args=(type(stage), cfg, num_cpus),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.actors),
         num_gpus=num_gpus or None,
-        num_cpus=cfg.num_cpus if not num_gpus else 0.5 * cfg.num_cpus,
+        num_cpus=num_cpus,
         # SPREAD puts actors on different nodes, and differing remote args keep Ray Data from
         # fusing the upstream CPU tasks (read, decode, resize) into the model actors.
         scheduling_strategy="SPREAD",
@@ -197,8 +237,13 @@ def apply_stage(ds: ray.data.Dataset, stage: Stage) -> ray.data.Dataset:
 
 
 def run_stage(table: pa.Table, stage: Stage) -> pa.Table:
-    """Run one stage on a table through Ray Data, exactly as annotate does (row order may change)."""
-    refs = apply_stage(ray.data.from_arrow(table), stage).to_arrow_refs()
+    """Run one stage on a table through Ray Data, exactly as annotate does (row order may change).
+
+    The table goes in as blocks of the stage's ``batch_size`` rows, so ``prepare`` tasks overlap the model.
+    """
+    size = stage.config.batch_size
+    blocks = [table.slice(i, size) for i in range(0, len(table), size)] or [table]
+    refs = apply_stage(ray.data.from_arrow(blocks), stage).to_arrow_refs()
     return pa.concat_tables(ray.get(refs))
 
 
@@ -228,16 +273,19 @@ def annotate(
     todo = [s for s in shards if expected.get(s, 0) > 0]
     if not todo:
         return {}
+    chunk = max([READ_BLOCK_ROWS, *(s.config.batch_size for s in stages)])
     ds = ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo))
     ds = ds.map_batches(
         _read_shards,
-        fn_kwargs={"run_dir": run_dir, "chunk_rows": 512},
+        fn_kwargs={"run_dir": run_dir, "chunk_rows": chunk},
         batch_size=1,
         batch_format="pyarrow",
-        # A concurrency of its own keeps this op from being fused into the stages, whose batch_size would make
-        # one task read up to batch_size shards in turn (one core for them all, no shard committed before its end).
-        concurrency=len(todo),
     )
+    # Fused into the read, this cuts its output into blocks of `chunk` rows that leave as they are cut (Ray
+    # Data's default gathers 128 MiB: ~8,000 rows of 15 KB images, so the stages waited for most of a shard
+    # and its last blocks ran alone on one core). It also keeps the read from being fused into the stages,
+    # whose batch_size would make one task read up to batch_size shards in turn.
+    ds = ds.repartition(target_num_rows_per_block=chunk)
     for stage in stages:
         ds = apply_stage(ds, stage)
     ds = ds.drop_columns(["image"])

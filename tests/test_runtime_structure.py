@@ -1,0 +1,119 @@
+"""How stages run through Ray (issue 22), checked without timing: a model actor's torch gets the threads of
+its CPUs, a task stage is set up once per worker process (not once per block), and annotate hands a raw
+shard to its stages in blocks as it is read."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curate import runtime
+from curate.demo.synthetic import tiny_image
+from curate.recipe import build_recipe
+from curate.run import run_pipeline
+from curate.stage import Stage, append_columns
+
+pytestmark = pytest.mark.slow
+
+
+def table(rows: int) -> pa.Table:
+    return pa.table({"key": [f"{i:04d}" for i in range(rows)]})
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_a_model_actor_runs_torch_on_as_many_threads_as_it_has_cpus(ray_session, cpus):
+    class TorchThreads(Stage):  # a local class: Ray ships it to the actor by value
+        name = "torch_threads"
+        uses_actors = True
+        writes = {"threads": pa.int32()}
+
+        def setup(self) -> None:
+            import torch
+
+            torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 in the workers' environment leaves it
+
+        def process(self, batch: pa.Table) -> pa.Table:
+            import torch
+
+            return append_columns(batch, {"threads": [torch.get_num_threads()] * len(batch)}, self.writes)
+
+    out = runtime.run_stage(table(8), TorchThreads(batch_size=4, num_cpus=cpus, num_gpus=0))
+    assert set(out.column("threads").to_pylist()) == {cpus}
+
+
+def test_a_task_stage_is_set_up_once_per_worker_process_not_once_per_block(ray_session, tmp_path):
+    marks = tmp_path / "setups"
+    marks.mkdir()
+
+    class CountedSetup(Stage):
+        name = "counted_setup"
+        writes = {"pid": pa.int64(), "rows_in_call": pa.int64()}
+
+        def setup(self) -> None:
+            (marks / f"{os.getpid()}-{uuid.uuid4().hex}").touch()
+
+        def process(self, batch: pa.Table) -> pa.Table:
+            columns = {"pid": [os.getpid()] * len(batch), "rows_in_call": [len(batch)] * len(batch)}
+            return append_columns(batch, columns, self.writes)
+
+    out = runtime.run_stage(table(40), CountedSetup(batch_size=4))
+    assert sorted(out.column("key").to_pylist()) == table(40).column("key").to_pylist()
+    assert set(out.column("rows_in_call").to_pylist()) == {4}
+    setups = [p.name.split("-")[0] for p in marks.iterdir()]
+    workers = {str(pid) for pid in out.column("pid").to_pylist()}
+    assert sorted(setups) == sorted(workers)  # one setup in each worker that ran a block, not one per block
+
+
+def write_img2dataset_shard(folder: Path, rows: int) -> None:
+    """One img2dataset output shard (``00000.tar``, ``.parquet``, ``_stats.json``) of ``rows`` tiny JPEGs."""
+    folder.mkdir(parents=True)
+    keys = [f"00000{i:04d}" for i in range(rows)]
+    with tarfile.open(folder / "00000.tar", "w") as tar:
+        for i, key in enumerate(keys):
+            data = tiny_image(i)
+            info = tarfile.TarInfo(f"{key}.jpg")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    meta = {
+        "key": keys,
+        "url": [f"https://example.com/{i}.jpg" for i in range(rows)],
+        "caption": [f"picture {i}" for i in range(rows)],
+        "status": ["success"] * rows,
+        "error_message": pa.nulls(rows, pa.string()),
+        "original_width": pa.nulls(rows, pa.int32()),
+        "original_height": pa.nulls(rows, pa.int32()),
+    }
+    pq.write_table(pa.table(meta), folder / "00000.parquet")
+    (folder / "00000_stats.json").write_text(json.dumps({"count": rows, "successes": rows}))
+
+
+def test_annotate_hands_a_raw_shard_to_its_stages_in_blocks_from_several_tasks(ray_session, tmp_path):
+    """A shard goes on in blocks of READ_BLOCK_ROWS rows as it is read, not as one block (Ray Data's default
+    128 MiB blocks held a whole shard of small images: one task, one core, for all its rows)."""
+
+    class TaskIds(Stage):
+        name = "task_ids"
+        writes = {"task_id": pa.string()}
+
+        def process(self, batch: pa.Table) -> pa.Table:
+            import ray
+
+            task = ray.get_runtime_context().get_task_id()
+            return append_columns(batch, {"task_id": [task] * len(batch)}, self.writes)
+
+    rows = 3 * runtime.READ_BLOCK_ROWS
+    write_img2dataset_shard(tmp_path / "pool", rows)
+    recipe = build_recipe({"annotate": [{"stage": "image"}], "decide": []}, "blocks.yaml")
+    recipe.annotate.append(TaskIds(batch_size=64))
+    run_pipeline(recipe, tmp_path / "pool", tmp_path / "run", until="annotate")
+    samples = pq.read_table(tmp_path / "run" / "samples" / "00000.parquet")
+    assert len(samples) == rows
+    assert len(set(samples.column("task_id").to_pylist())) >= 3
