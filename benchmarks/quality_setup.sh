@@ -3,7 +3,7 @@
 #   - Debian: fonts-noto-color-emoji (the Noto glyphs), libcairo2 (for cairosvg), npm (as root);
 #   - PyPI into .venv: pyproject's `bench` extra (emoji: CLDR names and translations; cairosvg);
 #   - npm, unpacked into the cache (never into the repository): openmoji, @iconify-json/twemoji,
-#     @iconify-json/fluent-emoji-flat.
+#     @iconify-json/fluent-emoji-flat, and the icons corpus's @iconify-json/flag, logos, flat-color-icons.
 # The cache is $CURATE_QUALITY_CACHE or ~/.cache/curate/quality-corpus.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,15 +23,15 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-"$PY" -c "import emoji, cairosvg" 2>/dev/null || "$PY" -m pip install -q -c constraints.txt -e '.[bench]'  # pyproject's bench extra
+"$PY" -c "import emoji, cairosvg, pycountry" 2>/dev/null || "$PY" -m pip install -q -c constraints.txt -e '.[bench]'  # pyproject's bench extra
 
 # npm packages and the glyph catalogues (idempotent; prints what it fetches)
 "$PY" - <<'EOF'
 import sys
 sys.path.insert(0, "benchmarks")
-from curate.demo.emoji_sources import SEED_SOURCES, SOURCES, default_cache, ensure_sources, load_catalogue
+from curate.demo.emoji_sources import CORPORA, SEED_SOURCES, SOURCES, default_cache, ensure_sources, load_catalogue
 
-for sources in (SOURCES, SEED_SOURCES):
+for sources in (SOURCES, SEED_SOURCES, CORPORA["icons"]):
     ensure_sources(sources)
     print(f"{'+'.join(sources)}: {len(load_catalogue(sources)):,} distinct pairs in {default_cache()}")
 EOF

@@ -179,3 +179,22 @@ def _get(url: str) -> tuple[int, bytes]:
             return resp.status, resp.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
+
+
+def test_icons_corpus_has_no_emoji_and_real_translated_flags(qc, tmp_path):
+    """The second corpus: flags, logos and flat-color icons; its non-English rows are flags named in
+    the iso-codes translation of the country, in that language's flag template."""
+    pytest.importorskip("pycountry", reason="pip install pycountry (the icons corpus's country names)")
+    from curate.demo.emoji_sources import CORPORA, SourceUnavailable, ensure_sources
+
+    try:
+        ensure_sources(CORPORA["icons"], _sources_cache())
+    except SourceUnavailable as err:
+        pytest.skip(f"icons corpus sources unavailable: {err}")
+    _, rows = qc.build_quality_corpus(tmp_path, n=N, seed=SEED, cache=_sources_cache(), corpus="icons")
+    assert len(rows) == N and {r.source for r in rows} <= set(CORPORA["icons"])
+    foreign = [r for r in rows if r.defect == "non_english"]
+    assert foreign and all(r.source == "flag" for r in foreign)
+    assert all(any(r.caption.startswith(t.split("{")[0]) for t in qc.ICON_LOCAL_TEMPLATES[r.detail]) for r in foreign)
+    germany = next(p for p in qc.load_catalogue(CORPORA["icons"], _sources_cache()) if p.concept == "flag:DE")
+    assert germany.name == "flag of Germany" and germany.translations["de"] == "Deutschland"

@@ -22,13 +22,14 @@ REASONS: dict[str, str] = {
     "caption_boilerplate": "The caption is boilerplate, not a description: a file name, a bare URL, "
     "stock alt text, repeated tokens or no letters (samples.caption_boilerplate says which).",
     "wrong_language": "fastText's language for the caption is not one the recipe keeps (and scores at "
-    "least min_other_score), or it is a kept one scoring below min_lang_score.",
+    "least min_other_score; with rule calibrated, min_other_score_short on a short caption, or the caption's "
+    "letters are in a script no kept language uses), or it is a kept one scoring below min_lang_score.",
     "low_clip_score": "The image-caption CLIP score is below the recipe's min_score, or outside "
     "the keep_top fraction of the rows that reached the clip_score policy.",
-    "dup_near": "A perceptual near-duplicate (pHash within the near_dedup policy's k bits) of a "
-    "kept sample; dup_of names it.",
-    "dup_semantic": "A semantic duplicate (CLIP image embeddings with cosine > 1 - eps, SemDeDup) of "
-    "a kept sample; dup_of names it.",
+    "dup_near": "A perceptual near-duplicate (pHash within the near_dedup policy's k bits, confirmed by "
+    "the colour signature unless verify_colour is null) of a kept sample; dup_of names it.",
+    "dup_semantic": "A semantic duplicate (CLIP image embedding with cosine > 1 - eps to the very kept "
+    "sample dup_of names, SemDeDup).",
     "eval_contaminated": "A near-duplicate of an image in the evaluation set given to the "
     "decontaminate policy; dup_of is 'eval:' + that image's id.",
     "no_concept": "The caption matches no concept of the balancing vocabulary (MetaCLIP drops them).",

@@ -7,13 +7,14 @@ import hashlib
 import io
 import json
 import random
+import shutil
 import tarfile
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 from test_object_storage import bucket, s3_server, s3fs  # noqa: F401 (fixtures)
 from typer.testing import CliRunner
 
@@ -28,11 +29,15 @@ from curate.calibrate.measure import (
     k_table,
     phash,
     recommend,
+    recommend_verified,
+    table,
+    verify_table,
 )
 from curate.calibrate.perturb import near_copy_bytes
 from curate.cli import app
 from curate.errors import CalibrationError
 from curate.recipe import build_recipe
+from curate.signals.image import measure_image
 
 
 def pattern(rng: np.random.Generator) -> Image.Image:
@@ -47,9 +52,9 @@ def jpeg(im: Image.Image, quality: int = 92) -> bytes:
     return buf.getvalue()
 
 
-def write_run(run, images: list[bytes], annotate: list) -> list[str]:
-    """A run as annotate leaves it: RUN/raw/00000.tar, RUN/samples (key, phash, sha256, where the bytes are), and a
-    manifest whose annotate step is done. Returns the keys."""
+def write_run(run, images: list[bytes], annotate: list, colour: bool = True) -> list[str]:
+    """A run as annotate leaves it: RUN/raw/00000.tar, RUN/samples (key, phash, sha256, colour_sig unless not
+    ``colour``, where the bytes are), and a manifest whose annotate step is done. Returns the keys."""
     keys = [f"{i:05d}" for i in range(len(images))]
     (run / "raw").mkdir(parents=True)
     with tarfile.open(run / "raw" / "00000.tar", "w") as tar:
@@ -66,6 +71,9 @@ def write_run(run, images: list[bytes], annotate: list) -> list[str]:
             "raw_shard": ["00000"] * len(keys),
         }
     ).join(where, "key")
+    if colour:
+        sigs = [measure_image(d, 10**8)["colour_sig"] for d in images]
+        samples = samples.append_column("colour_sig", pa.array(sigs, pa.list_(pa.float32())))
     (run / "samples").mkdir()
     pq.write_table(samples.sort_by("key"), run / "samples" / "00000.parquet")
     recipe = build_recipe({"annotate": annotate}, "test").to_dict()
@@ -104,7 +112,7 @@ def test_calibrate_recovers_the_planted_k(planted):
     assert planted_k == 0 or rows[planted_k - 2]["recall"] < 1.0  # a smaller k misses planted copies
     assert result["positives"]["pairs"] == 30 and result["pool_images"] == 90
     assert result["negatives"]["images"] == 30  # the run's distinct images that no pair names
-    assert result["overrides"] == [f"decide.near_dedup.k={planted_k}"]
+    assert result["overrides"][0] == f"decide.near_dedup.k={planted_k}"
     assert "clip stage" in result["semantic_dedup"]["skipped"]
 
 
@@ -117,24 +125,29 @@ def test_cli_writes_calibration_json(planted, tmp_path):
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
     saved = json.loads((run / "calibration.json").read_text())
-    assert f"curate decide {run} --set decide.near_dedup.k={saved['near_dedup']['recommended']}" in out.output
+    assert saved["overrides"] and saved["overrides"][0].startswith("decide.near_dedup.k=")
+    assert f"curate decide {run} " + " ".join(f"--set {o}" for o in saved["overrides"]) in out.output
     assert set(saved) >= {"pool_images", "positives", "negatives", "near_dedup", "semantic_dedup", "overrides"}
     assert saved["n"] == 60 and saved["seed"] == 3 and saved["max_false_merge"] == 0.02
     assert saved["positives"]["pairs"] == 60 and saved["negatives"]["images"] == 40
     assert [r["value"] for r in saved["near_dedup"]["table"]] == list(K_CANDIDATES)
     for row in saved["near_dedup"]["table"]:
-        assert set(row) == {"value", "recall", "false_pairs", "false_merge_share", "precision"}
+        assert set(row) == {"value", "recall", "false_pairs", "observed_pairs", "false_merge_share", "precision"}
     assert saved["near_dedup"]["closest_distinct_distance"] > saved["near_dedup"]["recommended"]
 
 
-def test_without_trusted_sets_the_runs_own_duplicates_count_as_false_merges(planted):
-    """The default negatives are the run's own images: the 30 planted copies (other bytes, same picture) are
-    false pairs at every k, so at a third of the pool no k is safe and none is recommended."""
-    run, _, _ = planted
+def test_without_trusted_sets_the_runs_own_duplicates_are_not_false_merges(planted):
+    """The default negatives are the run's own images, planted copies included (other bytes, same picture): the
+    pairs at k = 0, over the near copies' recall at k = 0, estimate how many of the observed pairs are the run's
+    own duplicates, and those are not counted as false."""
+    run, _, planted_k = planted
     result = calibrate_run(str(run), n=90, seed=0)
+    near = result["near_dedup"]
     assert result["positives"]["pairs"] == 90 and result["negatives"]["images"] == 90
-    assert result["near_dedup"]["table"][0]["false_pairs"] >= 20
-    assert result["near_dedup"]["recommended"] is None and result["overrides"] == []
+    assert near["table"][-1]["observed_pairs"] == 30  # exactly the planted pairs: distinct images are > 16 bits apart
+    assert 20 <= near["own_duplicate_pairs"] <= 45
+    assert all(row["false_pairs"] <= 3 for row in near["table"])
+    assert near["recommended"] is not None and near["recommended"] >= planted_k
 
 
 def test_false_merges_grow_with_the_pool_and_bound_k():
@@ -208,3 +221,76 @@ def test_calibrate_a_run_on_s3(planted, bucket):  # noqa: F811
     assert result["near_dedup"]["recommended"] == planted_k
     saved = json.loads(fs.cat_file(f"{bucket.removeprefix('s3://')}/run/calibration.json"))
     assert saved["overrides"] == result["overrides"] and saved["run"] == f"{bucket}/run"
+
+
+def test_verify_colour_lets_k_catch_copies_that_colour_variants_would_share():
+    """Colour variants hash alike (0-2 bits) but differ in colour (ΔE 30); copies are within 4 bits and ΔE 7.
+    Among 100 distinct images in a pool of 10,000, without the check every k merges the variants; with it, the strictest limit that keeps every copy (8)
+    and the smallest k that catches them all (4) are recommended."""
+    copy_bits, copy_colour = np.array([0, 2, 4] * 20), np.array([3.0, 5.0, 7.0] * 20)
+    pair_bits, pair_colour = np.array([0, 2] * 15), np.full(30, 30.0)
+    plain_false = [int((pair_bits <= k).sum()) for k in K_CANDIDATES]
+    plain = recommend(
+        table(K_CANDIDATES, lambda k: float((copy_bits <= k).mean()), plain_false, 100, 10_000, 0.1), 0.01
+    )
+    assert plain is None
+    rows = verify_table(copy_bits, copy_colour, pair_bits, pair_colour, 100, 10_000, 0.1, 0.01)
+    best = recommend_verified(rows, plain)
+    assert (best["verify_colour"], best["value"], best["recall"]) == (8.0, 4, 1.0)
+    assert {r["verify_colour"]: r.get("recall") for r in rows}[6.0] == pytest.approx(
+        2 / 3
+    )  # a stricter limit drops copies
+    assert [r["value"] for r in rows if r["verify_colour"] == 30.0] == [None]  # at 30 the variants pass the check
+
+
+def test_missing_inputs_are_user_errors(planted, tmp_path):
+    run, _, _ = planted
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CalibrationError, match="no image files"):
+        calibrate_run(str(run), distinct=str(tmp_path / "empty"), n=10)
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    (broken / "raw" / "00000.tar").unlink()
+    with pytest.raises(CalibrationError, match="raw shard is missing"):
+        calibrate_run(str(broken), n=10)
+
+
+COLOURS = [(200, 30, 30), (30, 150, 40), (30, 60, 200), (220, 180, 20), (150, 40, 160)]
+
+
+def drawing(seed: int, colour: tuple[int, int, int]) -> Image.Image:
+    """Three random polygons of one colour on white: its colour variants hash alike (pHash sees luminance shapes)."""
+    r = random.Random(seed)
+    im = Image.new("RGB", (256, 256), (255, 255, 255))
+    for _ in range(3):
+        ImageDraw.Draw(im).polygon([(r.randint(10, 246), r.randint(10, 246)) for _ in range(r.randint(3, 6))], colour)
+    return im
+
+
+def test_verify_colour_keeps_copies_and_splits_colour_variants(tmp_path):
+    """100 drawings and another-colour variant of 40 of them (0-2 pHash bits apart): calibrate recommends a
+    verify_colour below every variant pair's colour distance that keeps (nearly) every near copy."""
+    from curate.images import colour_distance, colour_signature
+
+    base = [drawing(s, COLOURS[s % 5]) for s in range(100)]
+    variants = [drawing(s, COLOURS[(s + 1) % 5]) for s in range(40)]
+    write_run(tmp_path / "run", [jpeg(im) for im in base + variants], ["image"])
+    result = calibrate_run(str(tmp_path / "run"), n=140)
+    verify = result["near_dedup"]["verify_colour"]
+    sigs = [np.stack([colour_signature(im) for im in images]) for images in (base[:40], variants)]
+    closest_variant = float(colour_distance(*sigs).min())
+    assert verify["recommended"] is not None and verify["recommended"] < closest_variant
+    row = next(r for r in verify["table"] if r["verify_colour"] == verify["recommended"])
+    assert row["recall"] >= 0.95 and row["value"] == verify["k"]
+    assert f"decide.near_dedup.verify_colour={verify['recommended']}" in result["overrides"]
+
+
+def test_a_run_annotated_without_colour_sig_gets_k_alone(tmp_path):
+    """decide checks no colour on a run whose samples lack colour_sig, so the --set line must not lean on it."""
+    rng = np.random.default_rng(5)
+    write_run(tmp_path / "run", [jpeg(pattern(rng)) for _ in range(30)], ["image"], colour=False)
+    result = calibrate_run(str(tmp_path / "run"), n=30)
+    verify = result["near_dedup"]["verify_colour"]
+    assert "table" in verify and "colour_sig" in verify["note"]
+    assert not any("verify_colour" in item for item in result["overrides"])
+    assert result["overrides"] == [f"decide.near_dedup.k={result['near_dedup']['recommended']}"]

@@ -13,6 +13,8 @@ import yaml
 
 from curate.demo import mission, sources
 
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # the fixture runs the whole demo twice (minutes)
+
 HYGIENE = {"download_error", "download_timeout", "decode_error", "too_small", "dup_exact", "caption_boilerplate"}
 """Planted defects whose reason does not depend on a trained model: each such row must get exactly its reason."""
 
@@ -28,7 +30,7 @@ def demo(tmp_path_factory, ray_session):
 
 def test_every_step_writes_its_output(demo):
     result, _, output, _, _ = demo
-    run = output / "run"
+    run = output
     assert result.corpus == "shapes" and set(result.seconds) == {
         "corpus", "filter", "calibrate", "captioner", "curate", "train", "eval"
     }  # fmt: skip
@@ -53,7 +55,7 @@ def test_every_step_writes_its_output(demo):
 
 def test_every_sample_ends_kept_or_with_a_reason_and_planted_defects_get_theirs(demo):
     result, _, output, _, _ = demo
-    run = output / "run"
+    run = output
     listed = pq.read_table(run / "demo_urls.parquet", columns=["url", "expected_reason"]).to_pylist()
     truth = {r["url"]: r["expected_reason"] for r in listed}
     urls = {r["key"]: r["url"] for r in pq.read_table(run / "samples", columns=["key", "url"]).to_pylist()}

@@ -198,3 +198,56 @@ def test_wrong_fasttext_build_is_loud(monkeypatch):
     monkeypatch.setattr("curate.models.lid.fasttext.load_model", lambda path: NoBatchModel())
     with pytest.raises(RuntimeError, match=r"pip uninstall fasttext-predict"):
         LanguageIdentifier("lid.176.ftz")
+
+
+def test_stage_writes_script_and_length():
+    captions = ["A red flag.", "эмодзи «яблоко»", "赤い旗", "😀 42", None]
+    out = LanguageID()(pa.table({"caption": pa.array(captions, pa.string())}))
+    assert out.column("script").to_pylist() == ["LATIN", "CYRILLIC", "CJK", None, None]
+    assert out.column("lang_chars").to_pylist() == [11, 15, 3, 4, 0]
+    assert out.schema.field("lang_chars").type == pa.int32()
+
+
+SHORT_ENGLISH = [
+    "A red flag.",
+    "Pizza.",
+    "Letter I.",
+    "The letter I.",
+    "A green flag.",
+]  # not "The letter l.": ceb 0.40
+OTHER_SCRIPTS = ["эмодзи «яблоко»", "赤い旗", "빨간 깃발", "علم أحمر", "りんごの絵文字"]
+OTHER_LATIN = ["Bandera de España", "Flagge: Deutschland", "drapeau : France", "Apfel", "icona mela su sfondo colorato"]
+
+
+def _kept_by_language_policy(tmp_path: Path, captions: list[str], policy: dict) -> list[str]:
+    """The captions the language policy keeps after the real language stage annotated them."""
+    import pyarrow.parquet as pq
+    from conftest import downloaded_samples
+
+    from curate.decide import decide
+    from curate.recipe import build_recipe
+
+    keys = [f"{i:03d}" for i in range(len(captions))]
+    table = downloaded_samples(keys, width=[300] * len(keys), height=[300] * len(keys), caption=captions)
+    pq.write_table(LanguageID()(table), tmp_path / "samples.parquet")
+    recipe = build_recipe({"annotate": ["image", "language"], "decide": [{"policy": "language", **policy}]})
+    decide(str(tmp_path / "samples.parquet"), recipe.decide, tmp_path / "d")
+    kept = set(pq.read_table(tmp_path / "d").filter(pa.compute.field("keep")).column("key").to_pylist())
+    return [caption for key, caption in zip(keys, captions, strict=True) if key in kept]
+
+
+def test_calibrated_rule_keeps_short_english_and_rejects_other_languages(tmp_path):
+    captions = SHORT_ENGLISH + OTHER_SCRIPTS + OTHER_LATIN
+    assert _kept_by_language_policy(tmp_path, captions, {"rule": "calibrated"}) == SHORT_ENGLISH
+
+
+def test_top1_rule_is_datacomps(tmp_path):
+    """The default rule (datacomp-basic's) still rejects any unlisted top-1, short English included."""
+    from curate.recipe import load_recipe
+
+    captions = SHORT_ENGLISH + OTHER_SCRIPTS + OTHER_LATIN
+    kept = _kept_by_language_policy(tmp_path, captions, {})
+    assert kept == ["A red flag.", "The letter I.", "A green flag."]  # fastText: Pizza. -> it, Letter I. -> de
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "pipelines" / "datacomp-basic.yaml")
+    language = next(p for p in recipe.decide if p.name == "language")
+    assert language.config.rule == "top1" and language.reads == ("lang", "lang_score")

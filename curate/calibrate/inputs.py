@@ -41,6 +41,12 @@ def read_samples(run_dir: str) -> pa.Table:
     return dataset.to_table(columns=columns, filter=pc.field("phash").is_valid())
 
 
+def samples_columns(run_dir: str) -> list[str]:
+    """The columns of RUN/samples (from the Parquet schema; no rows read)."""
+    fsys, local = storage.arrow_paths(storage.files(storage.join(run_dir, "samples")))
+    return pads.dataset(local, filesystem=fsys, format="parquet").schema.names
+
+
 def distinct_rows(samples: pa.Table) -> pa.Table:
     """One row per distinct image bytes (the first of each sha256), or every row when sha256 was not recorded."""
     if "sha256" not in samples.column_names or not len(samples):
@@ -60,7 +66,14 @@ def sample_rows(samples: pa.Table, n: int, seed: int, exclude: set[str] | frozen
 
 def run_images(run_dir: str, rows: pa.Table) -> list[bytes]:
     """The raw image bytes of ``rows`` (from RUN/raw, wherever its shards are), in row order."""
-    found = read_images(rows, run_dir)
+    try:
+        found = read_images(rows, run_dir)
+    except FileNotFoundError as err:
+        raise CalibrationError(
+            f"{run_dir}: a raw shard is missing ({err.filename or err}); calibration reads the run's images from "
+            "RUN/raw (or the already-downloaded input it was made from): restore it, or pass --duplicates and "
+            "--distinct sets."
+        ) from None
     return [found[key] for key in rows.column("key").to_pylist()]
 
 
@@ -110,6 +123,8 @@ def distinct_images(path: str, n: int, seed: int) -> list[bytes]:
     from curate.acquire.existing import webdataset_tars
 
     files = _image_files(path) if storage.isdir(path) else []
+    if storage.isdir(path) and not files and not any(p.endswith(".tar") for p in storage.entries(path)):
+        raise CalibrationError(f"--distinct {path}: no image files ({' '.join(IMAGE_SUFFIXES)}) and no .tar in it.")
     if files:
         rng = np.random.default_rng(seed)
         chosen = sorted(rng.choice(len(files), size=min(n, len(files)), replace=False))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -24,6 +24,11 @@ K_CANDIDATES = tuple(range(0, 17, 2))
 """near_dedup.k values tried (pHash distances are even: k and k + 1 select the same pairs)."""
 EPS_CANDIDATES = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
 """semantic_dedup.eps values tried (cosine distance; the policy's default is 0.05)."""
+VERIFY_CANDIDATES = (2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 30.0)
+"""near_dedup.verify_colour values tried (CIELAB ΔE units of curate.images.colour_distance; a pHash pair counts
+only within it; the policy's default is 8)."""
+RECALL_TOLERANCE = 0.01
+"""A recommendation takes the smallest value whose recall is within this of the best allowed one."""
 BLOCK = 1024  # rows of the all-pairs passes done at once
 
 
@@ -33,7 +38,8 @@ class Candidate:
 
     value: float
     recall: float  # share of the known duplicate pairs within the threshold
-    false_pairs: int  # known-distinct pairs within the threshold
+    false_pairs: int  # known-distinct pairs within the threshold (the run's own duplicates taken out, see table)
+    observed_pairs: int  # all pairs of the negatives within the threshold
     false_merge_share: float  # of the pool, extrapolated to its size
     precision: float | None  # at the pool's size and duplicate share
 
@@ -44,27 +50,39 @@ def false_merge_share(false_pairs: int, m: int, pool: int) -> float:
     return min(1.0, rate * (pool - 1) / 2)
 
 
+def own_pairs(observed: int, recall: float) -> float:
+    """Pairs of duplicates among negatives taken from the run itself, from the ``observed`` pairs at the strictest
+    value: those are taken to be duplicates (distinct images almost never share a pHash, or a CLIP cosine of
+    0.995), and the strictest value catches a ``recall`` share of duplicates (as of the known ones)."""
+    return observed / recall if recall > 0 else 0.0
+
+
 def table(
-    values: Sequence[float], recall: Callable[[float], float], false_pairs: Sequence[int], m: int, pool: int,
-    dup_share: float,
+    values: Sequence[float], recall: Callable[[float], float], observed: Sequence[int], m: int, pool: int,
+    dup_share: float, own: float = 0.0,
 ) -> list[Candidate]:  # fmt: skip
-    """One :class:`Candidate` per threshold value, given the recall function and false pairs per value."""
-    rows = []
-    for value, pairs in zip(values, false_pairs, strict=True):
-        r, share = recall(value), false_merge_share(pairs, m, pool)
+    """One :class:`Candidate` per threshold value (strictest first), given the recall function and the pairs of
+    negatives within each value. ``own``: duplicate pairs among the negatives (:func:`own_pairs`, when they are
+    the run's own images); ``own * recall`` of the pairs at each value are theirs, not false."""
+    rows, floor = [], 0
+    for value, seen in zip(values, observed, strict=True):
+        r = recall(value)
+        pairs = floor = max(floor, round(seen - own * r))  # never fewer than at a stricter value
+        share = false_merge_share(pairs, m, pool)
         true = r * dup_share
-        rows.append(Candidate(value, r, int(pairs), share, true / (true + share) if true + share > 0 else None))
+        rows.append(Candidate(value, r, pairs, int(seen), share, true / (true + share) if true + share > 0 else None))
     return rows
 
 
 def recommend(rows: Sequence[Candidate], max_false_merge: float) -> Candidate | None:
-    """The smallest value reaching the best recall among those that falsely merge at most ``max_false_merge``
-    of the pool (a larger one adds no recall and loses the margin to the distinct images); None when none does."""
+    """The smallest value within :data:`RECALL_TOLERANCE` of the best recall among those that falsely merge at most
+    ``max_false_merge`` of the pool (a larger one adds next to no recall and loses the margin to the distinct
+    images); None when none does."""
     allowed = [r for r in rows if r.false_merge_share <= max_false_merge]
     if not allowed:
         return None
     best = max(r.recall for r in allowed)
-    return min((r for r in allowed if r.recall == best), key=lambda r: r.value)
+    return min((r for r in allowed if r.recall >= best - RECALL_TOLERANCE), key=lambda r: r.value)
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -84,6 +102,24 @@ def hamming_histogram(hashes: np.ndarray) -> np.ndarray:
     return counts
 
 
+def close_pairs(hashes: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs i < j of ``hashes`` within ``limit`` bits: (i, j, distance) arrays (exact, in row blocks)."""
+    h = np.asarray(hashes, np.uint64)
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for start in range(0, len(h), BLOCK):
+        dist = np.bitwise_count(h[start : start + BLOCK, None] ^ h[None, :])
+        upper = np.arange(len(h))[None, :] > (start + np.arange(len(dist)))[:, None]
+        i, j = np.nonzero(upper & (dist <= limit))
+        found.append((i + start, j, dist[i, j].astype(np.int64)))
+    if not found:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return (
+        np.concatenate([f[0] for f in found]),
+        np.concatenate([f[1] for f in found]),
+        np.concatenate([f[2] for f in found]),
+    )
+
+
 def pairs_above(unit: np.ndarray, thresholds: Sequence[float]) -> list[int]:
     """For each threshold t, how many of the m(m-1)/2 pairs of unit rows have cosine > t."""
     counts = np.zeros(len(thresholds), np.int64)
@@ -96,26 +132,67 @@ def pairs_above(unit: np.ndarray, thresholds: Sequence[float]) -> list[int]:
     return counts.tolist()
 
 
-def k_table(copy_bits: np.ndarray, distinct: np.ndarray, pool: int, dup_share: float) -> list[Candidate]:
+def k_table(
+    copy_bits: np.ndarray, distinct: np.ndarray, pool: int, dup_share: float, own: bool = False
+) -> list[Candidate]:
     """The near_dedup.k table: ``copy_bits`` are the known duplicate pairs' pHash distances, ``distinct``
-    the known-distinct images' pHashes."""
+    the negatives' pHashes; ``own``: the negatives are the run's own images (its duplicates are taken out)."""
     cumulative = np.cumsum(hamming_histogram(distinct))
-    false = [int(cumulative[k]) for k in K_CANDIDATES]
+    observed = [int(cumulative[k]) for k in K_CANDIDATES]
     recall = _share_at_most(copy_bits)
-    return table(K_CANDIDATES, recall, false, len(distinct), pool, dup_share)
+    dups = own_pairs(observed[0], recall(K_CANDIDATES[0])) if own else 0.0
+    return table(K_CANDIDATES, recall, observed, len(distinct), pool, dup_share, dups)
 
 
-def eps_table(copy_cos: np.ndarray, distinct: np.ndarray, pool: int, dup_share: float) -> list[Candidate]:
-    """The semantic_dedup.eps table: ``copy_cos`` are the duplicate pairs' cosines, ``distinct`` the distinct
-    images' unit embeddings (semantic_dedup links rows with cosine > 1 - eps)."""
-    false = pairs_above(distinct, [1 - eps for eps in EPS_CANDIDATES])
-    cos = np.asarray(copy_cos, np.float64)
-    return table(EPS_CANDIDATES, lambda eps: _mean(cos > 1 - eps), false, len(distinct), pool, dup_share)
+def eps_table(
+    copy_cos: np.ndarray, distinct: np.ndarray, pool: int, dup_share: float, own: bool = False
+) -> list[Candidate]:
+    """The semantic_dedup.eps table: ``copy_cos`` are the duplicate pairs' cosines, ``distinct`` the negatives'
+    unit embeddings (semantic_dedup links rows with cosine > 1 - eps); ``own`` as for :func:`k_table`."""
+    observed = pairs_above(distinct, [1 - eps for eps in EPS_CANDIDATES])
+    recall = _share_above_one_minus(np.asarray(copy_cos, np.float64))
+    dups = own_pairs(observed[0], recall(EPS_CANDIDATES[0])) if own else 0.0
+    return table(EPS_CANDIDATES, recall, observed, len(distinct), pool, dup_share, dups)
+
+
+def verify_table(
+    copy_bits: np.ndarray, copy_colour: np.ndarray, pair_bits: np.ndarray, pair_colour: np.ndarray, m: int,
+    pool: int, dup_share: float, max_false_merge: float, own: float = 0.0,
+) -> list[dict]:  # fmt: skip
+    """Per near_dedup.verify_colour value: the k :func:`recommend` picks when pHash pairs must also be within it in
+    colour, and that k's row. ``copy_*``: the known duplicate pairs' pHash bits and colour distances;
+    ``pair_*``: those of the negatives' pairs within the largest k tried (:func:`close_pairs`) among ``m``
+    images; ``own``: duplicate pairs among them (:func:`own_pairs`)."""
+    rows = []
+    for limit in VERIFY_CANDIDATES:
+        confirmed, same = copy_colour <= limit, pair_colour <= limit
+        observed = [int(((pair_bits <= k) & same).sum()) for k in K_CANDIDATES]
+        recall = _share_at_most(np.where(confirmed, copy_bits, 65))
+        best = recommend(table(K_CANDIDATES, recall, observed, m, pool, dup_share, own), max_false_merge)
+        rows.append({"verify_colour": limit, **(asdict(best) if best else {"value": None})})
+    return rows
+
+
+def recommend_verified(rows: Sequence[dict], plain: Candidate | None) -> dict | None:
+    """Among the verify_colour rows within :data:`RECALL_TOLERANCE` of the best recall, the strictest limit, then
+    the smallest k (colour variants, which the check is for, are rarely among the known-distinct images, so the
+    colour margin counts first); None when no row has a k or the unverified ``plain`` recommendation recalls more."""
+    usable = [r for r in rows if r["value"] is not None]
+    if not usable:
+        return None
+    top = max(r["recall"] for r in usable)
+    near_top = [r for r in usable if r["recall"] >= top - RECALL_TOLERANCE]
+    best = min(near_top, key=lambda r: (r["verify_colour"], r["value"]))
+    return None if plain is not None and plain.recall > top else best
 
 
 def _share_at_most(values: np.ndarray) -> Callable[[float], float]:
     v = np.asarray(values)
     return lambda limit: _mean(v <= limit)
+
+
+def _share_above_one_minus(cos: np.ndarray) -> Callable[[float], float]:
+    return lambda eps: _mean(cos > 1 - eps)
 
 
 def _mean(mask: np.ndarray) -> float:

@@ -2,7 +2,8 @@
 
 ``near_pairs`` finds every pair of rows whose hashes differ in at most ``k`` bits, without an
 all-pairs pass; ``components`` and ``representatives`` turn those pairs into the row to keep in
-each group. A decide policy calls the three in turn. Pure numpy/scipy: no Ray, no DuckDB.
+each group. A decide policy calls the three in turn (with ``all_row_pairs`` between the first two
+when it checks each pair further, e.g. by colour). Pure numpy/scipy: no Ray, no DuckDB.
 
 Algorithm: multi-index hashing (Norouzi, Punjani and Fleet, "Fast Search in Hamming Space with
 Multi-Index Hashing", CVPR 2012), with a radius per band as in Qin et al.'s GPH (ICDE 2018).
@@ -348,3 +349,37 @@ def representatives(labels: np.ndarray, rank: np.ndarray) -> np.ndarray:
     best = np.empty(labels.max() + 1 if len(labels) else 0, np.int64)
     best[labels[first]] = first
     return best[labels]
+
+
+EXPAND_CAP = 256
+"""``all_row_pairs`` lists every row pair of two equal-hash groups only while their sizes multiply to at most this."""
+
+
+def all_row_pairs(hashes: np.ndarray, pairs: np.ndarray, cap: int = EXPAND_CAP) -> np.ndarray:
+    """``near_pairs`` output over every row, for a check that is not transitive (colour, cosine).
+
+    ``near_pairs`` joins rows of one hash value as a star around the first row and links two values
+    through their first rows only: enough for components, not for verifying pairs (a red first row
+    would cut its green copies apart). This lists, for each returned pair, every row pair of the two
+    equal-hash groups (within a group: each unordered pair once) while the sizes multiply to at most
+    ``cap``; larger products keep the pairs as given. Sorted by (i, j), no duplicates.
+    """
+    hashes = np.asarray(hashes).view(np.uint64)
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
+    order = np.argsort(inverse, kind="stable")
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    ga, gb = inverse[pairs[:, 0]], inverse[pairs[:, 1]]
+    na, nb = counts[ga], counts[gb]
+    big = na * nb > cap
+    keep = [pairs[big]]
+    for same in (True, False):
+        pick = np.flatnonzero(~big & ((ga == gb) == same))
+        if same:  # one pair per group, not one per star pair
+            pick = pick[np.unique(ga[pick], return_index=True)[1]]
+        size = na[pick] * nb[pick]
+        t = np.arange(size.sum()) - np.repeat(np.cumsum(size) - size, size)
+        a = order[np.repeat(start[ga[pick]], size) + t // np.repeat(nb[pick], size)]
+        b = order[np.repeat(start[gb[pick]], size) + t % np.repeat(nb[pick], size)]
+        keep.append(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)[a != b])
+    return np.unique(np.concatenate(keep), axis=0)

@@ -4,8 +4,9 @@ Two steps, both in memory over a numpy array of the valid rows' embeddings:
 
 1. :func:`kmeans_assign` clusters the L2-normalised embeddings with spherical k-means (faiss), so
    that near duplicates, which are close on the sphere, nearly always share a cluster.
-2. :func:`semantic_groups` links, inside each cluster, the rows whose cosine similarity is above
-   ``1 - eps`` and keeps the lowest-rank row of each connected group.
+2. :func:`semantic_groups` takes each cluster's rows best rank first: a row within ``1 - eps`` cosine of
+   a representative so far is its duplicate, else it is a representative (no transitive chains), and
+   optionally a caption veto (:func:`captions_disagree`) keeps rows whose captions disagree apart.
 
 Known limitation (as in SemDeDup): a duplicate pair whose rows fall in different k-means clusters is
 never compared, so it is missed. Fewer, larger clusters miss fewer pairs and cost more compute.
@@ -15,10 +16,10 @@ No Ray and no DuckDB here: a decide policy gathers the embeddings and writes the
 
 from __future__ import annotations
 
+import re
+
 import faiss
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 KMEANS_ITERATIONS = 20
 CHUNK_ROWS = 65_536  # rows converted to float32 at a time when assigning clusters (128 MiB at d=512)
@@ -90,27 +91,29 @@ def semantic_groups(
     *,
     sample: int | None = None,
     block_rows: int = BLOCK_ROWS,
+    caption_keys: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """For each row, the index of the row it duplicates (the lowest-``rank`` row of its group), or itself.
+    """For each row, the index of the row it duplicates (its representative), or itself.
 
-    Rows of one k-means cluster whose cosine similarity is > ``1 - eps`` are linked; a group is a
-    connected component of these links, so exactly one row per group (the one with the smallest
-    ``rank``; ranks must be unique) is kept and the others point to it. Links are transitive: in a
-    chain a~b~c all three form one group even if a and c are not within ``eps``. ``eps = 0`` asks for
-    cos > 1, so nothing merges, not even identical vectors (exact copies are the sha256 policy's job).
+    Inside each k-means cluster, rows are taken in ``rank`` order (ranks must be unique; lower is
+    preferred): a row joins the best-ranked representative whose cosine similarity to it is > ``1 - eps``,
+    else it becomes a representative itself. So every removed row is within ``eps`` of the very row
+    kept for it, and no chain links a red traffic light to a green one through a yellow one (connected
+    components would); representatives are pairwise not within ``eps``. ``eps = 0`` asks for cos > 1,
+    so nothing merges, not even identical vectors (exact copies are the sha256 policy's job).
 
-    Why groups: the public SemDeDup code does not build groups. It removes row j when its largest
-    similarity to any earlier row of the sorted cluster is > 1 - eps (``M > 1 - eps``), which GitHub
-    issue #8 notes is not the paper's "keep one per group, remove the rest"; the outcome depends on the
-    row order (chain a~b~c ordered a, c, b keeps both a and c), and thresholding a row's largest
-    similarity to *any* other member instead drops both rows of every pair, keeping none. Connected
-    components keep exactly one row per group whatever the order.
+    ``caption_keys`` (from :func:`caption_keys`, one entry per row) vetoes a link whose captions name
+    disjoint colours or numbers (:func:`captions_disagree`): the row looks for a later representative.
 
-    Memory: each cluster is compared block by block (``block_rows`` x ``block_rows`` float32
-    similarities) and only the pairs above the threshold are kept, reduced to a spanning forest
-    whenever they exceed a few per row, so a huge cluster never builds its s x s matrix. Peak is about
-    the largest cluster as float32 (s x d x 4 bytes) plus one block. Callers pass only rows with an
-    embedding; a zero or non-finite row raises ValueError. ``sample`` goes to :func:`kmeans_assign`.
+    Why not SemDeDup's public code: it removes row j when its largest similarity to *any* earlier row
+    of the sorted cluster is > 1 - eps, removed rows included (GitHub issue #8 notes this is not the
+    paper's "keep one per group"), so a chain a~b~c loses c to b although b is gone and c is far from a.
+
+    Memory and work: each cluster is compared in blocks of ``block_rows`` rows against its
+    representatives so far (at most ``block_rows`` x s float32 similarities, s the cluster size) and
+    within the block; peak is about the largest cluster as float32 (s x d x 4 bytes) plus one block.
+    Callers pass only rows with an embedding; a zero or non-finite row raises ValueError.
+    ``sample`` goes to :func:`kmeans_assign`.
     """
     n = len(embeddings)
     rank = np.asarray(rank)
@@ -126,53 +129,98 @@ def semantic_groups(
     if eps == 0:
         return dup_of
     labels = kmeans_assign(embeddings, n_clusters, seed, sample)
-    order = np.argsort(labels, kind="stable")
+    order = np.lexsort((rank, labels))  # by cluster, best rank first
     bounds = np.flatnonzero(np.diff(labels[order])) + 1
     for members in np.split(order, bounds):
         if len(members) > 1:
-            dup_of[members] = members[_cluster_keep(unit_rows(embeddings, members), rank[members], 1 - eps, block_rows)]
+            keys = None if caption_keys is None else (caption_keys[0][members], caption_keys[1][members])
+            dup_of[members] = members[_cluster_leaders(unit_rows(embeddings, members), 1 - eps, block_rows, keys)]
     return dup_of
 
 
-def _cluster_keep(x: np.ndarray, rank: np.ndarray, threshold: float, block_rows: int) -> np.ndarray:
-    """For each row of one cluster (unit rows ``x``), the local index of its group's lowest-rank row."""
+def _cluster_leaders(
+    x: np.ndarray, threshold: float, block_rows: int, keys: tuple[np.ndarray, np.ndarray] | None
+) -> np.ndarray:
+    """For unit rows ``x`` sorted best rank first: each row's local representative (greedy leaders)."""
     s = len(x)
-    src: list[np.ndarray] = []
-    dst: list[np.ndarray] = []
-    edges = 0
-    for i in range(0, s, block_rows):
-        for j in range(i, s, block_rows):
-            a, b = _pairs_above(x[i : i + block_rows], x[j : j + block_rows], threshold)
-            keep = b + j > a + i  # each unordered pair once, no self links (only matters when i == j)
-            src.append(a[keep] + i)
-            dst.append(b[keep] + j)
-            edges += int(keep.sum())
-            if edges > 4 * s:  # dense cluster: keep only a spanning forest so edges stay O(s)
-                forest = _forest(s, np.concatenate(src), np.concatenate(dst))
-                src, dst, edges = [forest[0]], [forest[1]], len(forest[0])
-    graph = _graph(s, np.concatenate(src), np.concatenate(dst))
-    _, component = connected_components(graph, directed=False)
-    by_group_then_rank = np.lexsort((rank, component))
-    first = np.r_[True, np.diff(component[by_group_then_rank]) != 0]
-    best = np.empty(component.max() + 1, dtype=np.int64)
-    best[component[by_group_then_rank[first]]] = by_group_then_rank[first]
-    return best[component]
+    rep = np.arange(s, dtype=np.int64)
+    leaders = np.empty(0, np.int64)
+    for lo in range(0, s, block_rows):
+        hi = min(lo + block_rows, s)
+        near = x[lo:hi] @ x[leaders].T > threshold  # (block, leaders so far)
+        if keys is not None:
+            rows, cols = np.nonzero(near)
+            near[rows, cols] = ~_disagree(keys, rows + lo, leaders[cols])
+        hit = near.any(axis=1)
+        if hit.any():
+            rep[lo:hi][hit] = leaders[near[hit].argmax(axis=1)]  # the first leader is the best ranked
+        fresh = lo + np.flatnonzero(~hit)
+        inner = x[fresh] @ x[fresh].T > threshold
+        free = np.ones(len(fresh), bool)
+        for i in range(len(fresh)):  # greedy inside the block: a free row leads, claims the free rows after it
+            if free[i]:
+                claim = np.flatnonzero(inner[i, i + 1 :] & free[i + 1 :]) + i + 1
+                if keys is not None and len(claim):
+                    claim = claim[~_disagree(keys, fresh[claim], np.full(len(claim), fresh[i]))]
+                rep[fresh[claim]] = fresh[i]
+                free[claim] = False
+        leaders = np.concatenate([leaders, fresh[free]])
+    return rep
 
 
-def _pairs_above(a: np.ndarray, b: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Local (row of a, row of b) index pairs whose cosine similarity is > ``threshold``."""
-    rows, cols = np.nonzero(a @ b.T > threshold)
-    return rows.astype(np.int64), cols.astype(np.int64)
+CAPTION_COLOURS = {
+    **{c: c for c in ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")},
+    **{c: c for c in ("grey", "gold", "silver", "beige", "cyan", "magenta", "turquoise", "teal", "navy", "maroon")},
+    "gray": "grey",
+    "golden": "gold",
+    "violet": "purple",
+}
+"""English colour words (and spelling variants) that :func:`captions_disagree` compares."""
+CAPTION_NUMBERS = {
+    **{w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve".split())},
+    **{w: i + 13 for i, w in enumerate("thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split())},
+    **{w: 10 * (i + 2) for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())},
+    **{w: i + 1 for i, w in enumerate("first second third fourth fifth sixth seventh eighth ninth tenth".split())},
+    "hundred": 100,
+    "thousand": 1000,
+}
+"""English number words (cardinals and the first ordinals) and their values; digits are read as numbers."""
+_TOKENS = re.compile(r"\d+(?:[.,]\d+)?|[^\W\d_]+")
+_COLOUR_BIT = {c: 1 << i for i, c in enumerate(dict.fromkeys(CAPTION_COLOURS.values()))}
 
 
-def _graph(s: int, src: np.ndarray, dst: np.ndarray) -> coo_matrix:
-    return coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(s, s))
+def caption_facts(caption: str | None) -> tuple[frozenset[str], frozenset[float]]:
+    """The colours and numbers an English caption names: ``"Two red flags, 3rd row"`` → ({red}, {2, 3})."""
+    colours, numbers = set(), set()
+    for token in _TOKENS.findall((caption or "").lower()):
+        if token[0].isdigit():
+            numbers.add(float(token.replace(",", ".")))
+        elif token in CAPTION_COLOURS:
+            colours.add(CAPTION_COLOURS[token])
+        elif token in CAPTION_NUMBERS:
+            numbers.add(float(CAPTION_NUMBERS[token]))
+    return frozenset(colours), frozenset(numbers)
 
 
-def _forest(s: int, src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Edges linking every row to the first row of its component: same components, at most s edges."""
-    _, component = connected_components(_graph(s, src, dst), directed=False)
-    _, first = np.unique(component, return_index=True)
-    root = first[component]
-    linked = np.flatnonzero(root != np.arange(s))
-    return linked, root[linked]
+def captions_disagree(a: str | None, b: str | None) -> bool:
+    """Whether two captions disagree strongly: both name colours and share none, or both name numbers and
+    share none (``"A red flag."`` vs ``"A green flag."``; ``"2 cats"`` vs ``"three cats"``)."""
+    (ca, na), (cb, nb) = caption_facts(a), caption_facts(b)
+    return bool(ca and cb and not ca & cb) or bool(na and nb and not na & nb)
+
+
+def caption_keys(captions: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Per caption, a bit mask of its colours and one of its numbers (each number sets bit hash % 63), for
+    the vectorised form of :func:`captions_disagree` (two numbers sharing a bit never veto: a rare miss)."""
+    colours = np.zeros(len(captions), np.int64)
+    numbers = np.zeros(len(captions), np.int64)
+    for i, caption in enumerate(captions):
+        cs, ns = caption_facts(caption)
+        colours[i] = sum(_COLOUR_BIT[c] for c in cs)
+        numbers[i] = sum({1 << (hash(v) % 63) for v in ns})  # hash of a float is fixed across runs
+    return colours, numbers
+
+
+def _disagree(keys: tuple[np.ndarray, np.ndarray], a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`captions_disagree` of rows ``a`` and ``b`` (index arrays), from :func:`caption_keys`."""
+    return np.logical_or.reduce([(m[a] != 0) & (m[b] != 0) & (m[a] & m[b] == 0) for m in keys])

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints, model_validator
 
 from curate.decide.base import DecideDB, Policy, PolicyConfig
+from curate.models.lid import LANGUAGE_SCRIPTS
 
 ACQUIRE_REASONS = ("download_timeout", "too_large_download", "blocked_address", "blocked_redirect", "robots_disallowed")
 """Download refusals acquire records in ``status`` (see ``curate.acquire.fetch``), rejected before ``download_error``."""
@@ -102,17 +103,47 @@ class CaptionLength(Policy):
             db.reject_where(f"s.caption_chars > {int(c.max_chars)}", "caption_long", self.name)
 
 
+CALIBRATED_MIN_OTHER, CALIBRATED_MIN_OTHER_SHORT, CALIBRATED_SHORT_CHARS = 0.3, 0.6, 12
+"""The language policy's ``rule: calibrated`` defaults: the largest non-English recall with at most 3 %
+of English captions wrongly rejected on 3,000 English and 1,500 translated captions of the seed
+artists' emoji names (Twemoji, Fluent, EmojiOne; never the pool's), grid-searched by
+benchmarks/filter_quality.py's author (lid.176.ftz)."""
+
+
 class LanguageFilterConfig(PolicyConfig):
     languages: list[Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}$")]] = Field(
         default_factory=lambda: ["en"], min_length=1, description="fastText language codes to keep."
     )
+    rule: Literal["top1", "calibrated"] = Field(
+        "top1",
+        description="top1: DataComp's rule, fastText's top-1 language must be a listed one (reads lang, "
+        "lang_score). calibrated: also rejects captions whose letters are mostly in a script no listed language "
+        "is written in, and asks an unlisted top-1 for min_other_score_short on captions shorter than "
+        "short_chars (fastText misreads short English alt text); reads script and lang_chars, which the language "
+        "stage writes since issue 20 (re-annotate older runs). Measured on the quality corpus: "
+        "benchmarks/filter_quality.py.",
+    )
     min_lang_score: float = Field(0.0, ge=0.0, le=1.0, description="Reject when fastText is less sure.")
-    min_other_score: float = Field(
-        0.0,
+    min_other_score: float | None = Field(
+        None,
         ge=0.0,
         le=1.0,
         description="Reject an unlisted language only when fastText gives it at least this score; below, keep "
-        "the row (fastText misreads short captions: 0.5 keeps most short English alt text). 0 rejects all.",
+        "the row (fastText misreads short captions). Unset: 0 with rule top1 (reject all, as DataComp), "
+        f"{CALIBRATED_MIN_OTHER} with rule calibrated (fitted on the seed names: English wrongly rejected <= 3 %).",
+    )
+    min_other_score_short: float = Field(
+        CALIBRATED_MIN_OTHER_SHORT,
+        ge=0.0,
+        le=1.0,
+        description="rule calibrated: the score an unlisted top-1 needs on captions shorter than short_chars "
+        f"(default {CALIBRATED_MIN_OTHER_SHORT}: keeps 'Pizza.' (it 0.49) and 'Letter I.' (de 0.53)).",
+    )
+    short_chars: int = Field(
+        CALIBRATED_SHORT_CHARS,
+        ge=0,
+        description=f"rule calibrated: captions of fewer characters are short (default {CALIBRATED_SHORT_CHARS}, "
+        "fitted with min_other_score on the seed names).",
     )
 
 
@@ -121,23 +152,43 @@ class Language(Policy):
 
     ``min_lang_score`` is how sure fastText must be of a listed language; ``min_other_score`` how sure
     of an unlisted one before the row is rejected (a guess below it is given the benefit of the doubt).
+    ``rule: calibrated`` adds the script of the letters and a higher bar for short captions.
     """
 
     name = "language"
     Config = LanguageFilterConfig
-    reads = ("lang", "lang_score")
     reasons = ("wrong_language",)
+
+    @property
+    def reads(self) -> tuple[str, ...]:  # type: ignore[override]
+        extra = ("script", "lang_chars") if self.config.rule == "calibrated" else ()
+        return ("lang", "lang_score", *extra)
 
     def apply(self, db: DecideDB) -> None:
         c = self.config
         codes = ", ".join(f"'{code}'" for code in c.languages)  # validated: [a-z]{2,3}
         listed = f"s.lang IN ({codes})"
-        db.reject_where(
-            f"s.lang IS NULL OR ({listed} AND s.lang_score < {float(c.min_lang_score)})"
-            f" OR (NOT {listed} AND s.lang_score >= {float(c.min_other_score)})",
-            "wrong_language",
-            self.name,
+        calibrated = c.rule == "calibrated"
+        min_other = c.min_other_score if c.min_other_score is not None else CALIBRATED_MIN_OTHER * calibrated
+        other = f"s.lang_score >= {float(min_other)}"
+        if calibrated:
+            short = f"s.lang_chars < {int(c.short_chars)}"
+            other = f"(({short} AND s.lang_score >= {float(c.min_other_score_short)}) OR (NOT {short} AND {other}))"
+        predicate = (
+            f"s.lang IS NULL OR ({listed} AND s.lang_score < {float(c.min_lang_score)}) OR (NOT {listed} AND {other})"
         )
+        scripts = kept_scripts(c.languages)
+        if calibrated and scripts:
+            names = ", ".join(f"'{name}'" for name in scripts)  # from LANGUAGE_SCRIPTS: upper-case words
+            predicate += f" OR (s.script IS NOT NULL AND s.script NOT IN ({names}))"
+        db.reject_where(predicate, "wrong_language", self.name)
+
+
+def kept_scripts(languages: list[str]) -> tuple[str, ...]:
+    """The scripts the listed languages are written in; () when one of them is not in LANGUAGE_SCRIPTS."""
+    if any(lang not in LANGUAGE_SCRIPTS for lang in languages):
+        return ()
+    return tuple(sorted({script for lang in languages for script in LANGUAGE_SCRIPTS[lang]}))
 
 
 BOILERPLATE_KINDS = ("no_letters", "url", "filename", "stock", "repetitive")

@@ -56,7 +56,15 @@ from PIL import Image
 
 from curate.calibrate.perturb import PERTURBATIONS, near_copy_bytes
 from curate.demo.corpus import WebObject
-from curate.demo.emoji_sources import SEED_SOURCES, SOURCES, Pair, default_cache, glyph, load_catalogue
+from curate.demo.emoji_sources import (
+    CORPORA,
+    ICON_SETS,
+    SEED_SOURCES,
+    Pair,
+    default_cache,
+    glyph,
+    load_catalogue,
+)
 
 CORPUS_VERSION = 1
 HOLDOUT = 0.25  # share of the Noto and OpenMoji glyphs kept out of the pool for the seed set
@@ -116,6 +124,38 @@ ENGLISH_TEMPLATES = (
 """Alt-text templates. Two of 15 say "emoji": fastText's lid.176 calls most short captions ending in
 "emoji" Russian (61 % of "{a_name} emoji", measured), so more would make the language result a
 measurement of that one word; filter_quality.py reports the false rejections by template."""
+
+ICON_TEMPLATES = (
+    "{Name}",
+    "{name} icon",
+    "{Name} logo",
+    "{Name} clipart",
+    "illustration of {a_name}",
+    "picture of {a_name} on {bg}",
+    "{Name} vector illustration on a {bg} background",
+    "flat design {name} graphic",
+    "{Name} icon for apps and websites",
+    "{Name}, free clip art for presentations and school projects",
+    "{a_name} symbol",
+    "the {name} image from an icon set",
+)
+"""Alt-text templates of the ``icons`` corpus (no "emoji", no tags: its sets have none)."""
+
+ICON_LOCAL_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "de": ("{Name}", "Flagge von {name}", "Flagge: {name}", "Nationalflagge {name}"),
+    "fr": ("{Name}", "drapeau de {name}", "drapeau : {name}", "icône drapeau {name}"),
+    "es": ("{Name}", "bandera de {name}", "bandera: {name}", "icono de la bandera de {name}"),
+    "it": ("{Name}", "bandiera {name}", "bandiera: {name}", "icona bandiera {name}"),
+    "pt": ("{Name}", "bandeira de {name}", "bandeira: {name}", "ícone da bandeira de {name}"),
+    "ru": ("{Name}", "флаг: {name}", "флаг страны {name}", "значок флага {name}"),
+    "ja": ("{name}", "{name}の国旗", "{name}の旗", "国旗: {name}"),
+    "zh": ("{name}", "{name}国旗", "{name}的旗帜", "国旗：{name}"),
+    "ko": ("{name}", "{name} 국기", "{name}의 깃발", "국기: {name}"),
+    "tr": ("{Name}", "{name} bayrağı", "bayrak: {name}", "{name} bayrak simgesi"),
+    "id": ("{Name}", "bendera {name}", "bendera: {name}", "ikon bendera {name}"),
+    "ar": ("{name}", "علم {name}", "علم: {name}", "أيقونة علم {name}"),
+}
+"""Flag alt text per language for the ``icons`` corpus, filled with the iso-codes translation of the country."""
 
 LOCAL_TEMPLATES: dict[str, tuple[str, ...]] = {
     "de": ("{Name}", "{Name} – Emoji", "Symbol: {name}, farbiger Hintergrund", "Illustration: {name}"),
@@ -292,7 +332,8 @@ def english_caption(pair: Pair, rng: random.Random, background: str) -> str:
 def english_caption_and_template(pair: Pair, rng: random.Random, background: str) -> tuple[str, str]:
     """(caption, template) for :func:`english_caption`."""
     tags = [t for t in pair.tags if len(t) > 2 and not t.isdigit() and t.lower() not in pair.name.lower()]
-    template = rng.choice([t for t in ENGLISH_TEMPLATES if tags or "{tags}" not in t])
+    templates = ICON_TEMPLATES if pair.source in ICON_SETS else ENGLISH_TEMPLATES
+    template = rng.choice([t for t in templates if tags or "{tags}" not in t])
     name = pair.name
     caption = template.format(
         name=name,
@@ -307,7 +348,8 @@ def english_caption_and_template(pair: Pair, rng: random.Random, background: str
 def local_caption(pair: Pair, rng: random.Random) -> tuple[str, str]:
     """(caption, language): the CLDR translation of the name in a template of that language."""
     lang, name = rng.choice(pair.names)
-    return rng.choice(LOCAL_TEMPLATES[lang]).format(name=name, Name=name[:1].upper() + name[1:]), lang
+    templates = ICON_LOCAL_TEMPLATES if pair.source in ICON_SETS else LOCAL_TEMPLATES
+    return rng.choice(templates[lang]).format(name=name, Name=name[:1].upper() + name[1:]), lang
 
 
 def boilerplate_caption(rng: random.Random) -> tuple[str, str]:
@@ -559,20 +601,23 @@ def build_quality_corpus(
     seed: int = 0,
     holdout: float = HOLDOUT,
     cache: str | Path | None = None,
+    corpus: str = "emoji",
 ) -> tuple[dict[str, WebObject], list[QualityRow]]:
     """The pool's objects by path and its rows with truth; built once, then read from ``out_dir``.
 
     The pool draws on the Noto and OpenMoji glyphs but the ``holdout`` share that
     :func:`build_seed_set` keeps for the trusted set. ``out_dir`` defaults to
     ``~/.cache/curate/quality-corpus`` (``$CURATE_QUALITY_CACHE``); ``cache`` (default: ``out_dir``)
-    holds the sources (the npm packages) and their catalogues.
+    holds the sources (the npm packages) and their catalogues. ``corpus`` names the pool's sources
+    (``quality_sources.CORPORA``: ``emoji``, or ``icons``: flags, logos and flat-color icons).
     """
     out_dir = Path(out_dir or default_cache())
     cache = Path(cache or out_dir)
-    folder = out_dir / f"pool-v{CORPUS_VERSION}-n{n}-seed{seed}-{'-'.join(SOURCES)}-holdout{holdout:g}"
+    sources = CORPORA[corpus]
+    folder = out_dir / f"pool-v{CORPUS_VERSION}-n{n}-seed{seed}-{'-'.join(sources)}-holdout{holdout:g}"
     if (folder / "rows.parquet").is_file():
         return _read_pool(folder)
-    pool, _ = split_glyphs(load_catalogue(SOURCES, cache), seed, holdout)
+    pool, _ = split_glyphs(load_catalogue(sources, cache), seed, holdout)
     objects, rows = generate_pool(pool, n, seed, cache)
     _write_pool(folder, objects, rows)
     return objects, rows
@@ -629,6 +674,7 @@ def build_seed_set(
     seed: int = 0,
     holdout: float = HOLDOUT,
     cache: str | Path | None = None,
+    corpus: str = "emoji",
 ) -> SeedSet:
     """Trusted pairs disjoint from the pool of :func:`build_quality_corpus` (same ``seed``, ``holdout``):
     every glyph of the seed artists (SEED_SOURCES), and the ``holdout`` share of the Noto and OpenMoji
@@ -637,7 +683,7 @@ def build_seed_set(
     cache = Path(cache or out_dir)
     artists = _seed_part(out_dir / f"seed-v{CORPUS_VERSION}-seed{seed}-{'-'.join(SEED_SOURCES)}-r{ARTISTS_REVISION}",
                          lambda: load_catalogue(SEED_SOURCES, cache), seed, VAL_FRACTION["artists"], cache)  # fmt: skip
-    return SeedSet(artists, build_holdout_part(out_dir, seed, holdout, cache))
+    return SeedSet(artists, build_holdout_part(out_dir, seed, holdout, cache, corpus))
 
 
 def build_holdout_part(
@@ -645,13 +691,16 @@ def build_holdout_part(
     seed: int = 0,
     holdout: float = HOLDOUT,
     cache: str | Path | None = None,
+    corpus: str = "emoji",
 ) -> SeedPart:
-    """The seed set's second part alone: the ``holdout`` share of the Noto and OpenMoji glyphs the pool
-    of :func:`build_quality_corpus` leaves out (``make demo``'s small trusted set; no npm artists needed)."""
+    """The seed set's second part alone: the ``holdout`` share of the ``corpus``'s glyphs (Noto and
+    OpenMoji by default) the pool of :func:`build_quality_corpus` leaves out (``make demo``'s small
+    trusted set; no npm artists needed)."""
     out_dir = Path(out_dir or default_cache())
     cache = Path(cache or out_dir)
-    return _seed_part(out_dir / f"seed-v{CORPUS_VERSION}-seed{seed}-{'-'.join(SOURCES)}-holdout{holdout:g}",
-                      lambda: split_glyphs(load_catalogue(SOURCES, cache), seed, holdout)[1], seed,
+    sources = CORPORA[corpus]
+    return _seed_part(out_dir / f"seed-v{CORPUS_VERSION}-seed{seed}-{'-'.join(sources)}-holdout{holdout:g}",
+                      lambda: split_glyphs(load_catalogue(sources, cache), seed, holdout)[1], seed,
                       VAL_FRACTION["holdout"], cache)  # fmt: skip
 
 

@@ -12,6 +12,11 @@ Seed sources (the trusted set the CLIP filter is trained on; never in the pool):
 JSON sets of other artists from npm (``ICONIFY_VERSIONS``), each icon mapped to its emoji sequence
 by the set's ``chars.json`` or else by its name (a slug of the CLDR name), and named like ``noto``.
 
+A second corpus, ``icons`` (``CORPORA``), has no emoji: npm ``@iconify-json`` sets of other kinds
+(``ICON_SETS``): country flags (flag-icons, MIT) named by ``pycountry`` (ISO 3166 names and their
+iso-codes translations in the 12 LANGUAGES), brand logos (CC0; the slug is the name) and
+flat-color-icons (MIT). Only the flags have translations, so its non-English rows are all flags.
+
 Skin-tone and gender variants are left out (they differ from their base emoji only in colour or
 hair, which is not what "distinct image" should mean), and so are glyphs that are the same picture
 as an earlier one (e.g. the flags of Monaco and Indonesia, or French territories that show the
@@ -45,6 +50,11 @@ ICONIFY_VERSIONS = {"twemoji": "1.2.5", "fluent-emoji-flat": "1.2.6", "fluent-em
 """npm ``@iconify-json/NAME`` sets of the seed artists: Twemoji (CC-BY-4.0), Fluent Emoji flat and 3D
 (MIT), EmojiOne 2 (CC-BY-4.0)."""
 SOURCES = ("noto", "openmoji")
+ICON_SETS = {"flag": "1.2.12", "logos": "1.2.19", "flat-color-icons": "1.2.3"}
+"""npm ``@iconify-json/NAME`` sets of the ``icons`` corpus: flag-icons (MIT), SVG Logos (CC0), flat-color-icons (MIT)."""
+CORPORA = {"emoji": SOURCES, "icons": tuple(ICON_SETS)}
+"""Pool sources of each corpus filter_quality.py can build (``--corpus``)."""
+_PYCOUNTRY_LOCALES = {"zh": "zh_CN"}
 SEED_SOURCES = tuple(ICONIFY_VERSIONS)
 LANGUAGES = ("de", "fr", "es", "it", "pt", "ru", "ja", "zh", "ko", "tr", "id", "ar")
 SAME_PICTURE_RMS = 8.0  # 16x16 RGB thumbnails closer than this (0-255 scale) are one picture (up to scale)
@@ -64,7 +74,7 @@ class SourceUnavailable(RuntimeError):
 class Pair:
     """One real image-text pair: a glyph and its names."""
 
-    source: str  # "noto" or "openmoji"
+    source: str  # "noto", "openmoji", an Iconify set
     ident: str  # the emoji sequence (noto) or the OpenMoji hexcode
     concept: str  # shared by both sources' glyphs of one emoji (the sequence without U+FE0F)
     name: str  # English name, e.g. "smiling face with heart-eyes", "flag of Sweden"
@@ -108,6 +118,12 @@ def ensure_sources(sources: tuple[str, ...] = SOURCES, cache_dir: Path | None = 
             ("package/color/svg/", "package/data/"),
             install,
         )
+    if "flag" in sources:
+        _require_module("pycountry", "pycountry")
+    for name in set(sources) & set(ICON_SETS):
+        if not (iconify_dir(name, cache_dir) / "icons.json").is_file():
+            _npm_unpack(f"@iconify-json/{name}", ICON_SETS[name], iconify_dir(name, cache_dir).parent,
+                        ("package/icons.json",), install)  # fmt: skip
     for name in set(sources) & set(ICONIFY_VERSIONS):
         if not (iconify_dir(name, cache_dir) / "chars.json").is_file():
             target = iconify_dir(name, cache_dir).parent
@@ -159,7 +175,7 @@ def _npm_unpack(package: str, version: str, target: Path, members: tuple[str, ..
 
 def iconify_dir(name: str, cache_dir: Path) -> Path:
     """Where an Iconify set's ``icons.json`` and ``chars.json`` are unpacked."""
-    return Path(cache_dir) / f"iconify-{name}-{ICONIFY_VERSIONS[name]}" / "package"
+    return Path(cache_dir) / f"iconify-{name}-{ICONIFY_VERSIONS.get(name) or ICON_SETS[name]}" / "package"
 
 
 # --- names ----------------------------------------------------------------------------------------
@@ -361,6 +377,42 @@ def iconify_pairs(name: str, cache_dir: Path) -> list[Pair]:
     return pairs
 
 
+def icon_pairs(name: str, cache_dir: Path) -> list[Pair]:
+    """The icons of a non-emoji set: flags (4x3) of ISO 3166 countries with their translated names,
+    or logos / flat-color icons named by their slug ("google-drive-icon" -> "google drive")."""
+    icons = sorted(_iconify_set(name, Path(cache_dir))["icons"])
+    if name == "flag":
+        return [p for icon in icons if icon.endswith("-4x3") and (p := _flag_pair(icon)) is not None]
+    pairs = []
+    for icon in icons:
+        base = icon.removesuffix("-icon")
+        pairs.append(Pair(name, icon, f"{name}:{base}", base.replace("-", " ")))
+    return pairs
+
+
+def _flag_pair(icon: str) -> Pair | None:
+    import pycountry
+
+    country = pycountry.countries.get(alpha_2=icon.removesuffix("-4x3").upper())
+    if country is None:
+        return None
+    english = getattr(country, "common_name", None) or country.name
+    names = tuple(
+        (lang, t) for lang in LANGUAGES if (t := _country_name(country.name, lang)) not in (country.name, english)
+    )
+    return Pair("flag", icon, f"flag:{country.alpha_2}", f"flag of {english}", (), names)
+
+
+def _country_name(name: str, lang: str) -> str:
+    """The iso-codes translation of an ISO 3166 name (the English name when there is none)."""
+    import gettext
+
+    import pycountry
+
+    locale = _PYCOUNTRY_LOCALES.get(lang, lang)
+    return gettext.translation("iso3166-1", pycountry.LOCALES_DIR, languages=[locale], fallback=True).gettext(name)
+
+
 def distinct(pairs: list[Pair], thumbs: np.ndarray, rms: float = SAME_PICTURE_RMS) -> list[int]:
     """Indices of ``pairs`` kept: a glyph within ``rms`` of an earlier kept one of its source is dropped."""
     kept: list[int] = []
@@ -390,6 +442,7 @@ def load_catalogue(sources: tuple[str, ...] = SOURCES, cache_dir: Path | None = 
     ensure_sources(sources, cache_dir)
     pairs = (noto_pairs() if "noto" in sources else []) + (openmoji_pairs(cache_dir) if "openmoji" in sources else [])
     pairs += [p for name in sources if name in ICONIFY_VERSIONS for p in iconify_pairs(name, cache_dir)]
+    pairs += [p for name in sources if name in ICON_SETS for p in icon_pairs(name, cache_dir)]
     thumbs = [_thumbnail_or_none(p, cache_dir) for p in pairs]
     pairs, thumbs = zip(*[(p, t) for p, t in zip(pairs, thumbs, strict=True) if t is not None], strict=True)
     pairs = [pairs[i] for i in distinct(list(pairs), np.stack(thumbs))]

@@ -38,8 +38,15 @@ class Sizes:
     semantic: int = 8  # semantic duplicates planted (the same subject drawn again)
     filter_steps: int = 300  # lit-offline projection steps on the seed set
     captioner_records: int = 400  # seed pairs the captioner trains on
-    captioner: dict = field(
-        default_factory=lambda: {"stage1.steps": 60, "stage2.steps": 150, "log_every": 10, "save_every": 1000}
+    captioner: dict = field(  # llava-tiny settings: a short run (its captions compete with the alt text per row)
+        default_factory=lambda: {
+            "stage1.steps": 40,
+            "stage1.batch_size": 8,
+            "stage2.steps": 60,
+            "stage2.batch_size": 8,
+            "log_every": 10,
+            "save_every": 1000,
+        }
     )
     train_steps: int = 200  # lit-offline steps on the curated shards
     clip_batch: int = 64  # pairs per lit-offline step (filter and curated training)
@@ -61,7 +68,9 @@ TINY = Sizes(
 
 @dataclass
 class MissionResult:
-    """Where everything is and what it measured (also ``OUTPUT/demo.json``)."""
+    """Where everything is and what it measured (also ``OUTPUT/demo.json``). ``OUTPUT`` is the run directory;
+    the demo adds ``demo/`` (seed splits, eval pairs, zero-shot task), ``clip/`` (the CLIP trained on the
+    curated shards) and ``demo.json``."""
 
     output: str
     corpus: str
@@ -98,9 +107,10 @@ def run_mission(
 ) -> MissionResult:
     """Run the whole demo into ``output``; ``corpus``: auto (emoji when installable), emoji or shapes; the
     models are cached in ``cache`` (default ``$CURATE_CACHE/demo``)."""
-    from curate.io import cache_dir
+    from curate.io import cache_dir, write_json
 
     output, cache = Path(output).resolve(), cache or cache_dir("demo")
+    start_run(output)
     steps = Steps(7)
     data, fallback = steps.run("corpus", "corpus: real pairs with planted noise", pick_corpus, corpus, output, sizes)
     model = steps.run(
@@ -116,8 +126,18 @@ def run_mission(
     metrics = steps.run("eval", "curate eval clip on held-aside pairs", evaluate, clip, data)
     result = MissionResult(str(output), data.kind, fallback, run.funnel, outputs(output, clip), metrics,
                            {"model": str(model), "min_score": min_score}, steps.seconds)  # fmt: skip
-    (output / "demo.json").write_text(json.dumps(asdict(result), indent=2, default=str))
+    write_json(str(output / "demo.json"), asdict(result))
     return result
+
+
+def start_run(output: Path) -> None:
+    """Make ``output`` a curate run directory (or check it is one): the demo's own files go beside the run's."""
+    from curate.manifest import Manifest
+    from curate.run import is_run, prepare_run_dir
+
+    prepare_run_dir(output)
+    if not is_run(output):
+        Manifest(output).save()  # the folder is a run from here on: the corpus and the URL list are written into it
 
 
 def pick_corpus(kind: str, output: Path, sizes: Sizes) -> tuple[DemoCorpus, str | None]:
@@ -127,24 +147,44 @@ def pick_corpus(kind: str, output: Path, sizes: Sizes) -> tuple[DemoCorpus, str 
     why = emoji_available() if kind in ("auto", "emoji") else None
     if kind == "emoji" and why:
         raise RuntimeError(why)
-    if kind == "shapes" or why:
-        if why:
-            console.print(f"[yellow]generated shapes instead of real pairs:[/yellow] {why}")
-        return shapes_corpus(output / "corpus", sizes.pool, semantic=sizes.semantic), why
-    return emoji_corpus(output / "corpus", sizes.pool, semantic=sizes.semantic), None
+    if why:
+        console.print(f"[yellow]generated shapes instead of real pairs:[/yellow] {why}")
+    with console.status("composing the pool, seed set and eval pairs (the real pairs once, then from the cache)"):
+        if kind == "shapes" or why:
+            return shapes_corpus(output / "demo", sizes.pool, semantic=sizes.semantic), why
+        return emoji_corpus(output / "demo", sizes.pool, semantic=sizes.semantic), None
 
 
 def fingerprint(*parts: Any) -> str:
-    """A short hash of files (their bytes) and settings: names a cached model by what it was trained on."""
+    """A short hash of data (the content of tars' members and Parquet tables, not their file bytes, which hold
+    write times) and settings: names a cached model by what it was trained on."""
     digest = hashlib.sha256()
     for part in parts:
         if isinstance(part, Path):
             for f in sorted(part.rglob("*")) if part.is_dir() else [part]:
-                if f.is_file() and f.suffix in (".tar", ".json", ".parquet"):
-                    digest.update(f.name.encode() + f.read_bytes())
+                digest.update(f.name.encode() + _content(f))
         else:
             digest.update(json.dumps(part, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:12]
+
+
+def _content(path: Path) -> bytes:
+    """What a file holds: each tar member's name and bytes, a Parquet table's Arrow stream; else nothing."""
+    import io
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if path.suffix == ".tar":
+        with tarfile.open(path) as tar:
+            return b"".join(m.name.encode() + tar.extractfile(m).read() for m in tar.getmembers() if m.isfile())  # type: ignore[union-attr]
+    if path.suffix == ".parquet":
+        table, out = pq.read_table(path), io.BytesIO()
+        with pa.ipc.new_stream(out, table.schema) as writer:
+            writer.write_table(table)
+        return out.getvalue()
+    return path.read_bytes() if path.suffix == ".json" else b""
 
 
 def cached(folder: Path, build: Callable[[Path], Any]) -> Path:
@@ -175,6 +215,7 @@ def calibrate(model: Path, data: DemoCorpus) -> float:
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
 
     from curate.io import write_json
     from curate.signals.clip import ClipScorer
@@ -183,10 +224,11 @@ def calibrate(model: Path, data: DemoCorpus) -> float:
     if stored.is_file():
         return json.loads(stored.read_text())["min_score"]
     val = pq.read_table(data.seed_val, columns=["image", "caption"])
-    batch = pa.table({"key": [f"{i:09d}" for i in range(len(val))], "image": val.column("image"),
-                      "caption": val.column("caption")})  # fmt: skip
-    scores = ClipScorer(ClipScorer.Config(model=str(model), batch_size=64))(batch).column("clip_score")
-    min_score = round(float(np.quantile(np.asarray(scores.to_pylist(), np.float32), MAX_CLEAN_LOSS)), 4)
+    val = val.append_column("key", pa.array([f"{i:09d}" for i in range(len(val))]))
+    scorer, scores = ClipScorer(ClipScorer.Config(model=str(model), batch_size=64)), []
+    for start in tqdm(range(0, len(val), 64), desc="score held-out pairs", unit="batch"):
+        scores += scorer(val.slice(start, 64)).column("clip_score").to_pylist()
+    min_score = round(float(np.quantile(np.asarray(scores, np.float32), MAX_CLEAN_LOSS)), 4)
     write_json(str(stored), {"min_score": min_score, "pairs": len(val), "max_clean_loss": MAX_CLEAN_LOSS})
     return min_score
 
@@ -237,23 +279,18 @@ def curate_pool(
 ):
     """``curate run pipelines/demo-full.yaml`` on the pool, served on 127.0.0.1 (a second demo resumes)."""
     from curate.demo.server import LoopbackServer, previous_port, write_url_list
-    from curate.manifest import Manifest
     from curate.recipe import load_recipe
-    from curate.run import is_run, prepare_run_dir, run_pipeline
+    from curate.run import run_pipeline
 
-    run_dir = output / "run"
     recipe = load_recipe("demo-full", [
         f"annotate.clip.model={model}", f"decide.clip_score.min_score={min_score}",
         f"enrich.recaption.model={captioner}", f"enrich.recaption.max_new_tokens={sizes.recaption_tokens}",
     ])  # fmt: skip
-    prepare_run_dir(run_dir)
-    if not is_run(run_dir):
-        Manifest(run_dir).save()  # the folder is a run from here on: its URL list is written into it
-    urls = run_dir / "demo_urls.parquet"
+    urls = output / "demo_urls.parquet"
     with LoopbackServer(data.objects, port=previous_port(urls)) as server:  # same URLs: the run resumes
         urls = write_url_list(data.rows, server.base_url, urls)
         console.print(f"      serving {len(data.objects)} objects on {server.base_url}; {len(data.rows)} URLs")
-        return run_pipeline(recipe, str(urls), str(run_dir), address)
+        return run_pipeline(recipe, str(urls), str(output), address)
 
 
 def train_on_curated(output: Path, sizes: Sizes) -> Path:
@@ -262,7 +299,7 @@ def train_on_curated(output: Path, sizes: Sizes) -> Path:
 
     settings = {"steps": sizes.train_steps, "batch_size": sizes.clip_batch, "save_every": 10_000}
     cfg = ClipTrainConfig.from_yaml("lit-offline", settings)
-    shards, folder = output / "run" / "shards", output / "clip"
+    shards, folder = output / "shards", output / "clip"
     marker = folder / "demo_trained_on.json"
     key = fingerprint(shards, cfg.model_dump())
     if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
@@ -288,10 +325,9 @@ def evaluate(model: Path, data: DemoCorpus) -> dict:
 
 def outputs(output: Path, clip: Path) -> dict[str, str]:
     """Where each output of the demo is."""
-    run = output / "run"
     return {
-        "shards": f"{run}/shards", "metadata": f"{run}/metadata", "llava": f"{run}/llava",
-        "report": f"{run}/report/report.html", "manifest": f"{run}/manifest.json",
+        "shards": f"{output}/shards", "metadata": f"{output}/metadata", "llava": f"{output}/llava",
+        "report": f"{output}/report/report.html", "manifest": f"{output}/manifest.json",
         "clip model": str(clip), "eval": str(clip / "eval.json"), "summary": str(output / "demo.json"),
     }  # fmt: skip
 
@@ -307,7 +343,7 @@ def print_summary(result: MissionResult) -> None:
     for name, n in steps.items():
         funnel.add_row(name, str(n), f"{100 * n / total:.1f}%", "")
     for reason, n in result.funnel["rejected"].items():
-        funnel.add_row(f"  rejected: {reason}", str(n), f"{100 * n / total:.1f}%", REASONS.get(reason, ""))
+        funnel.add_row(f"  rejected: {reason}", str(n), f"{100 * n / total:.1f}%", short(REASONS.get(reason, "")))
     where = Table("output", "where", title="outputs", title_justify="left")
     for name, path in result.paths.items():
         where.add_row(name, path)
@@ -321,21 +357,33 @@ def print_summary(result: MissionResult) -> None:
     console.print("next:\n" + "\n".join(f"  {c}" for c in next_commands(result)))
 
 
+def short(text: str, width: int = 72) -> str:
+    """A reason's description cut to its first clause, at most ``width`` characters (``curate reasons`` has all)."""
+    first = text.split(". ")[0].split("; ")[0].rstrip(".")
+    return first if len(first) <= width else first[: width - 1].rstrip() + "…"
+
+
 def eval_rows(result: dict) -> list[tuple[str, str]]:
-    """The headline eval numbers: retrieval recall@1/@5 both ways, zero-shot top-1/top-5."""
-    rows = [(f"retrieval {k}", f"{v:.3f}") for k, v in result.get("retrieval", {}).items() if isinstance(v, float)]
-    zero = result.get("zero_shot", {})
-    rows += [(f"zero-shot {k}", f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in zero.items()
-             if isinstance(v, int | float) and not isinstance(v, bool)]  # fmt: skip
+    """The headline eval numbers: pairs, retrieval recall@1/@5 both ways, zero-shot top-1/top-5, with chance."""
+    retrieval, zero = result.get("retrieval", {}), result.get("zero_shot", {})
+    keys = [("retrieval", k) for k in ("n", "image_to_text_R@1", "image_to_text_R@5", "text_to_image_R@1",
+                                       "text_to_image_R@5", "chance_R@1")]  # fmt: skip
+    keys += [("zero-shot", k) for k in ("n", "classes", "top1", "top5", "chance_top1")]
+    rows = []
+    for group, key in keys:
+        value = (retrieval if group == "retrieval" else zero).get(key)
+        if value is not None:
+            rows.append((f"{group} {key}", f"{value:.3f}" if isinstance(value, float) else str(value)))
     return rows
 
 
 def next_commands(result: MissionResult) -> list[str]:
     """Commands to try on the demo's outputs."""
-    run, paths = f"{result.output}/run", result.paths
+    run, paths = result.output, result.paths
     return [
         f'curate stats {run} "SELECT reason, count(*) FROM decisions GROUP BY 1 ORDER BY 2 DESC"',
         f"curate decide {run} --set decide.balance.t=3            # re-decide from stored signals, in seconds",
+        f"curate calibrate {run}                                  # measure near_dedup.k and semantic_dedup.eps",
         f"curate train llava --config llava-tiny --data {paths['llava']} --output models/llava",
         f"curate eval clip {paths['clip model']} --data {paths['shards']}",
         f"curate status {run}",

@@ -11,6 +11,7 @@ duplicates (the same subject drawn again); ``shapes`` also gets boilerplate, non
 from __future__ import annotations
 
 import random
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.demo.corpus import DemoRow, WebObject, build_corpus
+from curate.resources import resolve
 
 SLOW_DELAY_S = 6.0  # the slow URL answers after this long (the demo recipe's acquire timeout is 3 s)
 EMOJI_PACKAGES = "apt-get install fonts-noto-color-emoji npm; pip install emoji cairosvg (the bench extra)"
@@ -135,9 +137,11 @@ def shapes_corpus(folder: Path, pool: int, seed: int = 0, semantic: int = 4) -> 
     objects, rows = plant_redrawn(objects, rows, random.Random(seed + 4), semantic)
     seed_train, seed_val = shapes_pairs(folder / "seed", max(40, pool), seed + 101, val=max(16, pool // 4))
     eval_data = write_eval_shards(
-        shapes_pairs(folder / "eval", max(16, pool // 3), seed + 202, val=0)[1], folder / "eval"
+        shapes_pairs(folder / "eval-pairs", max(16, pool // 3), seed + 202, val=0)[1], folder / "eval"
     )
-    return DemoCorpus("shapes", objects, rows, seed_train, seed_val, eval_data, "shapes")
+    task = folder / "zero_shot.yaml"
+    shutil.copyfile(resolve("eval", "shapes"), task)  # the bundled shapes task, where the emoji demo writes its own
+    return DemoCorpus("shapes", objects, rows, seed_train, seed_val, eval_data, str(task))
 
 
 def plant_caption_noise(rows: list[DemoRow], rng: random.Random, count: int) -> list[DemoRow]:

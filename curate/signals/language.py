@@ -1,4 +1,5 @@
-"""Language of a text column (the raw caption by default), by fastText's lid.176 model."""
+"""Language of a text column (the raw caption by default), by fastText's lid.176 model, with the
+script and length of that text (the language policy's ``rule: calibrated`` reads them)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field
 
-from curate.models.lid import LanguageIdentifier, resolve_lid_model
+from curate.models.lid import LanguageIdentifier, dominant_script, resolve_lid_model
 from curate.stage import Stage, StageConfig, append_columns
 
 
@@ -26,12 +27,13 @@ class LanguageIDConfig(StageConfig):
 
 
 class LanguageID(Stage):
-    """Top-1 language code and its probability; null / 0.0 for a missing or blank text."""
+    """Top-1 language code and its probability (null / 0.0 for a missing or blank text), the
+    dominant Unicode script of the text's letters (null without letters) and its stripped length."""
 
     name = "language"
     Config = LanguageIDConfig
     reads = ("caption",)
-    writes = {"lang": pa.string(), "lang_score": pa.float32()}
+    writes = {"lang": pa.string(), "lang_score": pa.float32(), "script": pa.string(), "lang_chars": pa.int32()}
     uses_actors = False  # lid.176.ftz is < 1 MB (loads in ~15 ms per task); tasks let Ray fuse
     transient = ("_identifier",)  # a loaded fastText model cannot be pickled
 
@@ -49,5 +51,9 @@ class LanguageID(Stage):
     def process(self, batch: pa.Table) -> pa.Table:
         if self._identifier is None:
             raise RuntimeError("LanguageID.process() called before setup(); call the stage itself")
-        langs, scores = self._identifier.predict(batch.column(self.config.column).to_pylist())
-        return append_columns(batch, {"lang": langs, "lang_score": scores}, self.writes)
+        texts = batch.column(self.config.column).to_pylist()
+        langs, scores = self._identifier.predict(texts)
+        scripts = [dominant_script(text) for text in texts]
+        chars = [len(text.strip()) if text else 0 for text in texts]
+        columns = {"lang": langs, "lang_score": scores, "script": scripts, "lang_chars": chars}
+        return append_columns(batch, columns, self.writes)
