@@ -32,8 +32,8 @@ from curate import storage
 from curate.calibrate import measure
 from curate.calibrate.inputs import (
     distinct_images,
-    distinct_rows,
     duplicate_pairs,
+    pool_size,
     read_samples,
     run_images,
     sample_rows,
@@ -78,8 +78,8 @@ def calibrate_run(
     start = time.perf_counter()
     run_dir = str(run_dir)
     recipe = run_recipe(run_dir)
-    samples = read_samples(run_dir)
-    pool = len(samples)
+    pool = pool_size(run_dir)
+    samples = read_samples(run_dir, 2 * n, seed)  # n for the probe, n more where --duplicates' keys are left out
     probe = build_probe(run_dir, samples, distinct, duplicates, n, seed)
     share, share_source = dup_share(run_dir, pool)
     result = {
@@ -120,10 +120,10 @@ def build_probe(
     run_dir: str, samples: pa.Table, distinct: str | None, duplicates: str | None, n: int, seed: int
 ) -> Probe:
     """Known duplicates and known-distinct images from the trusted sets given, else from the run itself."""
-    pool = distinct_rows(samples)
+    pool = samples  # one row per distinct image already
     named: set[str] = set()
     if duplicates:
-        left, right, named = duplicate_pairs(duplicates, run_dir, samples)
+        left, right, named = duplicate_pairs(duplicates, run_dir)
         sources = {"positives": f"--duplicates {duplicates}"}
     else:
         left = run_images(run_dir, sample_rows(pool, n, seed))
