@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 from test_object_storage import bucket, s3_server, s3fs  # noqa: F401 (fixtures)
 from typer.testing import CliRunner
 
@@ -37,6 +37,7 @@ from curate.calibrate.perturb import near_copy_bytes
 from curate.cli import app
 from curate.errors import CalibrationError
 from curate.recipe import build_recipe
+from curate.signals.image import measure_image
 
 
 def pattern(rng: np.random.Generator) -> Image.Image:
@@ -51,9 +52,9 @@ def jpeg(im: Image.Image, quality: int = 92) -> bytes:
     return buf.getvalue()
 
 
-def write_run(run, images: list[bytes], annotate: list) -> list[str]:
-    """A run as annotate leaves it: RUN/raw/00000.tar, RUN/samples (key, phash, sha256, where the bytes are), and a
-    manifest whose annotate step is done. Returns the keys."""
+def write_run(run, images: list[bytes], annotate: list, colour: bool = True) -> list[str]:
+    """A run as annotate leaves it: RUN/raw/00000.tar, RUN/samples (key, phash, sha256, colour_sig unless not
+    ``colour``, where the bytes are), and a manifest whose annotate step is done. Returns the keys."""
     keys = [f"{i:05d}" for i in range(len(images))]
     (run / "raw").mkdir(parents=True)
     with tarfile.open(run / "raw" / "00000.tar", "w") as tar:
@@ -70,6 +71,9 @@ def write_run(run, images: list[bytes], annotate: list) -> list[str]:
             "raw_shard": ["00000"] * len(keys),
         }
     ).join(where, "key")
+    if colour:
+        sigs = [measure_image(d, 10**8)["colour_sig"] for d in images]
+        samples = samples.append_column("colour_sig", pa.array(sigs, pa.list_(pa.float32())))
     (run / "samples").mkdir()
     pq.write_table(samples.sort_by("key"), run / "samples" / "00000.parquet")
     recipe = build_recipe({"annotate": annotate}, "test").to_dict()
@@ -249,3 +253,44 @@ def test_missing_inputs_are_user_errors(planted, tmp_path):
     (broken / "raw" / "00000.tar").unlink()
     with pytest.raises(CalibrationError, match="raw shard is missing"):
         calibrate_run(str(broken), n=10)
+
+
+COLOURS = [(200, 30, 30), (30, 150, 40), (30, 60, 200), (220, 180, 20), (150, 40, 160)]
+
+
+def drawing(seed: int, colour: tuple[int, int, int]) -> Image.Image:
+    """Three random polygons of one colour on white: its colour variants hash alike (pHash sees luminance shapes)."""
+    r = random.Random(seed)
+    im = Image.new("RGB", (256, 256), (255, 255, 255))
+    for _ in range(3):
+        ImageDraw.Draw(im).polygon([(r.randint(10, 246), r.randint(10, 246)) for _ in range(r.randint(3, 6))], colour)
+    return im
+
+
+def test_verify_colour_keeps_copies_and_splits_colour_variants(tmp_path):
+    """100 drawings and another-colour variant of 40 of them (0-2 pHash bits apart): calibrate recommends a
+    verify_colour below every variant pair's colour distance that keeps (nearly) every near copy."""
+    from curate.images import colour_distance, colour_signature
+
+    base = [drawing(s, COLOURS[s % 5]) for s in range(100)]
+    variants = [drawing(s, COLOURS[(s + 1) % 5]) for s in range(40)]
+    write_run(tmp_path / "run", [jpeg(im) for im in base + variants], ["image"])
+    result = calibrate_run(str(tmp_path / "run"), n=140)
+    verify = result["near_dedup"]["verify_colour"]
+    sigs = [np.stack([colour_signature(im) for im in images]) for images in (base[:40], variants)]
+    closest_variant = float(colour_distance(*sigs).min())
+    assert verify["recommended"] is not None and verify["recommended"] < closest_variant
+    row = next(r for r in verify["table"] if r["verify_colour"] == verify["recommended"])
+    assert row["recall"] >= 0.95 and row["value"] == verify["k"]
+    assert f"decide.near_dedup.verify_colour={verify['recommended']}" in result["overrides"]
+
+
+def test_a_run_annotated_without_colour_sig_gets_k_alone(tmp_path):
+    """decide checks no colour on a run whose samples lack colour_sig, so the --set line must not lean on it."""
+    rng = np.random.default_rng(5)
+    write_run(tmp_path / "run", [jpeg(pattern(rng)) for _ in range(30)], ["image"], colour=False)
+    result = calibrate_run(str(tmp_path / "run"), n=30)
+    verify = result["near_dedup"]["verify_colour"]
+    assert "table" in verify and "colour_sig" in verify["note"]
+    assert not any("verify_colour" in item for item in result["overrides"])
+    assert result["overrides"] == [f"decide.near_dedup.k={result['near_dedup']['recommended']}"]

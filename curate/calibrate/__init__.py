@@ -32,11 +32,12 @@ from curate import storage
 from curate.calibrate import measure
 from curate.calibrate.inputs import (
     distinct_images,
-    distinct_rows,
     duplicate_pairs,
+    pool_size,
     read_samples,
     run_images,
     sample_rows,
+    samples_columns,
 )
 from curate.console import console
 from curate.errors import CalibrationError
@@ -47,6 +48,10 @@ MAX_FALSE_MERGE = 0.01
 DEFAULT_DUP_SHARE = 0.05
 """Duplicate share of the pool assumed for the precision column when the run's decisions rejected none."""
 DUP_REASONS = ("dup_near", "dup_semantic")
+STALE_COLOUR = (
+    "RUN/samples has no colour_sig (annotated before the image stage recorded it): decide checks no colour on this "
+    "run until annotate runs again, so the --set line uses k alone"
+)
 
 
 @dataclass
@@ -73,8 +78,8 @@ def calibrate_run(
     start = time.perf_counter()
     run_dir = str(run_dir)
     recipe = run_recipe(run_dir)
-    samples = read_samples(run_dir)
-    pool = len(samples)
+    pool = pool_size(run_dir)
+    samples = read_samples(run_dir, 2 * n, seed)  # n for the probe, n more where --duplicates' keys are left out
     probe = build_probe(run_dir, samples, distinct, duplicates, n, seed)
     share, share_source = dup_share(run_dir, pool)
     result = {
@@ -89,6 +94,8 @@ def calibrate_run(
         "negatives": {"images": len(probe.distinct), "source": probe.sources["negatives"]},
     }
     result["near_dedup"] = near_dedup_section(probe, pool, share, max_false_merge)
+    if "table" in result["near_dedup"]["verify_colour"] and "colour_sig" not in samples_columns(run_dir):
+        result["near_dedup"]["verify_colour"]["note"] = STALE_COLOUR
     result["semantic_dedup"] = semantic_section(recipe, probe, pool, share, max_false_merge)
     result["overrides"] = overrides(result)
     result["seconds"] = round(time.perf_counter() - start, 1)
@@ -113,10 +120,10 @@ def build_probe(
     run_dir: str, samples: pa.Table, distinct: str | None, duplicates: str | None, n: int, seed: int
 ) -> Probe:
     """Known duplicates and known-distinct images from the trusted sets given, else from the run itself."""
-    pool = distinct_rows(samples)
+    pool = samples  # one row per distinct image already
     named: set[str] = set()
     if duplicates:
-        left, right, named = duplicate_pairs(duplicates, run_dir, samples)
+        left, right, named = duplicate_pairs(duplicates, run_dir)
         sources = {"positives": f"--duplicates {duplicates}"}
     else:
         left = run_images(run_dir, sample_rows(pool, n, seed))
@@ -272,6 +279,8 @@ def overrides(result: dict) -> list[str]:
     the recommended verify_colour, or verification is turned off when it costs recall."""
     near, items = result["near_dedup"], []
     verify = near.get("verify_colour", {})
+    if "note" in verify:  # decide cannot check colour on this run: k alone, as measured without the check
+        verify = {"skipped": verify["note"]}
     if verify.get("recommended") is not None:
         items += [f"decide.near_dedup.k={verify['k']}", f"decide.near_dedup.verify_colour={verify['recommended']}"]
     elif near["recommended"] is not None:
@@ -298,6 +307,8 @@ def print_result(result: dict) -> None:
                       f" (leave {name} out, or pass known-distinct images with --distinct)"), markup=False)  # fmt: skip
         if name == "near_dedup" and "table" in section["verify_colour"]:
             out.print(_verify_table(section["verify_colour"], pool))
+            if "note" in section["verify_colour"]:
+                out.print(f"near_dedup.verify_colour: {section['verify_colour']['note']}", markup=False)
     out.print(
         f"positives: {result['positives']['pairs']} pairs ({result['positives']['source']}); negatives: "
         f"{result['negatives']['images']} images ({result['negatives']['source']}); precision at duplicate share "

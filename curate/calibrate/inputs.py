@@ -23,9 +23,7 @@ PAIR_COLUMNS = (("key_a", "key_b"), ("key", "dup_of"))
 """The column pairs a ``--duplicates`` file may name its pairs with (the second: RUN/decisions' own)."""
 
 
-def read_samples(run_dir: str) -> pa.Table:
-    """The run's rows that have a pHash (their image decoded): key, phash, where the bytes are, and sha256
-    when the hashes stage recorded it; the pool near_dedup works on."""
+def _samples_dataset(run_dir: str) -> pads.Dataset:
     paths = storage.files(storage.join(run_dir, "samples"))
     if not paths:
         raise CalibrationError(f"{run_dir}/samples: no Parquet files; finish annotate first (`curate run`).")
@@ -37,16 +35,63 @@ def read_samples(run_dir: str) -> pa.Table:
             f"{run_dir}/samples has no column {', '.join(missing)}: calibration reads the image stage's pHash "
             "and the raw image of each row; add `- stage: image` to annotate and run again."
         )
-    columns = [*NEEDED, *(["sha256"] if "sha256" in dataset.schema.names else [])]
-    return dataset.to_table(columns=columns, filter=pc.field("phash").is_valid())
+    return dataset
 
 
-def distinct_rows(samples: pa.Table) -> pa.Table:
-    """One row per distinct image bytes (the first of each sha256), or every row when sha256 was not recorded."""
-    if "sha256" not in samples.column_names or not len(samples):
-        return samples
-    _, first = np.unique(samples.column("sha256").to_numpy(zero_copy_only=False), return_index=True)
-    return samples.take(pa.array(np.sort(first)))
+def _query(run_dir: str, sql: str, params: dict | None = None) -> pa.Table:
+    """``sql`` over view ``samples`` (the run's samples as an Arrow dataset) in DuckDB: out of core, nothing of
+    the pool is held here but what the query returns."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.register("samples", _samples_dataset(run_dir))
+        return con.execute(sql, params or {}).to_arrow_table()
+    finally:
+        con.close()
+
+
+def _columns(run_dir: str) -> str:
+    names = _samples_dataset(run_dir).schema.names
+    return ", ".join([*NEEDED, *(["sha256"] if "sha256" in names else [])])
+
+
+def pool_size(run_dir: str) -> int:
+    """Rows of the run with a pHash (their image decoded): the pool near_dedup works on."""
+    return int(_query(run_dir, "SELECT count(*) AS n FROM samples WHERE phash IS NOT NULL").column("n")[0].as_py())
+
+
+def read_samples(run_dir: str, limit: int, seed: int) -> pa.Table:
+    """A seeded sample of at most ``limit`` of the run's decoded rows, one per distinct image (sha256, when the
+    hashes stage recorded it): key, phash, where the bytes are (and sha256), in key order.
+
+    DuckDB picks the rows with the smallest seeded hash of their key (a top-``limit`` heap, deterministic, and it
+    spills): a pool of 1e9 rows never comes to this process."""
+    columns = _columns(run_dir)
+    distinct = "QUALIFY row_number() OVER (PARTITION BY sha256 ORDER BY key) = 1" if "sha256" in columns else ""
+    return _query(
+        run_dir,
+        f"""SELECT * FROM (
+                SELECT {columns} FROM (SELECT {columns} FROM samples WHERE phash IS NOT NULL {distinct})
+                ORDER BY hash(key || $seed) LIMIT {int(limit)})
+            ORDER BY key""",
+        {"seed": str(seed)},
+    )
+
+
+def rows_for_keys(run_dir: str, keys: set[str]) -> pa.Table:
+    """The decoded rows of ``keys`` (a trusted set's few keys)."""
+    return _query(
+        run_dir,
+        f"SELECT {_columns(run_dir)} FROM samples WHERE phash IS NOT NULL AND list_contains($keys, key)",
+        {"keys": sorted(keys)},
+    )
+
+
+def samples_columns(run_dir: str) -> list[str]:
+    """The columns of RUN/samples (from the Parquet schema; no rows read)."""
+    fsys, local = storage.arrow_paths(storage.files(storage.join(run_dir, "samples")))
+    return pads.dataset(local, filesystem=fsys, format="parquet").schema.names
 
 
 def sample_rows(samples: pa.Table, n: int, seed: int, exclude: set[str] | frozenset = frozenset()) -> pa.Table:
@@ -71,14 +116,14 @@ def run_images(run_dir: str, rows: pa.Table) -> list[bytes]:
     return [found[key] for key in rows.column("key").to_pylist()]
 
 
-def duplicate_pairs(path: str, run_dir: str, samples: pa.Table) -> tuple[list[bytes], list[bytes], set[str]]:
+def duplicate_pairs(path: str, run_dir: str) -> tuple[list[bytes], list[bytes], set[str]]:
     """The two images of each known duplicate pair in ``path`` (CSV or Parquet of run keys), and the keys named."""
     table = _read_pairs(path)
     a, b = next((x, y) for x, y in PAIR_COLUMNS if x in table.column_names and y in table.column_names)
     table = table.filter(pc.and_(pc.is_valid(table.column(a)), pc.is_valid(table.column(b))))
     left, right = table.column(a).to_pylist(), table.column(b).to_pylist()
     keys = set(left) | set(right)
-    rows = samples.filter(pc.is_in(samples.column("key"), pa.array(sorted(keys), pa.string())))
+    rows = rows_for_keys(run_dir, keys)
     missing = sorted(keys - set(rows.column("key").to_pylist()))
     if missing:
         raise CalibrationError(

@@ -25,8 +25,10 @@ K_CANDIDATES = tuple(range(0, 17, 2))
 EPS_CANDIDATES = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
 """semantic_dedup.eps values tried (cosine distance; the policy's default is 0.05)."""
 VERIFY_CANDIDATES = (2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 30.0)
-"""near_dedup.verify_colour values tried (curate.images.colour_distance: mean CIELAB ΔE of the worst quarter of
-the colour signature's cells; a pHash pair counts only within it)."""
+"""near_dedup.verify_colour values tried (CIELAB ΔE units of curate.images.colour_distance; a pHash pair counts
+only within it; the policy's default is 8)."""
+RECALL_TOLERANCE = 0.01
+"""A recommendation takes the smallest value whose recall is within this of the best allowed one."""
 BLOCK = 1024  # rows of the all-pairs passes done at once
 
 
@@ -73,13 +75,14 @@ def table(
 
 
 def recommend(rows: Sequence[Candidate], max_false_merge: float) -> Candidate | None:
-    """The smallest value reaching the best recall among those that falsely merge at most ``max_false_merge``
-    of the pool (a larger one adds no recall and loses the margin to the distinct images); None when none does."""
+    """The smallest value within :data:`RECALL_TOLERANCE` of the best recall among those that falsely merge at most
+    ``max_false_merge`` of the pool (a larger one adds next to no recall and loses the margin to the distinct
+    images); None when none does."""
     allowed = [r for r in rows if r.false_merge_share <= max_false_merge]
     if not allowed:
         return None
     best = max(r.recall for r in allowed)
-    return min((r for r in allowed if r.recall == best), key=lambda r: r.value)
+    return min((r for r in allowed if r.recall >= best - RECALL_TOLERANCE), key=lambda r: r.value)
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -171,13 +174,16 @@ def verify_table(
 
 
 def recommend_verified(rows: Sequence[dict], plain: Candidate | None) -> dict | None:
-    """The verify_colour row with the best recall, then the smallest k, then the strictest limit; None when no row
-    has a k or the unverified ``plain`` recommendation recalls more."""
+    """Among the verify_colour rows within :data:`RECALL_TOLERANCE` of the best recall, the strictest limit, then
+    the smallest k (colour variants, which the check is for, are rarely among the known-distinct images, so the
+    colour margin counts first); None when no row has a k or the unverified ``plain`` recommendation recalls more."""
     usable = [r for r in rows if r["value"] is not None]
     if not usable:
         return None
-    best = min(usable, key=lambda r: (-r["recall"], r["value"], r["verify_colour"]))
-    return None if plain is not None and plain.recall > best["recall"] else best
+    top = max(r["recall"] for r in usable)
+    near_top = [r for r in usable if r["recall"] >= top - RECALL_TOLERANCE]
+    best = min(near_top, key=lambda r: (r["verify_colour"], r["value"]))
+    return None if plain is not None and plain.recall > top else best
 
 
 def _share_at_most(values: np.ndarray) -> Callable[[float], float]:
