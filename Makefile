@@ -30,7 +30,7 @@ demo: $(STAMP)
 
 demo-sources: $(STAMP)
 	@test -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf && command -v npm >/dev/null \
-	  && ldconfig -p | grep -q libcairo.so.2 || { test "$$(id -u)" = 0 \
+	  && ldconfig -p | grep libcairo.so.2 >/dev/null || { test "$$(id -u)" = 0 \
 	  && echo "installing fonts-noto-color-emoji libcairo2 npm (apt-get)" && apt-get update -qq \
 	  && apt-get install -y -qq fonts-noto-color-emoji libcairo2 npm >/dev/null; }
 	@$(BIN)/python -c "import emoji, cairosvg" 2>/dev/null \

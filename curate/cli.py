@@ -375,9 +375,9 @@ def _require_manifest(run_dir: str | Path) -> None:
 
 @app.command()
 def demo(
-    output: Annotated[Path, typer.Option("--output", help="Folder of the demo's run, models and summary.")] = Path(
-        "demo-run"
-    ),
+    output: Annotated[
+        Path, typer.Option("--output", help="The run directory; the demo adds demo/ (its pairs), clip/ and demo.json.")
+    ] = Path("demo-run"),
     quick: Annotated[
         bool, typer.Option("--quick", help="Only hygiene (pipelines/demo.yaml) on generated shapes, in seconds.")
     ] = False,
