@@ -75,6 +75,8 @@ def test_shards_read_back_with_webdataset_and_match_metadata(demo_run):
         with tarfile.open(tar) as f:
             assert len(f.getnames()) == 3 * sizes[tar.rsplit("/", 1)[1]]
     meta = {r["key"]: r for r in pq.read_table(f"{run_dir}/metadata").to_pylist()}
+    assert "phash" in next(iter(meta.values()))
+    assert not {"colour_sig", "raw_shard", "image_offset"} & set(next(iter(meta.values())))  # run-internal columns
     kept = {r["key"] for r in decisions(run_dir) if r["keep"]}
     samples = list(wds.WebDataset(tars, shardshuffle=False))
     assert {s["__key__"] for s in samples} == kept == set(meta)
@@ -82,7 +84,7 @@ def test_shards_read_back_with_webdataset_and_match_metadata(demo_run):
     for s in samples:
         record = meta[s["__key__"]]
         assert s["txt"].decode() == record["caption"]
-        assert json.loads(s["json"])["url"] == record["url"]
+        assert json.loads(s["json"])["url"] == record["url"] and "colour_sig" not in json.loads(s["json"])
         assert Image.open(io.BytesIO(s["jpg"])).format == "JPEG"
         if record["format"] == "jpeg":  # JPEG bytes are copied untouched from raw/
             assert hashlib.sha256(s["jpg"]).hexdigest() == record["sha256"]

@@ -29,8 +29,10 @@ INTERNAL_COLUMNS = (
     "status",
     "error_message",
     "decode_error",
+    "colour_sig",
 )
-"""Sample columns that locate bytes in ``raw/`` or describe failures; not part of emitted metadata."""
+"""Sample columns that locate bytes in ``raw/``, describe failures, or only serve decide (``colour_sig``, 192
+floats a row that ``near_dedup`` checks): they stay in ``RUN/samples``, not in emitted metadata."""
 
 ORDER = "_emit_order"
 """The sort column emit adds to kept rows (see :func:`order_keys`); never written."""
