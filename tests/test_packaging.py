@@ -144,7 +144,7 @@ def test_an_editable_install_finds_the_checkout_folders_through_importlib_resour
 
 def test_curate_demo_runs_the_bundled_recipe_from_the_wheel(wheel_python, tmp_path):
     run = tmp_path / "run"
-    out = _run([wheel_python, "-m", "curate", "demo", "--output", run, "--n", "40"], tmp_path, timeout=600)
+    out = _run([wheel_python, "-m", "curate", "demo", "--quick", "--output", run, "--n", "40"], tmp_path, timeout=600)
     assert "curated shards" in out.stdout + out.stderr and "rejected: download_timeout" in out.stdout
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["recipe"]["name"] == "demo"
