@@ -45,6 +45,10 @@ class DecideDB:
         self.embeddings_dir = embeddings_dir  # RUN/embeddings, read with pyarrow (float16 lists)
         self.info: dict = {}  # what policies chose (e.g. balance's cap), recorded in the manifest
 
+    def columns(self) -> set[str]:
+        """Column names of ``samples``."""
+        return {row[0] for row in self.con.sql("DESCRIBE samples").fetchall()}
+
     def reject_where(self, predicate: str, reason: str, stage: str) -> None:
         """Reject still-kept rows whose samples row satisfies the SQL ``predicate``."""
         reasons.check(reason)

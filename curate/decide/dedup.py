@@ -43,7 +43,7 @@ class DedupConfig(PolicyConfig):
 
 def preference(db: DecideDB, prefer: list[str]) -> str:
     """``prefer`` as a SQL ORDER BY list over ``s`` (a samples row), ending with the key (no ties)."""
-    have = {row[0] for row in db.con.sql("DESCRIBE samples").fetchall()}
+    have = db.columns()
     order = [f's."{m["col"]}" {m["dir"].upper()} NULLS LAST' for m in map(ORDER.match, prefer) if m["col"] in have]
     return ", ".join([*order, "s.key"])
 
@@ -142,10 +142,10 @@ class NearDedup(Policy):
         if c.verify_colour is not None or c.verify_cosine is not None:
             pairs = all_row_pairs(hashes, pairs)  # a check that is not transitive needs the rows' own pairs
         info = {"k": c.k, "pairs": len(pairs)}
-        if self.config.verify_colour is not None:
-            pairs = _verify_colour(db, rows, pairs, self.config.verify_colour, info)
-        if self.config.verify_cosine is not None:
-            pairs = _verify_cosine(db, rows, pairs, self.config.verify_cosine, info)
+        if c.verify_colour is not None:
+            pairs = _verify_colour(db, rows, pairs, c.verify_colour, info)
+        if c.verify_cosine is not None:
+            pairs = _verify_cosine(db, rows, pairs, c.verify_cosine, info)
         db.info[self.name] = {**info, "verified_pairs": len(pairs)}
         labels = components(len(rows), pairs)
         reject_to_representatives(db, rows, representatives(labels, np.arange(len(rows))), "dup_near", self.name)
@@ -161,10 +161,9 @@ def _verify_colour(db: DecideDB, rows: pa.Table, pairs: np.ndarray, limit: float
     """``pairs`` whose colour signatures are within ``limit``; pairs with a missing signature pass unchecked."""
     from curate.images import colour_distance
 
-    have = {row[0] for row in db.con.sql("DESCRIBE samples").fetchall()}
     used, keys = pair_keys(rows, pairs)
     sig = None
-    if "colour_sig" in have and len(used):
+    if "colour_sig" in db.columns() and len(used):
         db.con.register("_pair_keys", pa.table({"key": keys, "_i": pa.array(np.arange(len(used)))}))
         found = db.con.sql(
             "SELECT p._i, s.colour_sig FROM _pair_keys p JOIN samples s USING (key) WHERE s.colour_sig IS NOT NULL"
