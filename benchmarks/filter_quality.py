@@ -72,6 +72,7 @@ BEFORE: dict[str, list[str]] = {
         "decide.near_dedup.verify_colour=null",
     ],
     "datacomp": ["decide.language.rule=top1", "decide.language.min_other_score=0"],
+    "calibrated": ["decide.language.rule=calibrated"],
 }
 """Recipe overrides of the old defaults, decided again from the run's stored signals ("after" is the recipe)."""
 
@@ -151,7 +152,6 @@ def language_only(rows: list, variants: dict[str, list[str]]) -> dict:
 
     from curate.decide import decide
     from curate.recipe import load_recipe
-    from curate.signals.language import LanguageID
 
     rows = [r for r in rows if r.defect not in (*BROKEN, "boilerplate")]  # boilerplate: caption_boilerplate first
     keys = [f"{i:06d}" for i in range(len(rows))]
@@ -160,7 +160,8 @@ def language_only(rows: list, variants: dict[str, list[str]]) -> dict:
                       "decode_error": pa.nulls(len(rows), pa.string())})  # fmt: skip
     out = Path(tempfile.mkdtemp(prefix="language-only-"))
     try:
-        pq.write_table(LanguageID()(table), out / "samples.parquet")
+        stage = next(s for s in load_recipe(RECIPE).annotate if s.name == "language")  # the recipe's settings
+        pq.write_table(stage(table), out / "samples.parquet")
         result = {}
         for name, overrides in variants.items():
             policies = [p for p in load_recipe(RECIPE, overrides).decide if p.name == "language"]
