@@ -132,7 +132,8 @@ class LanguageFilterConfig(PolicyConfig):
         "only): calibrated, but an unlisted top-1 is overruled when the caption's words are English "
         "(vocab_en >= vocab_keep) and a caption whose words are another language's (vocab_en <= -vocab_reject) "
         "is rejected whatever fastText says; reads vocab_en, which the language stage writes with vocab: true "
-        "(needs wordfreq: pip install 'curate[vocab]'). Measured: see vocab_keep.",
+        "(wordfreq). Measured (same benchmark): emoji seeds 0, 1 1.5 % / 0.996, 2.1 % / 0.963 (calibrated "
+        "2.7 % / 0.86, 3.2 % / 0.85); icons 4.3 % / 0.975, 5.1 % / 0.988 (calibrated 3.7 % / 0.83, 4.9 % / 0.88).",
     )
     min_lang_score: float = Field(0.0, ge=0.0, le=1.0, description="Reject when fastText is less sure.")
     min_other_score: float | None = Field(

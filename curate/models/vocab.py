@@ -26,7 +26,7 @@ TOKEN_CAP = 1.0
 
 _EXTRA = (
     "The language stage's `vocab: true` (and the language policy's `rule: vocab`) needs the word lists of "
-    "the `wordfreq` package: `pip install 'curate[vocab]'` (or `pip install wordfreq`)."
+    "the `wordfreq` package, a curate dependency: `pip install wordfreq`."
 )
 
 

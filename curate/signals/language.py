@@ -29,7 +29,7 @@ class LanguageIDConfig(StageConfig):
     vocab: bool = Field(
         False,
         description="Also write vocab_en: how much more English the text's words are than any other "
-        "Latin-script language's, by word frequency (wordfreq's word lists; `pip install 'curate[vocab]'`). "
+        "Latin-script language's, by word frequency (wordfreq's word lists). "
         "The language policy's rule vocab reads it. Off: lang, lang_score, script and lang_chars only.",
     )
 
