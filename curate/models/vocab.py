@@ -10,7 +10,7 @@ default answer ("a badger emoji" -> ru). Word frequencies see the words themselv
 from __future__ import annotations
 
 import math
-from functools import cache
+from functools import cache, lru_cache
 
 VOCAB_LANGUAGES = "en de fr es it pt nl sv da nb fi pl cs sk sl sh ro hu tr id ms vi ca lv lt fil is".split()
 """English and the Latin-script languages wordfreq 3.1 has word lists for: the languages a caption in
@@ -67,22 +67,17 @@ def english_margin(text: str | None) -> float:
     points: min over languages L of the sum over words of clip(z_en(w) - z_L(w), -TOKEN_CAP, TOKEN_CAP),
     z being the Zipf frequency above FLOOR_ZIPF (0 when not listed). A common English word never counts
     against English ("logo" is commoner in Portuguese, "a" in Hungarian: both are English alt text).
-    Positive: English words win ("a badger emoji" 1.2); negative: another language's do ("Flagge: Irak"
-    -1.0); 0 without words, or with only names and rare words (fastText decides those)."""
-    tokens = words(text)
-    if not tokens:
-        return 0.0
+    Positive: English words win ("a badger emoji" 0.7); negative: another language's do ("Flagge: Irak"
+    -2.0); 0 without words, or with only names and rare words (fastText decides those)."""
+    leads = [word_leads(token) for token in words(text)]
+    return float(min(map(sum, zip(*leads, strict=True)))) if leads else 0.0
+
+
+@lru_cache(maxsize=1 << 16)
+def word_leads(word: str) -> tuple[float, ...]:
+    """The word's capped English lead over each other language of VOCAB_LANGUAGES; a word in the English
+    list counts only for English (never below 0)."""
     lists = word_lists()
-    english = [lists["en"].get(token, 0.0) for token in tokens]
-    return float(
-        min(_margin(english, [lists[lang].get(token, 0.0) for token in tokens]) for lang in VOCAB_LANGUAGES[1:])
-    )
-
-
-def _margin(english: list[float], other: list[float]) -> float:
-    """Sum over words of the capped English lead; a word in the English list counts only for English."""
-    total = 0.0
-    for en, ot in zip(english, other, strict=True):
-        lead = min(max(en - ot, -TOKEN_CAP), TOKEN_CAP)
-        total += max(lead, 0.0) if en > 0.0 else lead
-    return total
+    english = lists["en"].get(word, 0.0)
+    leads = (min(max(english - lists[lang].get(word, 0.0), -TOKEN_CAP), TOKEN_CAP) for lang in VOCAB_LANGUAGES[1:])
+    return tuple(max(lead, 0.0) if english > 0.0 else lead for lead in leads)
