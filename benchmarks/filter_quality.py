@@ -22,7 +22,8 @@ What runs:
    recall of "rejected for any reason" and the clean rows' false-rejection rate;
 5. before / after: the same stored signals decided again (``curate.decide.decide``) with the old
    defaults (``BEFORE``: the language policy's ``rule: top1`` at ``min_other_score`` 0.5 and
-   near_dedup without the colour check; and DataComp's plain top-1), one table of precision and recall per kind and variant, and the
+   near_dedup without the colour check; DataComp's plain top-1; and the language policy's ``rule:
+   calibrated``, the recipe's ``rule: vocab`` without word frequencies), one table of precision and recall per kind and variant, and the
    language goal's numbers (English rows wrongly rejected, non-English recall) per variant.
 
 ``--corpus icons`` builds the pool from a second source of real pairs instead, with no emoji

@@ -184,7 +184,8 @@ class Language(Policy):
 
     ``min_lang_score`` is how sure fastText must be of a listed language; ``min_other_score`` how sure
     of an unlisted one before the row is rejected (a guess below it is given the benefit of the doubt).
-    ``rule: calibrated`` adds the script of the letters and a higher bar for short captions.
+    ``rule: calibrated`` adds the script of the letters and a higher bar for short captions; ``rule: vocab``
+    adds word frequencies (``vocab_en``): English words overrule fastText, another language's words reject.
     """
 
     name = "language"
