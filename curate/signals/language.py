@@ -43,6 +43,7 @@ class LanguageID(Stage):
     Config = LanguageIDConfig
     reads = ("caption",)
     writes = {"lang": pa.string(), "lang_score": pa.float32(), "script": pa.string(), "lang_chars": pa.int32()}
+    optional_writes = {"vocab_en": "vocab: true"}
     uses_actors = False  # lid.176.ftz is < 1 MB (loads in ~15 ms per task); tasks let Ray fuse
     transient = ("_identifier",)  # a loaded fastText model cannot be pickled
 
