@@ -283,6 +283,11 @@ def test_vocab_scores_the_words_of_real_captions():
     assert "vocab_en" not in LanguageID()(pa.table({"caption": captions})).column_names  # off by default
 
 
+def test_vocab_off_keeps_the_stage_cache_key_of_runs_annotated_before_it():
+    assert LanguageIDConfig().cache_key() == {"model_path": None, "column": "caption"}
+    assert LanguageIDConfig(vocab=True).cache_key()["vocab"] is True
+
+
 def test_vocab_rule_keeps_english_fasttext_misreads_and_rejects_its_misses(tmp_path):
     english = SHORT_ENGLISH + ENGLISH_FASTTEXT_MISREADS
     captions = english + OTHER_SCRIPTS + OTHER_LATIN + OTHER_LATIN_FASTTEXT_MISSES

@@ -33,6 +33,14 @@ class LanguageIDConfig(StageConfig):
         "The language policy's rule vocab reads it. Off: lang, lang_score, script and lang_chars only.",
     )
 
+    def cache_key(self) -> dict:
+        """The settings stored results depend on; ``vocab: false`` stays out, so runs annotated before the
+        option existed resume without annotating again."""
+        key = super().cache_key()
+        if not self.vocab:
+            del key["vocab"]
+        return key
+
 
 class LanguageID(Stage):
     """Top-1 language code and its probability (null / 0.0 for a missing or blank text), the
