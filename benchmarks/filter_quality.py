@@ -22,7 +22,8 @@ What runs:
    recall of "rejected for any reason" and the clean rows' false-rejection rate;
 5. before / after: the same stored signals decided again (``curate.decide.decide``) with the old
    defaults (``BEFORE``: the language policy's ``rule: top1`` at ``min_other_score`` 0.5 and
-   near_dedup without the colour check; and DataComp's plain top-1), one table of precision and recall per kind and variant, and the
+   near_dedup without the colour check; DataComp's plain top-1; and the language policy's ``rule:
+   calibrated``, the recipe's ``rule: vocab`` without word frequencies), one table of precision and recall per kind and variant, and the
    language goal's numbers (English rows wrongly rejected, non-English recall) per variant.
 
 ``--corpus icons`` builds the pool from a second source of real pairs instead, with no emoji
@@ -72,6 +73,7 @@ BEFORE: dict[str, list[str]] = {
         "decide.near_dedup.verify_colour=null",
     ],
     "datacomp": ["decide.language.rule=top1", "decide.language.min_other_score=0"],
+    "calibrated": ["decide.language.rule=calibrated"],
 }
 """Recipe overrides of the old defaults, decided again from the run's stored signals ("after" is the recipe)."""
 
@@ -151,7 +153,6 @@ def language_only(rows: list, variants: dict[str, list[str]]) -> dict:
 
     from curate.decide import decide
     from curate.recipe import load_recipe
-    from curate.signals.language import LanguageID
 
     rows = [r for r in rows if r.defect not in (*BROKEN, "boilerplate")]  # boilerplate: caption_boilerplate first
     keys = [f"{i:06d}" for i in range(len(rows))]
@@ -160,7 +161,8 @@ def language_only(rows: list, variants: dict[str, list[str]]) -> dict:
                       "decode_error": pa.nulls(len(rows), pa.string())})  # fmt: skip
     out = Path(tempfile.mkdtemp(prefix="language-only-"))
     try:
-        pq.write_table(LanguageID()(table), out / "samples.parquet")
+        stage = next(s for s in load_recipe(RECIPE).annotate if s.name == "language")  # the recipe's settings
+        pq.write_table(stage(table), out / "samples.parquet")
         result = {}
         for name, overrides in variants.items():
             policies = [p for p in load_recipe(RECIPE, overrides).decide if p.name == "language"]

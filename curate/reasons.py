@@ -23,7 +23,8 @@ REASONS: dict[str, str] = {
     "stock alt text, repeated tokens or no letters (samples.caption_boilerplate says which).",
     "wrong_language": "fastText's language for the caption is not one the recipe keeps (and scores at "
     "least min_other_score; with rule calibrated, min_other_score_short on a short caption, or the caption's "
-    "letters are in a script no kept language uses), or it is a kept one scoring below min_lang_score.",
+    "letters are in a script no kept language uses; with rule vocab, also when the caption's words are another "
+    "language's, and never when they are English), or it is a kept one scoring below min_lang_score.",
     "low_clip_score": "The image-caption CLIP score is below the recipe's min_score, or outside "
     "the keep_top fraction of the rows that reached the clip_score policy.",
     "dup_near": "A perceptual near-duplicate (pHash within the near_dedup policy's k bits, confirmed by "

@@ -278,12 +278,13 @@ def check_columns(recipe: Recipe) -> None:
             raise RecipeError(
                 f"{recipe.source}: enrich[{i}] (stage {stage.name!r}) reads {missing}, which no annotate stage writes."
             )
-    writers = {c: s.name for s in STAGES.values() for c in s.writes}
+    writers = {c: f"'- stage: {s.name}'" for s in STAGES.values() for c in s.writes}
+    writers |= {c: f"'- stage: {s.name}' with '{how}'" for s in STAGES.values() for c, how in s.optional_writes.items()}
     for i, policy in enumerate([Availability(), *recipe.decide]):
         missing = [c for c in policy.reads if c not in available]
         if missing:
             where = "the built-in availability check" if i == 0 else f"decide[{i - 1}] (policy {policy.name!r})"
-            hint = ", ".join(sorted({f"'- stage: {writers[c]}'" for c in missing if c in writers}))
+            hint = ", ".join(sorted({writers[c] for c in missing if c in writers}))
             raise RecipeError(
                 f"{recipe.source}: {where} reads {missing}, which no annotate stage writes. "
                 f"Add {hint or 'a stage that writes them'} to annotate."

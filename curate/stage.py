@@ -78,6 +78,8 @@ class Stage:
     optional_reads: ClassVar[tuple[str, ...]] = ()
     """Columns the stage uses when present and does without otherwise (e.g. img2dataset's ``original_width``)."""
     writes: ClassVar[dict[str, pa.DataType]] = {}
+    optional_writes: ClassVar[dict[str, str]] = {}
+    """Columns a config setting adds to ``writes`` -> that setting (``vocab_en`` -> ``vocab: true``), for fix-it messages."""
     uses_actors: ClassVar[bool] = False
     """True for stages that load a model: they run in an actor pool, set up once per actor."""
     has_prepare: ClassVar[bool] = False

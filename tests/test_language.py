@@ -219,7 +219,7 @@ OTHER_SCRIPTS = ["эмодзи «яблоко»", "赤い旗", "빨간 깃발", 
 OTHER_LATIN = ["Bandera de España", "Flagge: Deutschland", "drapeau : France", "Apfel", "icona mela su sfondo colorato"]
 
 
-def _kept_by_language_policy(tmp_path: Path, captions: list[str], policy: dict) -> list[str]:
+def _kept_by_language_policy(tmp_path: Path, captions: list[str], policy: dict, vocab: bool = False) -> list[str]:
     """The captions the language policy keeps after the real language stage annotated them."""
     import pyarrow.parquet as pq
     from conftest import downloaded_samples
@@ -229,8 +229,9 @@ def _kept_by_language_policy(tmp_path: Path, captions: list[str], policy: dict) 
 
     keys = [f"{i:03d}" for i in range(len(captions))]
     table = downloaded_samples(keys, width=[300] * len(keys), height=[300] * len(keys), caption=captions)
-    pq.write_table(LanguageID()(table), tmp_path / "samples.parquet")
-    recipe = build_recipe({"annotate": ["image", "language"], "decide": [{"policy": "language", **policy}]})
+    pq.write_table(LanguageID(vocab=vocab)(table), tmp_path / "samples.parquet")
+    language = {"stage": "language", "vocab": True} if vocab else "language"
+    recipe = build_recipe({"annotate": ["image", language], "decide": [{"policy": "language", **policy}]})
     decide(str(tmp_path / "samples.parquet"), recipe.decide, tmp_path / "d")
     kept = set(pq.read_table(tmp_path / "d").filter(pa.compute.field("keep")).column("key").to_pylist())
     return [caption for key, caption in zip(keys, captions, strict=True) if key in kept]
@@ -251,3 +252,73 @@ def test_top1_rule_is_datacomps(tmp_path):
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "pipelines" / "datacomp-basic.yaml")
     language = next(p for p in recipe.decide if p.name == "language")
     assert language.config.rule == "top1" and language.reads == ("lang", "lang_score")
+
+
+ENGLISH_FASTTEXT_MISREADS = [
+    "a monkey emoji",  # ru 0.31
+    "door icon",  # nl 0.81
+    "picture of a balloon on mint green",  # hu 0.64
+    "cartoon baby on a mint green background",  # hu 0.44
+    "flat design game die graphic",  # de 0.38
+]
+OTHER_LATIN_FASTTEXT_MISSES = [
+    "maymun simgesi, renkli arka plan",  # Turkish: en 0.66
+    "bayrak: Gambiya",  # Turkish: en 0.23
+    "Nationalflagge Irak",  # German: de 0.25
+    "bendera Rumania",  # Indonesian: es 0.19
+    "Irlande",  # French: en 0.12
+    "ilustrasi wajah bulan",  # Indonesian: en 0.22
+]
+
+
+def test_vocab_scores_the_words_of_real_captions():
+    captions = ["a monkey emoji", "door icon", "Json logo", "Numpy", "Flagge: Irak", "bendera Rumania", None, "42"]
+    out = LanguageID(vocab=True)(pa.table({"caption": pa.array(captions, pa.string())}))
+    vocab = out.column("vocab_en").to_pylist()
+    assert out.schema.field("vocab_en").type == pa.float32()
+    assert vocab[0] > 0.5 and vocab[1] > 0.5  # English words
+    assert vocab[2] == vocab[3] == 0.0  # a name, and "logo" (commoner in Portuguese) is no evidence against English
+    assert vocab[4] < -0.5 and vocab[5] < -0.5  # German and Indonesian words
+    assert vocab[6] == vocab[7] == 0.0  # no words
+    assert "vocab_en" not in LanguageID()(pa.table({"caption": captions})).column_names  # off by default
+
+
+def test_vocab_off_keeps_the_stage_cache_key_of_runs_annotated_before_it():
+    assert LanguageIDConfig().cache_key() == {"model_path": None, "column": "caption"}
+    assert LanguageIDConfig(vocab=True).cache_key()["vocab"] is True
+
+
+def test_vocab_rule_keeps_english_fasttext_misreads_and_rejects_its_misses(tmp_path):
+    english = SHORT_ENGLISH + ENGLISH_FASTTEXT_MISREADS
+    captions = english + OTHER_SCRIPTS + OTHER_LATIN + OTHER_LATIN_FASTTEXT_MISSES
+    assert _kept_by_language_policy(tmp_path, captions, {"rule": "vocab"}, vocab=True) == english
+    (tmp_path / "calibrated").mkdir()
+    calibrated = _kept_by_language_policy(tmp_path / "calibrated", captions, {"rule": "calibrated"}, vocab=True)
+    assert calibrated == SHORT_ENGLISH + OTHER_LATIN_FASTTEXT_MISSES  # what the words fix
+
+
+def test_vocab_rule_needs_the_column_and_english_only():
+    from curate.recipe import RecipeError, build_recipe
+
+    with pytest.raises(RecipeError, match=r"vocab_en.*'- stage: language' with 'vocab: true'"):
+        build_recipe({"annotate": ["image", "language"], "decide": [{"policy": "language", "rule": "vocab"}]})
+    with pytest.raises(RecipeError, match=r"languages \[en\] only"):
+        build_recipe(
+            {
+                "annotate": ["image", {"stage": "language", "vocab": True}],
+                "decide": [{"policy": "language", "rule": "vocab", "languages": ["en", "de"]}],
+            }
+        )
+
+
+def test_vocab_without_wordfreq_names_the_package(monkeypatch):
+    import sys
+
+    from curate.models.vocab import word_lists
+
+    monkeypatch.setitem(sys.modules, "wordfreq", None)  # import wordfreq raises ImportError
+    word_lists.cache_clear()
+    with pytest.raises(ImportError, match="pip install wordfreq"):
+        LanguageID(vocab=True).check()
+    with pytest.raises(ImportError, match="pip install wordfreq"):
+        word_lists()

@@ -108,12 +108,19 @@ CALIBRATED_MIN_OTHER, CALIBRATED_MIN_OTHER_SHORT, CALIBRATED_SHORT_CHARS = 0.3, 
 English and 1,500 translated captions of the seed artists' emoji names (never the quality pool's):
 non-English recall 0.847 with 3.0 % of the English captions rejected (lid.176.ftz)."""
 
+VOCAB_KEEP, VOCAB_REJECT = 1.0, 0.1
+"""The language policy's ``rule: vocab`` defaults (vocab_keep, vocab_reject), fitted by
+``benchmarks/fit_language_rule.py --rule vocab`` on the same seed-name captions as CALIBRATED_*
+(calibrated's fastText thresholds fixed): non-English recall 0.952 with 1.5 % of the English captions
+rejected (calibrated: 0.847 at 3.0 %). vocab_reject 0.1: one word another language uses at least
+Zipf 3.1 that English does not list is enough (no English word counts against English)."""
+
 
 class LanguageFilterConfig(PolicyConfig):
     languages: list[Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}$")]] = Field(
         default_factory=lambda: ["en"], min_length=1, description="fastText language codes to keep."
     )
-    rule: Literal["top1", "calibrated"] = Field(
+    rule: Literal["top1", "calibrated", "vocab"] = Field(
         "top1",
         description="top1: DataComp's rule, fastText's top-1 language must be a listed one (reads lang, "
         "lang_score). calibrated: also rejects captions whose letters are mostly in a script no listed language "
@@ -121,7 +128,12 @@ class LanguageFilterConfig(PolicyConfig):
         "short_chars (fastText misreads short English alt text); reads script and lang_chars, which the language "
         "stage writes since issue 20 (re-annotate older runs). Measured (benchmarks/filter_quality.py --only "
         "language, emoji pool, seeds 0 and 1): English wrongly rejected 2.7-3.2 %, non-English recall 0.85-0.86; "
-        "top1 7.7-8.5 % / 0.92-0.94, top1 with min_other_score 0.5 0.9-1.0 % / 0.73-0.78.",
+        "top1 7.7-8.5 % / 0.92-0.94, top1 with min_other_score 0.5 0.9-1.0 % / 0.73-0.78. vocab (languages [en] "
+        "only): calibrated, but an unlisted top-1 is overruled when the caption's words are English "
+        "(vocab_en >= vocab_keep) and a caption whose words are another language's (vocab_en <= -vocab_reject) "
+        "is rejected whatever fastText says; reads vocab_en, which the language stage writes with vocab: true "
+        "(wordfreq). Measured (same benchmark): emoji seeds 0, 1 1.5 % / 0.996, 2.1 % / 0.963 (calibrated "
+        "2.7 % / 0.86, 3.2 % / 0.85); icons 4.3 % / 0.975, 5.1 % / 0.988 (calibrated 3.7 % / 0.83, 4.9 % / 0.88).",
     )
     min_lang_score: float = Field(0.0, ge=0.0, le=1.0, description="Reject when fastText is less sure.")
     min_other_score: float | None = Field(
@@ -145,6 +157,26 @@ class LanguageFilterConfig(PolicyConfig):
         description=f"rule calibrated: captions of fewer characters are short (default {CALIBRATED_SHORT_CHARS}, "
         "fitted with min_other_score on the seed names).",
     )
+    vocab_keep: float = Field(
+        VOCAB_KEEP,
+        description="rule vocab: keep a caption fastText gives an unlisted top-1 when its words are at least "
+        f"this English (vocab_en, capped Zipf points; default {VOCAB_KEEP}, fitted on the seed names).",
+    )
+    vocab_reject: float = Field(
+        VOCAB_REJECT,
+        gt=0.0,
+        description="rule vocab: reject a caption whose words are at least this much another language's "
+        f"(vocab_en <= -vocab_reject) whatever fastText says (default {VOCAB_REJECT}, fitted on the seed names).",
+    )
+
+    @model_validator(mode="after")
+    def _vocab_is_english(self) -> LanguageFilterConfig:
+        if self.rule == "vocab" and self.languages != ["en"]:
+            raise ValueError(
+                f"rule vocab weighs English words against other languages' (vocab_en), so it keeps languages "
+                f"[en] only, not {self.languages}; use rule calibrated for other languages."
+            )
+        return self
 
 
 class Language(Policy):
@@ -152,7 +184,8 @@ class Language(Policy):
 
     ``min_lang_score`` is how sure fastText must be of a listed language; ``min_other_score`` how sure
     of an unlisted one before the row is rejected (a guess below it is given the benefit of the doubt).
-    ``rule: calibrated`` adds the script of the letters and a higher bar for short captions.
+    ``rule: calibrated`` adds the script of the letters and a higher bar for short captions; ``rule: vocab``
+    adds word frequencies (``vocab_en``): English words overrule fastText, another language's words reject.
     """
 
     name = "language"
@@ -161,19 +194,21 @@ class Language(Policy):
 
     @property
     def reads(self) -> tuple[str, ...]:  # type: ignore[override]
-        extra = ("script", "lang_chars") if self.config.rule == "calibrated" else ()
-        return ("lang", "lang_score", *extra)
+        extra = {"top1": (), "calibrated": ("script", "lang_chars"), "vocab": ("script", "lang_chars", "vocab_en")}
+        return ("lang", "lang_score", *extra[self.config.rule])
 
     def apply(self, db: DecideDB) -> None:
         c = self.config
         codes = ", ".join(f"'{code}'" for code in c.languages)  # validated: [a-z]{2,3}
         listed = f"s.lang IN ({codes})"
-        calibrated = c.rule == "calibrated"
+        calibrated = c.rule in ("calibrated", "vocab")
         min_other = c.min_other_score if c.min_other_score is not None else CALIBRATED_MIN_OTHER * calibrated
         other = f"s.lang_score >= {float(min_other)}"
         if calibrated:
             short = f"s.lang_chars < {int(c.short_chars)}"
             other = f"(({short} AND s.lang_score >= {float(c.min_other_score_short)}) OR (NOT {short} AND {other}))"
+        if c.rule == "vocab":
+            other = f"({other} AND s.vocab_en < {float(c.vocab_keep)})"
         predicate = (
             f"s.lang IS NULL OR ({listed} AND s.lang_score < {float(c.min_lang_score)}) OR (NOT {listed} AND {other})"
         )
@@ -181,6 +216,8 @@ class Language(Policy):
         if calibrated and scripts:
             names = ", ".join(f"'{name}'" for name in scripts)  # from LANGUAGE_SCRIPTS: upper-case words
             predicate += f" OR (s.script IS NOT NULL AND s.script NOT IN ({names}))"
+        if c.rule == "vocab":
+            predicate += f" OR s.vocab_en <= {-float(c.vocab_reject)}"
         db.reject_where(predicate, "wrong_language", self.name)
 
 
