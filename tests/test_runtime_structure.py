@@ -1,6 +1,6 @@
 """How stages run through Ray (issue 22), checked without timing: a model actor's torch gets the threads of
-its CPUs, a task stage is set up once per worker process (not once per block), and annotate hands a raw
-shard to its stages in blocks as it is read."""
+its CPUs, a task stage is set up once per worker process (not once per block), and annotate runs its CPU stages
+in the task that reads a shard (or a row range of it)."""
 
 from __future__ import annotations
 
@@ -95,17 +95,17 @@ def write_img2dataset_shard(folder: Path, rows: int) -> None:
     (folder / "00000_stats.json").write_text(json.dumps({"count": rows, "successes": rows}))
 
 
-def test_annotate_hands_a_raw_shard_to_its_stages_in_blocks_from_several_tasks(ray_session, tmp_path):
-    """A shard goes on in blocks of READ_BLOCK_ROWS rows as it is read, not as one block (Ray Data's default
-    128 MiB blocks held a whole shard of small images: one task, one core, for all its rows)."""
+def test_annotate_runs_task_stages_in_the_read_task_on_row_ranges_of_a_shard(ray_session, tmp_path):
+    """The CPU stages run in the task that reads the shard (a separate read op held a CPU reserved and each
+    512-row block cost a scheduling round trip), and a run of fewer shards than CPUs x TASKS_PER_CPU splits its
+    shards into contiguous row ranges so every core works: 4 tasks of 384 rows here, not 3 blocks of 512."""
+    import ray
 
-    class TaskIds(Stage):
+    class TaskIds(Stage):  # defined here: Ray workers cannot import a test module
         name = "task_ids"
         writes = {"task_id": pa.string()}
 
         def process(self, batch: pa.Table) -> pa.Table:
-            import ray
-
             task = ray.get_runtime_context().get_task_id()
             return append_columns(batch, {"task_id": [task] * len(batch)}, self.writes)
 
@@ -114,6 +114,17 @@ def test_annotate_hands_a_raw_shard_to_its_stages_in_blocks_from_several_tasks(r
     recipe = build_recipe({"annotate": [{"stage": "image"}], "decide": []}, "blocks.yaml")
     recipe.annotate.append(TaskIds(batch_size=64))
     run_pipeline(recipe, tmp_path / "pool", tmp_path / "run", until="annotate")
-    samples = pq.read_table(tmp_path / "run" / "samples" / "00000.parquet")
+    samples = pq.read_table(tmp_path / "run" / "samples" / "00000.parquet").sort_by("key")
     assert len(samples) == rows
-    assert len(set(samples.column("task_id").to_pylist())) >= 3
+    tasks = runtime.read_tasks(["00000"], ray.cluster_resources()["CPU"])
+    assert len(tasks) == runtime.TASKS_PER_CPU * int(ray.cluster_resources()["CPU"]) > 1
+    ids = samples.column("task_id").to_pylist()
+    runs = [ids[i] for i in range(len(ids)) if i == 0 or ids[i] != ids[i - 1]]
+    assert len(runs) == len(set(runs)) == len(tasks)  # one contiguous run of keys per task
+    assert {ids.count(t) for t in runs} == {rows // len(tasks)}
+
+
+def test_read_tasks_split_shards_only_when_there_are_fewer_than_the_cpus_can_use():
+    assert runtime.read_tasks(["a", "b"], 2) == [{"shard": s, "part": i, "parts": 2} for s in "ab" for i in (0, 1)]
+    assert len(runtime.read_tasks([f"{i:05d}" for i in range(10)], 2)) == 10
+    assert runtime.read_tasks(["a"], 0.5) == [{"shard": "a", "part": 0, "parts": 1}]

@@ -96,8 +96,9 @@ def shard_names(run_dir: str | Path, downloaded: set[str]) -> list[str]:
     return sorted(sources["shards"]) if sources else sorted(downloaded)
 
 
-def read_shard(run_dir: str, shard: str, chunk_rows: int = 512) -> Iterator[pa.Table]:
-    """Yield the rows of raw shard ``shard`` in chunks, joined with their bytes."""
+def read_shard(run_dir: str, shard: str, chunk_rows: int = 512, part: int = 0, parts: int = 1) -> Iterator[pa.Table]:
+    """Yield the rows of raw shard ``shard`` in chunks, joined with their bytes: all of them, or the ``part``-th
+    of ``parts`` contiguous runs of its rows (sorted by key) when several tasks share a shard."""
     inputs = _input_rows(run_dir, shard)
     meta_path, tar_path = raw_file(run_dir, shard, ".parquet"), raw_file(run_dir, shard, ".tar")
     meta = _raw_meta(meta_path)
@@ -107,8 +108,9 @@ def read_shard(run_dir: str, shard: str, chunk_rows: int = 512) -> Iterator[pa.T
     meta = meta.drop_columns(["raw_url", "raw_caption"])
     table = _join_images(inputs.join(meta, "key", join_type="left outer"), images)
     table = _fix_status(table)
-    for start in range(0, len(table), chunk_rows):
-        yield table.slice(start, chunk_rows)
+    first, end = len(table) * part // parts, len(table) * (part + 1) // parts
+    for start in range(first, end, chunk_rows):
+        yield table.slice(start, min(chunk_rows, end - start))
 
 
 def _join_images(rows: pa.Table, images: pa.Table) -> pa.Table:
