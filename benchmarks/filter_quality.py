@@ -145,6 +145,21 @@ def redecided(run_dir: Path, rows: list[dict], overrides: list[str], min_score: 
              "dup_of_run": decisions[r["key"]]["dup_of"]} for r in rows]  # fmt: skip
 
 
+def clip_kept_share(rows: list[dict]) -> float:
+    """Share of the rows that reached the clip_score policy (no earlier policy took them) that it kept."""
+    order = policy_order()
+    at = order["low_clip_score"]
+    reached = [r for r in rows if r["clip_score"] is not None and (r["reason"] is None or order[r["reason"]] >= at)]
+    return sum(r["reason"] != "low_clip_score" for r in reached) / len(reached)
+
+
+def relative_overrides(rows: list[dict]) -> list[str]:
+    """The clip_score policy on the relative (CSLS) score, keeping the same share of the rows it sees as the
+    plain cosine at ``min_score`` kept in ``rows``: the two rankings compared at one operating point."""
+    return ["decide.clip_score.relative=true", "decide.clip_score.min_score=null",
+            f"decide.clip_score.keep_top={clip_kept_share(rows):.6f}"]  # fmt: skip
+
+
 def language_only(rows: list, variants: dict[str, list[str]]) -> dict:
     """The language filter alone (``--only language``): the pool's captions through the language stage
     (in process, no Ray, no download) and the recipe's language policy per variant; every row with an
@@ -497,7 +512,8 @@ def main() -> None:
         urls = run_recipe(objects, rows, model_dir, min_score, near["k"], run_dir)
         timings["pipeline_s"] = time.perf_counter() - t
         data = joined(run_dir, urls)
-        variants = {name: redecided(run_dir, data, o, min_score, near["k"]) for name, o in BEFORE.items()}
+        overrides = {**BEFORE, "relative_clip": relative_overrides(data)}
+        variants = {name: redecided(run_dir, data, o, min_score, near["k"]) for name, o in overrides.items()}
         variants["after"] = data
     finally:
         if tmp:
@@ -519,7 +535,7 @@ def main() -> None:
         "language": language_diagnostics(data),
         "variants": {
             name: {
-                "overrides": BEFORE.get(name, []),
+                "overrides": overrides.get(name, []),
                 "kinds": kind_table(v),
                 "clean": clean_summary(v),
                 "language": language_summary(v),
