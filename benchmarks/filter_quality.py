@@ -67,15 +67,12 @@ GOAL = 0.9
 BROKEN = ("missing", "corrupt", "html")
 DEFAULT_N = {"emoji": 3000, "icons": 1000}  # icons: 236 of its 2,858 pairs (flags) have translations
 BEFORE: dict[str, list[str]] = {
-    "before": [
-        "decide.language.rule=top1",
-        "decide.language.min_other_score=0.5",
-        "decide.near_dedup.verify_colour=null",
-    ],
+    "before": ["decide.language.rule=top1", "decide.language.min_other_score=0.5"],  # + near_dedup unchecked
     "datacomp": ["decide.language.rule=top1", "decide.language.min_other_score=0"],
     "calibrated": ["decide.language.rule=calibrated"],
 }
-"""Recipe overrides of the old defaults, decided again from the run's stored signals ("after" is the recipe)."""
+"""Recipe overrides of the old defaults, decided again from the run's stored signals ("after" is the recipe);
+main adds near_dedup at the plain calibrated k without the colour check to "before"."""
 
 
 def calibrate_k(seed_set, n_images: int, max_false_merge: float, seed: int = 0) -> dict:
