@@ -95,3 +95,30 @@ def test_url_lists_in_every_format(tmp_path, suffix):
     table = prepare_inputs(read_url_list(path), load_recipe("demo").input, 100, str(path))
     assert table.column("caption").to_pylist() == ["a cat, sitting", "b"]
     assert table.column("fetchable").to_pylist() == [True, False]
+
+
+def _tar_bytes(members: dict[str, bytes]) -> bytes:
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("members", [{}, {"b.jpg": b"BB", "a.jpg": b"A", "a.json": b"{}", "c.jpg": b""}])
+def test_image_bytes_are_cut_from_the_tar_in_key_order_with_nulls_for_rows_without_one(tmp_path, members):
+    from curate.acquire.raw import _join_images, _tar_images, _tar_index
+
+    path = tmp_path / "00000.tar"
+    path.write_bytes(_tar_bytes(members))
+    rows = pa.table({"key": ["c", "x", "b", "a"]})
+    index, data = _tar_index(str(path))
+    got = _join_images(rows, index, data)
+    expected = {"a": b"A", "b": b"BB", "c": b""} if members else {}
+    assert got.column("key").to_pylist() == ["a", "b", "c", "x"]
+    assert got.column("image").to_pylist() == [expected.get(k) for k in ["a", "b", "c", "x"]]
+    assert _tar_images(str(path)).column("image").to_pylist() == [members[f"{k}.jpg"] for k in index["key"].to_pylist()]

@@ -253,6 +253,8 @@ def _tar_index(path: str) -> tuple[pa.Table, bytes]:
 def _gather(data: bytes, index: pa.Table, rows: pa.Array) -> pa.Array:
     """The image bytes of ``index``'s rows ``rows`` (null where ``rows`` is null), cut from the tar ``data``
     into one new buffer in that order."""
+    if not len(index):  # a tar without images: every row's image is null
+        return pa.nulls(len(rows), pa.binary())
     valid = rows.is_valid().to_numpy(zero_copy_only=False)
     picked = rows.fill_null(0).to_numpy()
     starts = index.column("image_offset").to_numpy()[picked]
