@@ -67,43 +67,51 @@ GOAL = 0.9
 BROKEN = ("missing", "corrupt", "html")
 DEFAULT_N = {"emoji": 3000, "icons": 1000}  # icons: 236 of its 2,858 pairs (flags) have translations
 BEFORE: dict[str, list[str]] = {
-    "before": [
-        "decide.language.rule=top1",
-        "decide.language.min_other_score=0.5",
-        "decide.near_dedup.verify_colour=null",
-    ],
+    "before": ["decide.language.rule=top1", "decide.language.min_other_score=0.5"],  # + near_dedup unchecked
     "datacomp": ["decide.language.rule=top1", "decide.language.min_other_score=0"],
     "calibrated": ["decide.language.rule=calibrated"],
 }
-"""Recipe overrides of the old defaults, decided again from the run's stored signals ("after" is the recipe)."""
+"""Recipe overrides of the old defaults, decided again from the run's stored signals ("after" is the recipe);
+main adds near_dedup at the plain calibrated k without the colour check to "before"."""
 
 
 def calibrate_k(seed_set, n_images: int, max_false_merge: float, seed: int = 0) -> dict:
     """The near_dedup radius from trusted data, not the pool: :func:`curate.calibrate.measure.calibrate_k` (what
     `curate calibrate` measures) on the seed set's held-out Noto and OpenMoji compositions (distinct images) and
-    a perturbed copy of each, for a pool of ``n_images``."""
+    a perturbed copy of each, for a pool of ``n_images``; and under ``verified``, the k and ``verify_colour`` limit
+    `curate calibrate` recommends on the same images when pHash pairs are confirmed by the colour check."""
     import webdataset as wds
 
+    from curate.calibrate import Probe, near_dedup_section
     from curate.calibrate.measure import calibrate_k as calibrate
+    from curate.calibrate.measure import near_copies
     from curate.train.data import expand_shards
 
     shards = expand_shards(str(seed_set.holdout.train))
     images = [sample["jpg"] for sample in wds.WebDataset(shards, shardshuffle=False)]
-    return calibrate(images, n_images, max_false_merge, seed)
+    plain = calibrate(images, n_images, max_false_merge, seed)
+    probe = Probe(images, list(near_copies(images, seed)), images, distinct_is_left=True, negatives_from_run=False)
+    verify = near_dedup_section(probe, n_images, 0.0, max_false_merge)["verify_colour"]
+    verified = {"k": verify.get("k") or plain["k"], "verify_colour": verify.get("recommended")}
+    return {**plain, "verified": verified}
 
 
-def run_recipe(objects: dict, rows: list, model_dir: Path, min_score: float, k: int, run_dir: Path) -> Path:
-    """Serve the pool on loopback and run the quality recipe into ``run_dir``; returns the URL list."""
+def near_overrides(near: dict, verified: bool = True) -> list[str]:
+    """near_dedup settings from :func:`calibrate_k`: the verified k and colour limit, or the plain k unchecked."""
+    if not verified:
+        return [f"decide.near_dedup.k={near['k']}", "decide.near_dedup.verify_colour=null"]
+    limit = near["verified"]["verify_colour"]
+    return [f"decide.near_dedup.k={near['verified']['k']}", f"decide.near_dedup.verify_colour={limit or 'null'}"]
+
+
+def run_recipe(objects: dict, rows: list, model_dir: Path, tuned: list[str], run_dir: Path) -> Path:
+    """Serve the pool on loopback and run the quality recipe with the ``tuned`` settings into ``run_dir``;
+    returns the URL list."""
     from curate.demo.server import LoopbackServer
     from curate.recipe import load_recipe
     from curate.run import run_pipeline
 
-    overrides = [
-        f"annotate.clip.model={model_dir}",
-        f"decide.clip_score.min_score={min_score:.6f}",
-        f"decide.near_dedup.k={k}",
-    ]
-    recipe = load_recipe(RECIPE, overrides)
+    recipe = load_recipe(RECIPE, [f"annotate.clip.model={model_dir}", *tuned])
     with LoopbackServer(objects) as server:
         urls = write_truth(rows, server.base_url, run_dir.parent / f"{run_dir.name}-urls.parquet")
         run_pipeline(recipe, urls, run_dir)
@@ -126,17 +134,16 @@ def joined(run_dir: Path, urls: Path) -> list[dict]:
              "dup_of_run": decisions[t["url"]]["dup_of"], **samples.get(t["url"], {})} for t in truth]  # fmt: skip
 
 
-def redecided(run_dir: Path, rows: list[dict], overrides: list[str], min_score: float, k: int) -> list[dict]:
-    """``rows`` with keep / reason as the quality recipe plus ``overrides`` decides from the run's stored
-    signals (curate.decide.decide, the product code; nothing is annotated again)."""
+def redecided(run_dir: Path, rows: list[dict], overrides: list[str], tuned: list[str]) -> list[dict]:
+    """``rows`` with keep / reason as the quality recipe with the ``tuned`` settings plus ``overrides`` decides
+    from the run's stored signals (curate.decide.decide, the product code; nothing is annotated again)."""
     from curate import storage
     from curate.decide import decide
     from curate.recipe import load_recipe
 
-    fixed = [f"decide.clip_score.min_score={min_score:.6f}", f"decide.near_dedup.k={k}"]
     out = Path(tempfile.mkdtemp(prefix="redecide-"))
     try:
-        policies = load_recipe(RECIPE, fixed + overrides).decide
+        policies = load_recipe(RECIPE, tuned + overrides).decide
         decide(storage.files(str(run_dir / "samples")), policies, out / "decisions", str(run_dir / "embeddings"))
         decisions = {d["key"]: d for d in pq.read_table(out / "decisions").to_pylist()}
     finally:
@@ -504,16 +511,19 @@ def main() -> None:
     near = calibrate_k(seed_set, sum(r.defect not in BROKEN for r in rows), args.max_false_merge, args.seed)
     timings["filter_model_s"] = time.perf_counter() - start - timings["corpus_s"]
     print(f"pool {len(rows):,} rows {dict(noise_counts(args.n))}; seed set {_seed_sizes(seed_set)}")
-    print(f"CLIP filter {model_dir}: min_score {min_score:.4f}; near_dedup k = {near['k']}")
+    tuned = [f"decide.clip_score.min_score={min_score:.6f}", *near_overrides(near)]
+    print(f"CLIP filter {model_dir}: min_score {min_score:.4f}; near_dedup k = {near['k']} unchecked, "
+          f"{near['verified']['k']} with verify_colour {near['verified']['verify_colour']}")  # fmt: skip
     tmp = None if args.keep_run else Path(tempfile.mkdtemp(prefix="quality-run-"))
     run_dir = args.keep_run or tmp / "run"
     try:
         t = time.perf_counter()
-        urls = run_recipe(objects, rows, model_dir, min_score, near["k"], run_dir)
+        urls = run_recipe(objects, rows, model_dir, tuned, run_dir)
         timings["pipeline_s"] = time.perf_counter() - t
         data = joined(run_dir, urls)
         overrides = {**BEFORE, "relative_clip": relative_overrides(data)}
-        variants = {name: redecided(run_dir, data, o, min_score, near["k"]) for name, o in overrides.items()}
+        overrides["before"] = [*overrides["before"], *near_overrides(near, verified=False)]
+        variants = {name: redecided(run_dir, data, o, tuned) for name, o in overrides.items()}
         variants["after"] = data
     finally:
         if tmp:
@@ -542,7 +552,7 @@ def main() -> None:
             }
             for name, v in variants.items()
         },
-        "phash": {**phash_diagnostics(data, near["k"]), "calibration": near},
+        "phash": {**phash_diagnostics(data, near["verified"]["k"]), "calibration": near},
         "timings": {k: round(v, 1) for k, v in timings.items()},
         "wall_s": round(time.perf_counter() - start, 1),
         "cores": len(os.sched_getaffinity(0)),
