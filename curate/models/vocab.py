@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from functools import cache, lru_cache
+from types import ModuleType
 
 VOCAB_LANGUAGES = tuple("en de fr es it pt nl sv da nb fi pl cs sk sl sh ro hu tr id ms vi ca lv lt fil is".split())
 """English (first) and the Latin-script languages wordfreq 3.1 has word lists for: the languages a caption in
@@ -34,10 +35,7 @@ _EXTRA = (
 def word_lists() -> dict[str, dict[str, float]]:
     """Language -> {word: Zipf frequency above FLOOR_ZIPF} for VOCAB_LANGUAGES (loaded once per process,
     0.2-0.7 s and ~200 MB measured). Raises ImportError naming the package to install when wordfreq is missing."""
-    try:
-        import wordfreq
-    except ImportError as err:
-        raise ImportError(_EXTRA) from err
+    wordfreq = check_vocab()
     return {
         lang: {
             word: math.log10(freq) + 9.0 - FLOOR_ZIPF
@@ -47,12 +45,13 @@ def word_lists() -> dict[str, dict[str, float]]:
     }
 
 
-def check_vocab() -> None:
-    """Raise ImportError with the install command when wordfreq is missing (the stage's ``check``)."""
+def check_vocab() -> ModuleType:
+    """The wordfreq module; ImportError with the install command when it is missing (the stage's ``check``)."""
     try:
-        import wordfreq  # noqa: F401
+        import wordfreq
     except ImportError as err:
         raise ImportError(_EXTRA) from err
+    return wordfreq
 
 
 def words(text: str | None) -> list[str]:
