@@ -1,10 +1,11 @@
 """Annotate's outputs, one file per raw shard: ``RUN/samples/{shard}.parquet`` and ``RUN/embeddings/{shard}.parquet``.
 
-The annotate pipeline (:func:`curate.runtime.annotate`) ends in :func:`write_parts`, which writes each
-batch's rows, grouped by raw shard, as part files under ``RUN/.tmp/annotate-parts/{shard}/`` and
-returns a few bytes per part. Once a shard's parts hold as many rows as its input
-(:func:`input_counts`), :func:`commit_shard` merges them into the shard's files: the embeddings first,
-then the samples, each written whole (one PUT on object storage). A shard's samples file is its
+A task of the annotate pipeline (:func:`curate.runtime.annotate`) that read a whole raw shard and ran every
+stage commits it directly (:func:`commit_shard` on its rows). Otherwise (model stages, or a shard split over
+several tasks) the pipeline ends in :func:`write_parts`, which writes each batch's rows, grouped by raw shard,
+as part files under ``RUN/.tmp/annotate-parts/{shard}/`` and returns a few bytes per part. Once a shard's parts
+hold as many rows as its input (:func:`input_counts`), :func:`commit_shard` merges them into the shard's files.
+Either way the embeddings come first, then the samples, each written whole (one PUT on object storage). A shard's samples file is its
 completion marker, so a killed annotate resumes with the shards that have none (:func:`prune`).
 """
 
@@ -93,18 +94,25 @@ def write_parts(batch: pa.Table, parts_dir: str) -> pa.Table:
     return pa.table(summary, schema=SUMMARY)
 
 
-def commit_shard(shard: str, parts: Sequence[str], run_dir: str, embedding_columns: Sequence[str]) -> int:
-    """Merge raw shard ``shard``'s part files (sorted by key) into its embeddings file (``key`` + the
-    embedding columns, when there are any), then its samples file; remove the parts. Returns its rows."""
-    tables = []
-    for path in parts:
-        with fsspec.open(path, "rb") as f:
-            tables.append(pq.read_table(f))
-    table = pa.concat_tables(tables, promote_options="default").sort_by("key")
+def commit_shard(shard: str, parts: Sequence[str] | pa.Table, run_dir: str, embedding_columns: Sequence[str]) -> int:
+    """Commit raw shard ``shard``: its rows, sorted by key, go to its embeddings file (``key`` + the embedding
+    columns, when there are any), then its samples file. ``parts`` is either the part files that hold them
+    (removed once committed) or the rows themselves (a task that annotated the whole shard). Returns its rows."""
+    paths = [] if isinstance(parts, pa.Table) else list(parts)
+    table = parts if isinstance(parts, pa.Table) else _read_parts(paths)
+    table = table.sort_by("key")
     present = [c for c in embedding_columns if c in table.column_names]
     if present:
         write_parquet(shard_file(run_dir, "embeddings", shard), table.select(["key", *present]))
     write_parquet(shard_file(run_dir, "samples", shard), table.drop_columns(present))  # the completion marker
-    for path in parts:
+    for path in paths:
         storage.rm(path)
     return len(table)
+
+
+def _read_parts(paths: Sequence[str]) -> pa.Table:
+    tables = []
+    for path in paths:
+        with fsspec.open(path, "rb") as f:
+            tables.append(pq.read_table(f))
+    return pa.concat_tables(tables, promote_options="default")

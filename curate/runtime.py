@@ -148,6 +148,9 @@ def run_task(fn: Callable, args: tuple, desc: str, num_cpus: float = 1.0) -> Any
     return result
 
 
+Commit = Callable[[str, "Sequence[str] | pa.Table"], int]
+"""Commits one raw shard's annotated rows, given as its part files or as the rows; returns its rows."""
+
 READ_BLOCK_ROWS = 512
 """Rows per block annotate reads from a raw shard (at least the largest stage ``batch_size``)."""
 TASKS_PER_CPU = 2
@@ -157,37 +160,52 @@ fewer shards than CPUs would otherwise leave cores idle); at scale every shard i
 
 class _ReadAndRun:
     """Annotate's first op: read a raw shard (or a row range of it) and run the leading task stages on each
-    block in the same task, then write part files (``write_parts``) when no stage is left for Ray Data to run.
+    block in the same task. When no stage is left for Ray Data to run, the task also writes the rows: a task
+    that owns a whole shard commits it (``commit(shard, rows)``) and returns one summary row with a null path;
+    a task with a row range writes part files (``write_parts``) for the driver to commit once the shard is whole.
 
     One op holding the CPU work keeps a 2-CPU node busy: a separate read op keeps its share of the CPUs reserved
     by Ray Data's resource allocator while it waits for the stages, and blocks crossing the object store cost a
     scheduling round trip each (~0.2 s on a quiet 2-core node against ~0.5 s of work on 512 rows)."""
 
-    def __init__(self, run_dir: str, chunk_rows: int, stages: Sequence[Stage], parts_dir: str | None) -> None:
-        self.run_dir, self.chunk_rows, self.parts_dir = run_dir, chunk_rows, parts_dir
-        self.stages = [(uuid.uuid4().hex, stage) for stage in stages]
+    def __init__(
+        self, run_dir: str, chunk_rows: int, stages: Sequence[Stage], parts_dir: str | None, commit: Commit | None
+    ) -> None:
+        self.run_dir, self.chunk_rows, self.parts_dir, self.commit = run_dir, chunk_rows, parts_dir, commit
+        self.stages = [task_stage(stage, prepare=None) for stage in stages]
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
         from curate.annotated import write_parts
 
         for item in batch.to_pylist():
-            for block in read_shard(self.run_dir, item["shard"], self.chunk_rows, item["part"], item["parts"]):
-                for token, stage in self.stages:
-                    block = _run_in_batches(worker_stage(token, stage), block)
-                if self.parts_dir is None:
-                    yield block
-                else:
-                    yield write_parts(block.drop_columns(["image"]), self.parts_dir)
+            blocks = self._annotated(item)
+            if self.parts_dir is None:
+                yield from blocks
+            elif self.commit is not None and item["parts"] == 1:
+                yield self._commit_whole(item["shard"], item["rows"], blocks)
+            else:
+                yield from (write_parts(block.drop_columns(["image"]), self.parts_dir) for block in blocks)
+
+    def _annotated(self, item: dict[str, Any]) -> Iterator[pa.Table]:
+        for block in read_shard(self.run_dir, item["shard"], self.chunk_rows, item["part"], item["parts"]):
+            for stage in self.stages:
+                block = stage(block)
+            yield block
+
+    def _commit_whole(self, shard: str, expected: int, blocks: Iterator[pa.Table]) -> pa.Table:
+        from curate.annotated import SUMMARY
+
+        table = pa.concat_tables([b.drop_columns(["image"]) for b in blocks], promote_options="default")
+        if len(table) != expected:
+            raise RuntimeError(short_shard(shard, len(table), expected))
+        assert self.commit is not None
+        rows = self.commit(shard, table)
+        return pa.table({"shard": [shard], "rows": [rows], "path": [None]}, schema=SUMMARY)
 
 
-def _run_in_batches(stage: Stage, block: pa.Table) -> pa.Table:
-    """``stage`` (its ``prepare`` first when it has one) on ``block`` in batches of its ``batch_size``."""
-    size = stage.config.batch_size
-    outs = []
-    for start in range(0, len(block), size):
-        batch = block.slice(start, size)
-        outs.append(stage(stage.prepare(batch) if stage.runs_prepare() else batch))
-    return pa.concat_tables(outs) if len(outs) != 1 else outs[0]
+def short_shard(shard: str, got: int, want: int) -> str:
+    """The error for a raw shard whose annotated rows do not match its input (a stage that drops rows)."""
+    return f"annotate: raw shard {shard} gave {got} rows, its input has {want}"
 
 
 def read_tasks(shards: Sequence[str], cpus: float) -> list[dict[str, Any]]:
@@ -212,18 +230,28 @@ WORKER_STAGES_KEPT = 8
 
 
 class _TaskStage:
-    """A stage without a model, or a stage's CPU half (``prepare``), as a task function set up once per worker."""
+    """A stage without a model, or a stage's CPU half (``prepare``), as a task function set up once per worker.
 
-    def __init__(self, stage: Stage, prepare: bool) -> None:
-        self.stage, self.prepare_only, self.token = stage, prepare, uuid.uuid4().hex
+    ``prepare`` is True for the CPU half alone, False for the stage alone, None for both on one worker copy (its
+    ``prepare`` first, when it has one), in batches of the stage's ``batch_size``."""
+
+    def __init__(self, stage: Stage, prepare: bool | None) -> None:
+        self.stage, self.prepare, self.token = stage, prepare, uuid.uuid4().hex
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         stage = worker_stage(self.token, self.stage)
-        return stage.prepare(batch) if self.prepare_only else stage(batch)
+        if self.prepare is not None:
+            return stage.prepare(batch) if self.prepare else stage(batch)
+        size, outs = stage.config.batch_size, []
+        for start in range(0, len(batch), size):
+            part = batch.slice(start, size)
+            outs.append(stage(stage.prepare(part) if stage.runs_prepare() else part))
+        return pa.concat_tables(outs) if len(outs) != 1 else outs[0]
 
 
-def task_stage(stage: Stage, prepare: bool) -> _TaskStage:
-    """``stage`` (or its ``prepare``) as a task function that Ray Data names after it (``MapBatches(ImageSignals)``)."""
+def task_stage(stage: Stage, prepare: bool | None) -> _TaskStage:
+    """``stage`` (or its ``prepare``, see :class:`_TaskStage`) as a task function that Ray Data names after it
+    (``MapBatches(ImageSignals)``)."""
     name = type(stage).__name__ + (".prepare" if prepare else "")
     return type(name, (_TaskStage,), {})(stage, prepare)
 
@@ -299,11 +327,12 @@ def annotate(
     stages: Sequence[Stage],
     parts_dir: str,
     expected: dict[str, int],
-    commit: Callable[[str, list[str]], int],
+    commit: Commit,
 ) -> dict[str, int]:
     """Stream raw ``shards`` through ``stages``; commit each shard as soon as all its rows are through.
 
-    The pipeline's last op writes part files (:func:`curate.annotated.write_parts`) and returns only their
+    A task that read a whole shard and ran every stage commits it itself (``commit(shard, rows)``). Otherwise
+    the pipeline's last op writes part files (:func:`curate.annotated.write_parts`) and returns only their
     summaries; this driver tallies rows per shard against ``expected`` (input rows per shard) and runs
     ``commit(shard, part_paths)`` as a Ray task for each complete shard. Memory here is O(shards in flight).
     Returns rows committed per shard. On a failure, shards already complete are committed before it is raised.
@@ -316,9 +345,11 @@ def annotate(
     chunk = max([READ_BLOCK_ROWS, *(s.config.batch_size for s in stages)])
     lead = next((i for i, s in enumerate(stages) if s.uses_actors), len(stages))
     rest = stages[lead:]
-    items = read_tasks(todo, ray.cluster_resources().get("CPU", 1))
+    items = [
+        {**item, "rows": expected[item["shard"]]} for item in read_tasks(todo, ray.cluster_resources().get("CPU", 1))
+    ]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    read = _ReadAndRun(run_dir, chunk, stages[:lead], None if rest else parts_dir)
+    read = _ReadAndRun(run_dir, chunk, stages[:lead], None if rest else parts_dir, None if rest else commit)
     ds = ds.map_batches(read, batch_size=1, batch_format="pyarrow")
     if rest:
         # Fused into the read, this cuts its output into blocks of `chunk` rows that leave as they are cut (Ray
@@ -346,7 +377,7 @@ def annotate(
 class _ShardCommitter:
     """The driver's side of annotate: part summaries in, one commit task per shard once its rows are all there."""
 
-    def __init__(self, commit: Callable[[str, list[str]], int], expected: dict[str, int], total: int) -> None:
+    def __init__(self, commit: Commit, expected: dict[str, int], total: int) -> None:
         self.commit = commit
         self.remote = ray.remote(_call).options(num_cpus=0.5, max_retries=1)
         self.expected, self.rows = expected, dict.fromkeys(expected, 0)
@@ -356,14 +387,17 @@ class _ShardCommitter:
         self.bar = progress(total=total, desc="annotate", unit="shard")
 
     def add(self, summary: pa.Table) -> None:
-        """Tally one batch of part summaries; start the commit of every shard it completes."""
+        """Tally one batch of part summaries (a null path: a shard its task committed); start the commit of every
+        shard it completes."""
         for shard, rows, path in zip(*(summary.column(c).to_pylist() for c in ("shard", "rows", "path")), strict=True):
             self.rows[shard] += rows
-            self.parts.setdefault(shard, []).append(path)
             if self.rows[shard] > self.expected[shard]:
-                raise RuntimeError(
-                    f"annotate: raw shard {shard} gave {self.rows[shard]} rows, its input has {self.expected[shard]}"
-                )
+                raise RuntimeError(short_shard(shard, self.rows[shard], self.expected[shard]))
+            if path is None:
+                self.done[shard] = rows
+                self.bar.update(1)
+                continue
+            self.parts.setdefault(shard, []).append(path)
             if self.rows[shard] == self.expected[shard]:
                 self.pending[self.remote.remote(self.commit, shard, self.parts.pop(shard))] = shard
         self._collect(timeout=0)
@@ -373,9 +407,7 @@ class _ShardCommitter:
         short = {s: (self.rows[s], n) for s, n in self.expected.items() if 0 < n != self.rows[s]}
         if short:
             shard, (got, want) = min(short.items())
-            raise RuntimeError(
-                f"annotate: raw shard {shard} gave {got} rows, its input has {want} ({len(short)} short)"
-            )
+            raise RuntimeError(f"{short_shard(shard, got, want)} ({len(short)} short)")
 
     def _collect(self, timeout: float | None) -> None:
         if not self.pending:

@@ -122,3 +122,55 @@ def test_image_bytes_are_cut_from_the_tar_in_key_order_with_nulls_for_rows_witho
     assert got.column("key").to_pylist() == ["a", "b", "c", "x"]
     assert got.column("image").to_pylist() == [expected.get(k) for k in ["a", "b", "c", "x"]]
     assert _tar_images(str(path)).column("image").to_pylist() == [members[f"{k}.jpg"] for k in index["key"].to_pylist()]
+
+
+def _tar_of(format: int, members: dict[str, bytes], mtime: float = 0) -> bytes:
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=format) as tar:
+        folder = tarfile.TarInfo("folder")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), mtime
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _damaged(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+
+
+LONG = "d/" * 60 + "k.jpg"  # over 100 characters: a ustar prefix, a pax path or a GNU long name
+
+
+def _tar_cases() -> dict[str, tuple[bytes, bool]]:
+    """Tars and whether the fast header parser reads them itself (else it hands them to tarfile)."""
+    import tarfile
+
+    members = {"00/a.jpg": b"A" * 700, "00/a.txt": b"cap", "b.jpg": b"", "ü.jpg": b"u", "c.jpg": b"C" * 512}
+    ustar = _tar_of(tarfile.USTAR_FORMAT, {**members, "p/" * 55 + "k.jpg": b"K"})
+    pax = _tar_of(tarfile.PAX_FORMAT, {**members, LONG: b"L"}, mtime=1795991369.25)  # what img2dataset writes
+    return {
+        "ustar": (ustar, True),
+        "pax": (pax, True),
+        "gnu": (_tar_of(tarfile.GNU_FORMAT, {**members, LONG: b"L"}), False),
+        "bad checksum": (_damaged(ustar, 10), False),
+        "truncated": (ustar[: len(ustar) // 2], False),
+        "empty": (b"", False),
+        "no end block": (ustar[: 512 * 4], False),
+    }
+
+
+@pytest.mark.parametrize("case", list(_tar_cases()))
+def test_the_fast_tar_header_parser_reads_what_tarfile_reads_or_hands_the_tar_to_it(case):
+    from curate.acquire.raw import _plain_tar_files, _tarfile_files
+
+    data, fast = _tar_cases()[case]
+    got = _plain_tar_files(data)
+    assert (got is not None) == fast
+    if got is not None:  # else tarfile reads it, errors and all
+        assert got == list(_tarfile_files(data))
+        assert [data[o : o + n] for _, o, n in got][:2] == [b"A" * 700, b"cap"]

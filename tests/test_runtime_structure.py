@@ -1,6 +1,6 @@
 """How stages run through Ray (issue 22), checked without timing: a model actor's torch gets the threads of
 its CPUs, a task stage is set up once per worker process (not once per block), and annotate runs its CPU stages
-in the task that reads a shard (or a row range of it)."""
+in the task that reads a shard (or a row range of it), and a task that owns a whole shard commits it."""
 
 from __future__ import annotations
 
@@ -72,11 +72,11 @@ def test_a_task_stage_is_set_up_once_per_worker_process_not_once_per_block(ray_s
     assert sorted(setups) == sorted(workers)  # one setup in each worker that ran a block, not one per block
 
 
-def write_img2dataset_shard(folder: Path, rows: int) -> None:
-    """One img2dataset output shard (``00000.tar``, ``.parquet``, ``_stats.json``) of ``rows`` tiny JPEGs."""
-    folder.mkdir(parents=True)
-    keys = [f"00000{i:04d}" for i in range(rows)]
-    with tarfile.open(folder / "00000.tar", "w") as tar:
+def write_img2dataset_shard(folder: Path, rows: int, shard: str = "00000") -> None:
+    """One img2dataset output shard (``{shard}.tar``, ``.parquet``, ``_stats.json``) of ``rows`` tiny JPEGs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = [f"{shard}{i:04d}" for i in range(rows)]
+    with tarfile.open(folder / f"{shard}.tar", "w") as tar:
         for i, key in enumerate(keys):
             data = tiny_image(i)
             info = tarfile.TarInfo(f"{key}.jpg")
@@ -91,8 +91,8 @@ def write_img2dataset_shard(folder: Path, rows: int) -> None:
         "original_width": pa.nulls(rows, pa.int32()),
         "original_height": pa.nulls(rows, pa.int32()),
     }
-    pq.write_table(pa.table(meta), folder / "00000.parquet")
-    (folder / "00000_stats.json").write_text(json.dumps({"count": rows, "successes": rows}))
+    pq.write_table(pa.table(meta), folder / f"{shard}.parquet")
+    (folder / f"{shard}_stats.json").write_text(json.dumps({"count": rows, "successes": rows}))
 
 
 def test_annotate_runs_task_stages_in_the_read_task_on_row_ranges_of_a_shard(ray_session, tmp_path):
@@ -101,18 +101,10 @@ def test_annotate_runs_task_stages_in_the_read_task_on_row_ranges_of_a_shard(ray
     shards into contiguous row ranges so every core works: 4 tasks of 384 rows here, not 3 blocks of 512."""
     import ray
 
-    class TaskIds(Stage):  # defined here: Ray workers cannot import a test module
-        name = "task_ids"
-        writes = {"task_id": pa.string()}
-
-        def process(self, batch: pa.Table) -> pa.Table:
-            task = ray.get_runtime_context().get_task_id()
-            return append_columns(batch, {"task_id": [task] * len(batch)}, self.writes)
-
     rows = 3 * runtime.READ_BLOCK_ROWS
     write_img2dataset_shard(tmp_path / "pool", rows)
     recipe = build_recipe({"annotate": [{"stage": "image"}], "decide": []}, "blocks.yaml")
-    recipe.annotate.append(TaskIds(batch_size=64))
+    recipe.annotate.append(task_ids_stage())
     run_pipeline(recipe, tmp_path / "pool", tmp_path / "run", until="annotate")
     samples = pq.read_table(tmp_path / "run" / "samples" / "00000.parquet").sort_by("key")
     assert len(samples) == rows
@@ -128,3 +120,60 @@ def test_read_tasks_split_shards_only_when_there_are_fewer_than_the_cpus_can_use
     assert runtime.read_tasks(["a", "b"], 2) == [{"shard": s, "part": i, "parts": 2} for s in "ab" for i in (0, 1)]
     assert len(runtime.read_tasks([f"{i:05d}" for i in range(10)], 2)) == 10
     assert runtime.read_tasks(["a"], 0.5) == [{"shard": "a", "part": 0, "parts": 1}]
+
+
+def task_ids_stage() -> Stage:
+    """A stage that writes the id of the Ray task that ran it (defined here: Ray workers cannot import a test
+    module, so it travels by value)."""
+    import ray
+
+    class TaskIds(Stage):
+        name = "task_ids"
+        writes = {"task_id": pa.string()}
+
+        def process(self, batch: pa.Table) -> pa.Table:
+            task = ray.get_runtime_context().get_task_id()
+            return append_columns(batch, {"task_id": [task] * len(batch)}, self.writes)
+
+    return TaskIds(batch_size=64)
+
+
+@pytest.mark.parametrize("shards", [1, 4])
+def test_a_task_that_annotates_a_whole_shard_commits_it_itself(ray_session, tmp_path, shards):
+    """With as many shards as the cluster's CPUs x TASKS_PER_CPU, each shard is one task, which commits the
+    shard's rows itself: no part files, no commit task. A shard split over several tasks is committed from its
+    part files by a task of its own."""
+    import ray
+
+    from curate import annotated
+
+    for i in range(shards):
+        write_img2dataset_shard(tmp_path / "pool", 40, f"{i:05d}")
+    recipe = build_recipe({"annotate": [{"stage": "image"}], "decide": []}, "commit.yaml")
+    run, parts, log = tmp_path / "run", tmp_path / "parts", tmp_path / "commits"
+    run_pipeline(recipe, tmp_path / "pool", run, until="acquire")
+    log.mkdir()
+
+    def commit(shard: str, rows) -> int:  # runs in a Ray task: record who committed what, then commit
+        got = "rows" if isinstance(rows, pa.Table) else "parts"
+        (log / f"{shard}.json").write_text(json.dumps([got, ray.get_runtime_context().get_task_id()]))
+        return annotated.commit_shard(shard, rows, str(run), [])
+
+    names = [f"{i:05d}" for i in range(shards)]
+    whole = len(runtime.read_tasks(names, ray.cluster_resources()["CPU"])) == shards
+    assert whole == (shards == 4)
+    done = runtime.annotate(
+        str(run), names, [*recipe.annotate, task_ids_stage()], str(parts), dict.fromkeys(names, 40), commit
+    )
+    assert done == dict.fromkeys(names, 40)
+    for name in names:
+        got, task = json.loads((log / f"{name}.json").read_text())
+        samples = pq.read_table(run / "samples" / f"{name}.parquet")
+        assert samples.column("key").to_pylist() == sorted(samples.column("key").to_pylist())
+        stage_tasks = set(samples.column("task_id").to_pylist())
+        if whole:
+            assert (got, stage_tasks) == ("rows", {task})  # committed by the task that ran the stages
+        else:
+            assert got == "parts" and task not in stage_tasks and len(stage_tasks) > 1
+    assert [p for p in parts.rglob("*") if p.is_file()] == []  # none written, or all removed by the commit
+    assert parts.exists() != whole
