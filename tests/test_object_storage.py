@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -94,12 +95,8 @@ def curate_here(*args: str, cwd) -> tuple[int, str]:
     from curate.cli import app
 
     s3fs()
-    here = os.getcwd()
-    os.chdir(cwd)  # contextlib.chdir is Python 3.11+
-    try:
+    with contextlib.chdir(cwd):
         result = CliRunner().invoke(app, list(args))
-    finally:
-        os.chdir(here)
     error = "".join(traceback.format_exception(*result.exc_info)) if result.exit_code and result.exc_info else ""
     return result.exit_code, result.stdout + error
 
