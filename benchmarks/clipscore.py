@@ -68,20 +68,24 @@ def split_rates(model: str, data: pa.Table, batch_size: int, threads: int) -> di
     return {"prepare_images_per_s": len(data) / cpu, "model_images_per_s": len(data) / model_s, "threads": threads}
 
 
-def ray_rates(model: str, data: pa.Table, batch_size: int, actors: int, decode: str = "cpu") -> dict:
+def ray_rates(
+    model: str, data: pa.Table, batch_size: int, actors: int, decode: str = "cpu", warmup: bool = True
+) -> dict:
     """The stage through Ray Data: steady-state images/s and the actor start-up, measured apart.
 
     ``run_stage`` starts its actor pool (model load included) every call, so a run of one batch is timed
     (start-up + one batch) and then the whole table: steady state is the extra images over the extra time;
     start-up is the one-batch run less one batch at the steady rate. Wall clock of the whole call also reported.
     ``decode``: ``cpu`` (Pillow in CPU tasks before the actors) or ``device`` (in the actors: nvJPEG on
-    their GPU, Pillow where there is none).
+    their GPU, Pillow where there is none). ``warmup=False`` (the dry run, whose numbers are not measurements)
+    leaves out the warm-up run.
     """
     from curate.device import pick_device
 
     gpus = 1.0 / actors if pick_device().type == "cuda" else 0.0  # several actors share one GPU
     cfg = ClipScorer.Config(model=model, batch_size=batch_size, actors=actors, decode=decode, num_gpus=gpus)
-    runtime.run_stage(data.slice(0, batch_size), ClipScorer(cfg))  # warm-up: worker processes, imports
+    if warmup:
+        runtime.run_stage(data.slice(0, batch_size), ClipScorer(cfg))  # worker processes, imports
     start = time.perf_counter()
     runtime.run_stage(data.slice(0, batch_size), ClipScorer(cfg))
     one = time.perf_counter() - start
@@ -114,6 +118,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64])
     parser.add_argument("--actors", nargs="+", type=int, default=[1])
     parser.add_argument("--decode", nargs="+", choices=["cpu", "device"], default=["cpu"], help="clip stage decode")
+    parser.add_argument("--no-warmup", action="store_true", help="no warm-up run (a dry run: not a measurement)")
     parser.add_argument("--out", default="benchmarks/results/clipscore.json")
     args = parser.parse_args()
     data = table(args.n)
@@ -125,7 +130,7 @@ def main() -> None:
                 split = split_rates(model, data.slice(0, min(args.n, 16 * batch_size)), batch_size, threads)
                 for actors in args.actors:
                     for decode in args.decode:
-                        rates = ray_rates(model, data, batch_size, actors, decode)
+                        rates = ray_rates(model, data, batch_size, actors, decode, not args.no_warmup)
                         slowest = min(split["prepare_images_per_s"], split["model_images_per_s"])
                         rates["ratio"] = rates["ray_images_per_s"] / split["model_images_per_s"]
                         rates["ratio_to_slowest_half"] = rates["ray_images_per_s"] / slowest

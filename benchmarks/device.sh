@@ -42,9 +42,10 @@ else
 fi
 
 if [ "$DRY" = 1 ]; then
-  CLIP=(--models clip-tiny --batch-sizes 16 --actors 1 --n 48 --decode cpu device)
-  RECAP=(--sizes tiny --batch-sizes 4 --n 8 --max-new-tokens 4)
-  TRAIN=(--model clip-tiny --batch-size 16 --steps 4 --skip 1 --warmup 1 --n 64 --per-shard 32 --repeats 1 --device cpu)
+  # every code path once, at the least work that does it (no warm-up runs: these numbers are not measurements)
+  CLIP=(--models clip-tiny --batch-sizes 16 --actors 1 --n 32 --decode cpu device --no-warmup)
+  RECAP=(--sizes tiny --batch-sizes 4 --n 4 --max-new-tokens 4 --no-warmup)
+  TRAIN=(--model clip-tiny --batch-size 16 --steps 2 --skip 1 --warmup 1 --n 64 --per-shard 32 --repeats 1 --device cpu)
 else
   CLIP=(--models ViT-B-32 --batch-sizes 256 1024 --actors 1 2 --n 20000 --decode cpu device)
   RECAP=(--sizes 0.5b --batch-sizes 32 128 --n 512 --max-new-tokens 32)

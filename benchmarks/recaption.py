@@ -76,13 +76,17 @@ def model_rate(folder: Path, images: list[bytes], batch_size: int, max_new_token
     return len(decoded) / (time.perf_counter() - start)
 
 
-def ray_rate(folder: Path, images: list[bytes], batch_size: int, max_new_tokens: int, actors: int) -> float:
-    """captions/s through Ray Data (actor pool), wall clock, after a warm-up run."""
+def ray_rate(
+    folder: Path, images: list[bytes], batch_size: int, max_new_tokens: int, actors: int, warmup: bool = True
+) -> float:
+    """captions/s through Ray Data (actor pool), wall clock, after a warm-up run (unless ``warmup=False``: the
+    dry run, whose numbers are not measurements)."""
     data = pa.table(
         {"key": [f"{i:09d}" for i in range(len(images))], "image": images, "caption": ["alt"] * len(images)}
     )
     cfg = Recaption.Config(model=str(folder), batch_size=batch_size, max_new_tokens=max_new_tokens, actors=actors)
-    runtime.run_stage(data.slice(0, batch_size), Recaption(cfg))
+    if warmup:
+        runtime.run_stage(data.slice(0, batch_size), Recaption(cfg))
     start = time.perf_counter()
     out = runtime.run_stage(data, Recaption(cfg))
     assert len(out) == len(data) and out.column("caption_synthetic").null_count == 0
@@ -96,6 +100,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32])
     parser.add_argument("--actors", nargs="+", type=int, default=[1])
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--no-warmup", action="store_true", help="no warm-up run (a dry run: not a measurement)")
     parser.add_argument("--out", default="benchmarks/results/recaption.json")
     args = parser.parse_args()
     device = str(pick_device())
@@ -107,7 +112,7 @@ def main() -> None:
             for batch_size in args.batch_sizes:
                 model = model_rate(folder, images, batch_size, args.max_new_tokens, device)
                 for actors in args.actors:
-                    ray = ray_rate(folder, images, batch_size, args.max_new_tokens, actors)
+                    ray = ray_rate(folder, images, batch_size, args.max_new_tokens, actors, not args.no_warmup)
                     rows.append(
                         {
                             "size": size,

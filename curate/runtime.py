@@ -1,6 +1,6 @@
 """The only module that imports Ray: start or join a cluster, run shard tasks, run stage chains.
 
-Embedded by default (``ray.init()`` on this machine); ``address`` or ``RAY_ADDRESS`` joins a
+Embedded by default (a new Ray on this machine, even beside a ``ray start`` one); ``address`` or ``RAY_ADDRESS`` joins a
 cluster. Nodes of a cluster need curate installed, as they need Ray.
 """
 
@@ -85,7 +85,9 @@ def session(address: str | None = None, num_cpus: int | None = None) -> Iterator
             ray.init(address=address, **kwargs)
         else:
             tmp = os.environ.get("CURATE_RAY_TMPDIR")
-            ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=tmp, **kwargs)
+            # "local": a new Ray even when `ray start` left its address on this machine (ray.init() would join
+            # that cluster, or fail on a stale address); a cluster is joined only when asked (`--address auto`)
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=tmp, **kwargs)
         started = True
     _apply_log_level(level)
     try:

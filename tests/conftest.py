@@ -140,6 +140,17 @@ def served_corpus(tmp_path_factory) -> ServedCorpus:
 
 
 @pytest.fixture(scope="session")
+def demo_downloaded(served_corpus, tmp_path_factory) -> Path:
+    """A whole `curate run demo` that downloaded the served corpus (read it, never change it): its raw/ is an
+    img2dataset output folder. Once per session for every test that curates what is already downloaded."""
+    from curate.recipe import load_recipe
+    from curate.run import run_pipeline
+
+    ensure_ray()
+    return Path(run_pipeline(load_recipe("demo"), served_corpus.urls, tmp_path_factory.mktemp("dl") / "run").run_dir)
+
+
+@pytest.fixture(scope="session")
 def curated_shards(tmp_path_factory) -> Path:
     """RUN/shards of `curate run demo` on a 300-pair corpus: what trainers consume."""
     from curate.recipe import load_recipe

@@ -7,10 +7,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +106,22 @@ with runtime.log_level(getattr(logging, level)) if level != "default" else nullc
         out = runtime.run_stage(table, CaptionSignals(CaptionConfig()))
 print("rows", out.num_rows)
 """
+
+
+@pytest.mark.slow
+def test_the_embedded_ray_is_started_even_where_ray_start_left_an_address():
+    """Without --address or RAY_ADDRESS curate starts its own Ray, as the README says: ray.init() would join the
+    cluster whose address `ray start` wrote to the Ray temp folder (here a stale one, where nothing listens)."""
+    tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
+    try:
+        Path(tmp, "ray_current_cluster").write_text("127.0.0.1:9")
+        code = "import ray; from curate import runtime\nwith runtime.session(num_cpus=1): print(ray.get_runtime_context().gcs_address)"
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"CURATE_RAY_TMPDIR": tmp}
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.strip() and not result.stdout.strip().endswith(":9")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 INFO = re.compile(r"\sINFO\s")  # a log record's level, as Ray and Ray Data format it

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+from conftest import ensure_ray
 from ray.cluster_utils import Cluster
 
 from curate import runtime
@@ -64,17 +65,9 @@ def order(key: str, seed: int) -> tuple[int, str]:
 
 @pytest.mark.slow
 def test_same_seed_same_output_on_one_and_two_nodes_and_any_block_size(pool, tmp_path):
+    """The two-node cluster first, then one node: the tests' shared embedded Ray, left up for the next tests."""
     if ray.is_initialized():
         ray.shutdown()
-    with runtime.session(num_cpus=2):
-        emit_copy(pool, tmp_path / "one")
-        context = ray.data.DataContext.get_current()
-        default = context.target_max_block_size
-        context.target_max_block_size = 2048  # a few rows per block
-        try:
-            emit_copy(pool, tmp_path / "small-blocks")
-        finally:
-            context.target_max_block_size = default
     cluster = Cluster(
         initialize_head=True,
         head_node_args={"num_cpus": 1, "include_dashboard": False, "temp_dir": os.environ["CURATE_RAY_TMPDIR"]},
@@ -86,6 +79,16 @@ def test_same_seed_same_output_on_one_and_two_nodes_and_any_block_size(pool, tmp
             emit_copy(pool, tmp_path / "two")
     finally:
         cluster.shutdown()
+    ensure_ray()  # one node, two CPUs
+    with runtime.session():
+        emit_copy(pool, tmp_path / "one")
+        context = ray.data.DataContext.get_current()
+        default = context.target_max_block_size
+        context.target_max_block_size = 2048  # a few rows per block
+        try:
+            emit_copy(pool, tmp_path / "small-blocks")
+        finally:
+            context.target_max_block_size = default
     one = output(tmp_path / "one")
     assert output(tmp_path / "small-blocks") == one
     assert output(tmp_path / "two") == one
@@ -104,8 +107,8 @@ def test_same_seed_same_output_on_one_and_two_nodes_and_any_block_size(pool, tmp
 
 
 @pytest.mark.slow
-def test_llava_json_is_one_array_for_zero_one_and_several_shards(tmp_path):
-    with runtime.session(num_cpus=2):
+def test_llava_json_is_one_array_for_zero_one_and_several_shards(ray_session, tmp_path):
+    with runtime.session():
         for name, keep_every, per_shard, shards in (("none", 0, 10, 0), ("one", 3, 1000, 1), ("many", 3, 3, 5)):
             run = tmp_path / name
             kept = synthetic_run(run, 40, 2, keep_every=keep_every)
@@ -179,11 +182,11 @@ class KeysFormat(MetadataFormat):
 
 
 @pytest.mark.slow
-def test_a_format_registered_in_one_line_is_written_and_removed_when_dropped(pool, tmp_path, monkeypatch):
+def test_a_format_registered_in_one_line_is_written_and_removed_when_dropped(pool, ray_session, tmp_path, monkeypatch):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tasks unpickle KeysFormat from here
     monkeypatch.setitem(FORMATS, "keys", KeysFormat)
     cfg = EmitConfig(samples_per_shard=100, formats=["webdataset", "keys"])
-    with runtime.session(num_cpus=2):
+    with runtime.session():
         record = emit_copy(pool, tmp_path / "run", cfg)
         run = tmp_path / "run"
         assert record["formats"] == ["webdataset", "keys"] and record["keys"] == ROWS // 2

@@ -32,8 +32,14 @@ def s3_decisions(run: str) -> dict[str, tuple[bool, str | None]]:
 
 
 @pytest.mark.slow
-def test_img2dataset_folder_in_a_bucket_curated_into_a_bucket(served_corpus, s3_ray, bucket, tmp_path):  # noqa: F811
-    local = Path(run_pipeline(load_recipe("demo"), served_corpus.urls, tmp_path / "dl").run_dir)
+def test_img2dataset_folder_in_a_bucket_curated_into_a_bucket(
+    served_corpus,
+    demo_downloaded,
+    s3_ray,
+    bucket,  # noqa: F811
+    tmp_path,
+):
+    local = demo_downloaded  # `curate run demo` downloaded the served corpus (a session fixture)
     fs = s3fs()
     for path in sorted((local / "raw").iterdir()):  # an img2dataset output folder: NNNNN.tar/.parquet/_stats.json
         fs.put_file(str(path), f"{bucket}/i2d/{path.name}")
@@ -46,7 +52,7 @@ def test_img2dataset_folder_in_a_bucket_curated_into_a_bucket(served_corpus, s3_
     assert sources["format"] == "img2dataset"
     assert all(files[".tar"].startswith(f"{bucket}/i2d/") for files in sources["shards"].values())
     assert not [p for p in s3fs().ls(f"{run}/raw") if p.endswith(".tar")]  # read in place, not copied
-    assert list(tmp_path.iterdir()) == [tmp_path / "dl"], "nothing of the s3 run may land on local disk"
+    assert list(tmp_path.iterdir()) == [], "nothing of the s3 run may land on local disk"
 
 
 @pytest.mark.slow

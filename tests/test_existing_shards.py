@@ -37,9 +37,10 @@ def emitted(run: Path) -> dict[str, dict[str, bytes]]:
 
 
 @pytest.fixture(scope="module")
-def downloaded(served_corpus, ray_session, tmp_path_factory) -> Path:
-    """A whole demo run that downloaded the corpus: its raw/ is an img2dataset output folder."""
-    return Path(run_pipeline(load_recipe("demo"), served_corpus.urls, tmp_path_factory.mktemp("dl") / "run").run_dir)
+def downloaded(demo_downloaded, ray_session) -> Path:
+    """A whole demo run that downloaded the corpus: its raw/ is an img2dataset output folder (the session's one,
+    shared with tests/test_existing_on_s3.py; read only)."""
+    return demo_downloaded
 
 
 @pytest.mark.slow
