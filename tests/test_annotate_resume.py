@@ -32,22 +32,25 @@ SLOW_RUN = textwrap.dedent(
     from curate.run import run_pipeline
     from curate.stage import Stage
 
-    class Slow(Stage):  # defined in __main__: Ray ships it to its workers by value
+    DELAY_S = float(sys.argv[3])  # not a setting of the stage: the same stage, resumed at full speed
+
+    class Slow(Stage):  # defined in __main__: Ray ships it (and DELAY_S) to its workers by value
         name = "slow"
         def process(self, batch):
-            time.sleep(0.4)
+            time.sleep(DELAY_S)
             return batch
 
-    recipe = load_recipe("demo", sys.argv[3:])
+    recipe = load_recipe("demo", sys.argv[4:])
     recipe.annotate.append(Slow(Slow.Config(batch_size=5)))
     run_pipeline(recipe, sys.argv[1], sys.argv[2])
     """
 )
-"""``curate run demo`` with one more stage that takes 0.4 s a batch: annotate lasts long enough to be killed."""
+"""``curate run demo`` with one more stage that sleeps ``delay_s`` a batch: with 0.4 s, annotate lasts long enough
+to be killed; its cache key is the same whatever the delay, so the resumed run need not wait."""
 
 
-def slow_run(urls: Path, out: Path, **popen) -> subprocess.Popen:
-    cmd = [sys.executable, "-c", SLOW_RUN, str(urls), str(out), *SETTINGS]
+def slow_run(urls: Path, out: Path, delay_s: float = 0.4, **popen) -> subprocess.Popen:
+    cmd = [sys.executable, "-c", SLOW_RUN, str(urls), str(out), str(delay_s), *SETTINGS]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
 
 
@@ -87,7 +90,7 @@ def test_a_killed_annotate_resumes_with_only_the_unfinished_shards(served_corpus
     shards = annotate["raw_shards"]
     assert annotate["status"] == "running" and 2 <= len(before) < len(shards), "the kill must land inside annotate"
 
-    proc = slow_run(served_corpus.urls, run)
+    proc = slow_run(served_corpus.urls, run, delay_s=0)
     assert proc.wait(timeout=300) == 0, proc.stderr.read()
     annotate = Manifest(run).steps["annotate"]
     assert (annotate["status"], annotate["executions"]) == ("done", 2)
