@@ -5,8 +5,8 @@ stage commits it directly (:func:`commit_shard` on its rows). Otherwise (model s
 several tasks) the pipeline ends in :func:`write_parts`, which writes each batch's rows, grouped by raw shard,
 as part files under ``RUN/.tmp/annotate-parts/{shard}/`` and returns a few bytes per part. Once a shard's parts
 hold as many rows as its input (:func:`input_counts`), :func:`commit_shard` merges them into the shard's files.
-Either way the embeddings come first, then the samples, each written whole (one PUT on object storage). A shard's samples file is its
-completion marker, so a killed annotate resumes with the shards that have none (:func:`prune`).
+Either way the embeddings come first, then the samples, each written whole (one PUT on object storage). A shard's
+samples file is its completion marker, so a killed annotate resumes with the shards that have none (:func:`prune`).
 """
 
 from __future__ import annotations

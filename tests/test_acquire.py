@@ -124,7 +124,7 @@ def test_image_bytes_are_cut_from_the_tar_in_key_order_with_nulls_for_rows_witho
     assert _tar_images(str(path)).column("image").to_pylist() == [members[f"{k}.jpg"] for k in index["key"].to_pylist()]
 
 
-def _tar_of(format: int, members: dict[str, bytes], mtime: float = 0) -> bytes:
+def _tar_of(format: int, members: dict[str, bytes], mtime: float = 0, pax: dict[str, str] | None = None) -> bytes:
     import tarfile
 
     buf = io.BytesIO()
@@ -134,7 +134,7 @@ def _tar_of(format: int, members: dict[str, bytes], mtime: float = 0) -> bytes:
         tar.addfile(folder)
         for name, data in members.items():
             info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), mtime
+            info.size, info.mtime, info.pax_headers = len(data), mtime, pax or {}
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
@@ -157,6 +157,8 @@ def _tar_cases() -> dict[str, tuple[bytes, bool]]:
         "ustar": (ustar, True),
         "pax": (pax, True),
         "gnu": (_tar_of(tarfile.GNU_FORMAT, {**members, LONG: b"L"}), False),
+        "pax size not a number": (_tar_of(tarfile.PAX_FORMAT, members, pax={"size": "many"}), False),
+        "pax size negative": (_tar_of(tarfile.PAX_FORMAT, members, pax={"size": "-700"}), False),
         "bad checksum": (_damaged(ustar, 10), False),
         "truncated": (ustar[: len(ustar) // 2], False),
         "empty": (b"", False),

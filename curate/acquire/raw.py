@@ -277,7 +277,7 @@ PAX_KEYS = {b"path", b"size", b"mtime", b"atime", b"ctime", b"uid", b"gid", b"un
 
 def _plain_tar_files(data: bytes) -> list[tuple[str, int, int]] | None:
     """:func:`_tarfile_files` for a plain ustar tar (what WebDataset writers make), parsed straight from its
-    headers as :mod:`tarfile` parses them: 10x faster than :mod:`tarfile`, which costs ~25 µs a member. None for
+    headers as :mod:`tarfile` parses them: 7x faster than :mod:`tarfile`, which costs ~24 µs a member. None for
     anything else (a pax or GNU extension, a bad checksum, a truncated or unterminated tar): :mod:`tarfile` then
     reads it, errors and all."""
     files, headers, sums, offset = [], [], [], 0
@@ -289,11 +289,14 @@ def _plain_tar_files(data: bytes) -> list[tuple[str, int, int]] | None:
         if not header.strip(b"\0"):
             break
         kind = header[156:157]
-        if kind not in PLAIN_TYPES or header[124] & 0x80:  # also a base-256 size
+        if kind not in PLAIN_TYPES or header[124] & 0x80 or (kind == b"x" and pax):  # base-256 size; pax on pax
             return None
-        try:
-            size, checksum = _number(header[124:136]), _number(header[148:156])
+        try:  # a pax size overrides the header's
+            size = int(pax[b"size"]) if b"size" in pax else _number(header[124:136])
+            checksum = _number(header[148:156])
         except ValueError:
+            return None
+        if size < 0:
             return None
         headers.append(offset // TAR_BLOCK)
         sums.append(checksum)
@@ -307,8 +310,6 @@ def _plain_tar_files(data: bytes) -> list[tuple[str, int, int]] | None:
         name = f"{prefix}/{name}" if prefix else name
         if b"path" in pax:
             name = pax[b"path"].decode("utf-8", "surrogateescape")
-        if b"size" in pax:
-            size, offset = int(pax[b"size"]), data_at + TAR_BLOCK * -(-int(pax[b"size"]) // TAR_BLOCK)
         pax = {}
         if name.endswith("/") and PLAIN_TYPES[kind]:
             return None  # tarfile calls some of these directories
